@@ -1,0 +1,68 @@
+"""The generation interface: token ids in; token ids, text and sampling log-probs out.
+
+Multi-turn work (reflect, then retry) goes through one call: `then` is called on
+every finished generation and may return a `Continuation`, which the engine
+generates next *from the state it already holds* (the prompt, the generated
+tokens and the suffix), so a backend with a KV cache never prefills the shared
+part twice. A backend without that ability simply builds the longer prompt and
+generates from scratch; the results are the same.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from r3rl.types import Generation, SamplingParams
+
+
+@dataclass
+class Continuation:
+    """What to generate after a finished generation.
+
+    suffix_ids are appended to prompt + generated tokens (the cache is reused).
+    When a chat template cannot be continued token for token, give prompt_ids
+    instead: a whole new prompt, generated from scratch.
+    """
+
+    params: SamplingParams
+    suffix_ids: list[int] | None = None
+    prompt_ids: list[int] | None = None
+
+
+# then(prompt_index, sample_index, depth, generation) -> Continuation | None
+# depth is 0 for the first generation of a prompt, 1 for its continuation, ...
+ThenFn = Callable[[int, int, int, Generation], "Continuation | None"]
+
+
+class Engine(ABC):
+    """A generation backend. `tokenizer` is a Hugging Face tokenizer."""
+
+    tokenizer: Any
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        n: int = 1,
+        then: ThenFn | None = None,
+    ) -> list[list[Generation]]:
+        """For each prompt, `n` samples (result[i][j]); continuations hang off `Generation.next`.
+
+        Generation stops at the tokenizer's EOS / end-of-turn ids or at
+        params.max_new_tokens. The returned order matches the input order.
+        """
+
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end a turn: EOS plus the chat template's end-of-turn token if it has one."""
+        tok = self.tokenizer
+        ids = set()
+        if tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        for special in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"):
+            tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+            if tid is not None and tid != tok.unk_token_id:
+                ids.add(int(tid))
+        return sorted(ids)

@@ -1,0 +1,77 @@
+"""Records that cross module boundaries: verdicts, sampling settings, generations, episodes.
+
+One `Episode` carries a rollout from generation to learning (DESIGN.md). The reward
+and the advantage are separate fields: the advantage is computed from rewards of a
+group and never overwrites them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verifier's answer: pass/fail and a human-readable reason (never shown to the model by default)."""
+
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Settings for one generation call. temperature == 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """One sampled continuation of a prompt.
+
+    token_ids include the stop token (end of turn / EOS) when one was produced;
+    logprobs[i] is the sampling log-probability of token_ids[i] under the raw model
+    distribution (before temperature / top-p), which is what GRPO's ratio needs.
+    """
+
+    prompt_ids: list[int]  # [P] the full prompt this continuation was generated from
+    token_ids: list[int]  # [T]
+    text: str  # decoded token_ids without special tokens
+    logprobs: list[float]  # [T]
+    finish_reason: str = "stop"  # "stop" (stop token) or "length" (hit max_new_tokens)
+    next: "Generation | None" = None  # the continuation generated after this one (multi-turn)
+
+
+@dataclass
+class Episode:
+    """One reflection and its retry, for one failed first attempt (one member of a GRPO group)."""
+
+    example_id: str
+    group_id: str
+    context_ids: list[int]  # [P] task + failed attempt + reflect instruction, templated
+    attempt_text: str
+    attempt_ok: bool
+    reflection_ids: list[int]  # [T] generated tokens, end-of-turn token included
+    reflection_text: str
+    reflection_logprobs: list[float]  # [T] sampling log-probs of reflection_ids
+    retry_text: str
+    retry_ok: bool
+    reward: float
+    advantage: float = 0.0
+    attempt_reason: str = ""
+    retry_reason: str = ""
+    retry_ids: list[int] = field(default_factory=list)
+    round: int = 1  # which reflect/retry round produced this reflection (1 = first)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, with_ids: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_ids:
+            for k in ("context_ids", "reflection_ids", "reflection_logprobs", "retry_ids"):
+                d.pop(k)
+        return d
