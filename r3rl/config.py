@@ -1,0 +1,406 @@
+"""One typed config for every command: dataclasses with defaults and a one-line doc per field.
+
+Loaded from YAML presets (configs/*.yaml) and overridden from the command line with
+dotted keys (`train.learning_rate=1e-6`). Unknown keys fail with the closest valid
+names; a wrong type or value fails naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file or override; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "demo"
+    """Hugging Face hub id or local folder (a LoRA adapter folder loads its base too); "demo" = the built-in offline model."""
+    base: str | None = None
+    """Base model for an adapter folder, overriding adapter_config.json's base_model_name_or_path."""
+    dtype: str = "auto"
+    """auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub (only for models you trust)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "addition"
+    """Registered task name or import path 'package.module:TaskClass'."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options passed to the task (e.g. path, digits, num_range)."""
+
+
+@dataclass
+class GenerationConfig:
+    max_attempt_tokens: int = 256
+    """Token limit of a first attempt."""
+    max_reflection_tokens: int = 256
+    """Token limit of a reflection."""
+    max_retry_tokens: int = 256
+    """Token limit of a retry."""
+    attempt_temperature: float = 1.0
+    """Sampling temperature of first attempts (0 = greedy)."""
+    reflection_temperature: float = 1.0
+    """Sampling temperature of reflections (0 = greedy)."""
+    retry_temperature: float = 1.0
+    """Sampling temperature of retries (0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold for every stage."""
+    top_k: int = 0
+    """Top-k sampling for every stage (0 = off)."""
+    max_batch_size: int = 64
+    """Rows (prompts x samples) generated at once; lower it if generation runs out of memory."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: reflections sampled per failure (one GRPO group)."""
+    retries_per_reflection: int = 1
+    """Retries per reflection; the reward is their mean pass rate (less variance)."""
+    rounds: int = 1
+    """Reflect/retry rounds per failure; a later round reflects on the failed retry."""
+    include_reason: bool = False
+    """Show the verifier's reason in the reflect prompt (the paper tells the model only that it failed)."""
+    reflect_instruction: str = ""
+    """Reflect prompt; empty = r3rl.prompts.DEFAULT_REFLECT. '{reason}' is replaced by the verifier's reason."""
+    retry_instruction: str = ""
+    """Retry prompt after a reflection; empty = r3rl.prompts.DEFAULT_RETRY."""
+    retry_no_reflection_instruction: str = ""
+    """Retry prompt of the no-reflection control; empty = r3rl.prompts.DEFAULT_RETRY_NO_REFLECTION."""
+
+
+@dataclass
+class MineConfig:
+    num_examples: int = 1000
+    """Examples of the train split to try."""
+    attempts_per_example: int = 8
+    """k: first attempts sampled per example (rejection sampling; the paper uses up to 64)."""
+    max_failures_per_example: int = 1
+    """Failed attempts stored per example."""
+    output: str = "runs/failures.jsonl"
+    """Failure-set JSONL, written as it goes; an existing file is resumed."""
+    split: str = "train"
+    """Task split to mine."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    """Run folder: config.yaml, metrics.jsonl, episodes.jsonl, checkpoints, final model."""
+    failures: str = ""
+    """Failure-set JSONL from `r3rl mine`; empty = mine one first into output_dir/failures.jsonl."""
+    online: bool = False
+    """Draw first attempts from the current policy each step instead of a fixed failure set."""
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Failures per optimizer step (the paper: 256); each gives group_size reflections."""
+    micro_batch_size: int = 4
+    """Failures rolled out and back-propagated at once (gradient accumulation up to batch_size)."""
+    learning_rate: float = 1e-5
+    """Peak learning rate (paper, full fine-tuning 1.5B-8B: 5e-7)."""
+    lr_scheduler: str = "constant_with_warmup"
+    """transformers scheduler name: constant_with_warmup, cosine, linear, constant."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.99
+    """AdamW beta2."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 = off)."""
+    beta: float = 0.001
+    """KL weight to the reference model (paper: 0.001); 0 drops the reference."""
+    clip_eps: float = 0.2
+    """PPO clip range below 1."""
+    clip_eps_high: float = 0.0
+    """PPO clip range above 1 (0 = same as clip_eps)."""
+    advantage: str = "grpo"
+    """grpo: (r - mean) / (std + eps); dr_grpo: r - mean."""
+    loss_aggregation: str = "grpo"
+    """grpo: mean over each reflection's tokens, then over reflections; dr_grpo: token sum / constant."""
+    updates_per_batch: int = 1
+    """Optimizer passes over each rollout batch (>1 uses sampling-time log-probs as old)."""
+    lora: bool = True
+    """Train a LoRA adapter (reference = base with adapters off) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_target_modules: str = "all-linear"
+    """peft target_modules: 'all-linear' or a comma-separated list of module names."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    logit_chunk_size: int = 1024
+    """Reflection positions per LM-head chunk (bounds the logits' memory)."""
+    eval_every: int = 0
+    """Evaluate acc@1 / acc@2 on held-out examples every N steps (0 = off)."""
+    eval_examples: int = 100
+    """Held-out examples in periodic evaluation."""
+    save_every: int = 50
+    """Write a checkpoint every N steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (oldest removed)."""
+    episodes_per_step: int = 4
+    """Whole episodes written to episodes.jsonl per step."""
+    merge_adapter: bool = False
+    """Also save merged full weights at the end of a LoRA run."""
+    report_to: list[str] = field(default_factory=list)
+    """accelerate trackers: tensorboard, wandb."""
+    deterministic: bool = False
+    """torch deterministic algorithms (for exact resume tests; slower)."""
+
+
+@dataclass
+class EvalConfig:
+    num_examples: int = 200
+    """Held-out examples."""
+    samples_per_example: int = 1
+    """Independent first attempts (each with its own reflection and retry) per example."""
+    split: str = "test"
+    """Task split to evaluate on."""
+    output_dir: str = "runs/eval"
+    """Where results.json and episodes.jsonl go."""
+    no_reflection_control: bool = True
+    """Also measure a second try without reflection (only told to try again)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    """Seed of every random choice (data order, sampling, initialisation)."""
+
+
+_CHOICES = {
+    "train.advantage": ("grpo", "dr_grpo"),
+    "train.loss_aggregation": ("grpo", "dr_grpo"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
+}
+_POSITIVE = {
+    "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
+    "rollout.retries_per_reflection", "mine.attempts_per_example", "eval.samples_per_example",
+    "generation.max_attempt_tokens", "generation.max_reflection_tokens", "generation.max_retry_tokens",
+    "generation.max_batch_size", "train.updates_per_batch", "train.logit_chunk_size", "mine.max_failures_per_example",
+}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field -> the docstring written under it (used by `--help` and `r3rl config`)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:]):
+        if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[prev.target.id] = str(node.value.value).strip()  # type: ignore[attr-defined]
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert: int -> float, str from the CLI) a value against a field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(valid)}."
+    return ConfigError(f"unknown config key '{where}{key}'.{hint}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(key, list(fields), prefix)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    """Value checks that types alone cannot express."""
+    flat = to_dict(cfg)
+    for dotted, choices in _CHOICES.items():
+        section, name = dotted.split(".")
+        value = flat[section][name]
+        if value not in choices:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(choices)}")
+    for dotted in _POSITIVE:
+        section, name = dotted.split(".")
+        if flat[section][name] < 1:
+            raise ConfigError(f"{dotted}: must be at least 1, got {flat[section][name]}")
+    if cfg.train.batch_size % cfg.train.micro_batch_size:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) must be a multiple of train.micro_batch_size "
+            f"({cfg.train.micro_batch_size})"
+        )
+    if cfg.train.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate: must be positive, got {cfg.train.learning_rate}")
+    if cfg.train.beta < 0:
+        raise ConfigError(f"train.beta: must be >= 0, got {cfg.train.beta}")
+    for stage in ("attempt", "reflection", "retry"):
+        if getattr(cfg.generation, f"{stage}_temperature") < 0:
+            raise ConfigError(f"generation.{stage}_temperature: must be >= 0")
+    if not 0 < cfg.generation.top_p <= 1:
+        raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Place an override into the raw mapping, checking the path against the dataclasses."""
+    parts = dotted.split(".")
+    cls: Any = Config
+    node = data
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise _unknown(part, names, ".".join(parts[:i]) + ("." if i else ""))
+        tp = typing.get_type_hints(cls)[part]
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(tp):
+            if last:
+                first = dataclasses.fields(tp)[0].name
+                raise ConfigError(f"{dotted} is a section; set one of its fields, e.g. {dotted}.{first}=...")
+            node = node.setdefault(part, {})
+            cls = tp
+        elif typing.get_origin(tp) is dict and not last:
+            # task.options.path=... : free-form options, YAML-parsed values
+            node = node.setdefault(part, {})
+            node[".".join(parts[i + 1:])] = value
+            return
+        else:
+            if not last:
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+            node[part] = value
+            return
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.learning_rate=1e-6' -> ('train.learning_rate', 1e-06); values parse as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated."""
+    data: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    try:
+        return validate(_build(Config, data))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
