@@ -1,0 +1,90 @@
+"""Mining keeps failures with pass rates, and resumes after an interruption with nothing lost or duplicated."""
+
+import json
+
+import pytest
+
+from r3rl.config import Config
+from r3rl.engine.scripted import ScriptedEngine
+from r3rl.io import iter_jsonl
+from r3rl.mining import load_failures, mine, passed_path
+from r3rl.tasks.base import Task
+from r3rl.tiny import build_tokenizer
+from r3rl.types import Verdict
+
+
+class ParityTask(Task):
+    """Examples 0..n-1; the scripted model answers 'odd' always, so even numbers fail."""
+
+    name = "parity"
+
+    def load_examples(self, split="train", n=None, seed=0):
+        return [{"id": str(i), "x": i} for i in range(n or 20)]
+
+    def prompt(self, ex):
+        return f"Is {ex['x']} odd?"
+
+    def verify(self, ex, completion):
+        ok = (completion.strip() == "odd") == (ex["x"] % 2 == 1)
+        return Verdict(ok, "" if ok else "wrong parity")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def cfg_for(tmp_path, n=20, k=3):
+    cfg = Config()
+    cfg.mine.num_examples, cfg.mine.attempts_per_example = n, k
+    cfg.mine.output = str(tmp_path / "failures.jsonl")
+    return cfg
+
+
+def test_mine_records_failures_and_pass_rates(tok, tmp_path):
+    cfg = cfg_for(tmp_path)
+    summary = mine(ScriptedEngine(tok, lambda p, j: "odd"), ParityTask(), cfg, show_progress=False, chunk_size=8)
+    recs = list(iter_jsonl(cfg.mine.output))
+    assert sorted(int(r["example_id"]) for r in recs) == list(range(0, 20, 2))
+    assert all(r["pass_rate"] == 0.0 and r["failed_attempts"] == ["odd"] and r["attempts"] == 3 for r in recs)
+    assert summary["failure_set_size"] == 10 and summary["new_all_passed"] == 10
+    assert summary["attempt_pass_rate"] == 0.5
+    failures = load_failures(cfg.mine.output)
+    assert len(failures) == 10 and failures[0].attempt_reason == "wrong parity"
+
+
+def test_mine_resumes_without_duplicates(tok, tmp_path):
+    cfg = cfg_for(tmp_path, n=40)
+    calls = {"n": 0}
+
+    def dying(prompt, j):
+        calls["n"] += 1
+        if calls["n"] > 3 * 16 + 5:  # die in the middle of the third chunk of 8
+            raise KeyboardInterrupt
+        return "odd"
+
+    with pytest.raises(KeyboardInterrupt):
+        mine(ScriptedEngine(tok, dying), ParityTask(), cfg, show_progress=False, chunk_size=8)
+    # simulate a kill in the middle of writing a line
+    with open(cfg.mine.output, "a") as f:
+        f.write('{"example_id": "9')
+    partial = {r["example_id"] for r in iter_jsonl(cfg.mine.output, tolerate_truncated_tail=True)}
+    assert 0 < len(partial) < 20
+    engine = ScriptedEngine(tok, lambda p, j: "odd")
+    summary = mine(engine, ParityTask(), cfg, show_progress=False, chunk_size=8)
+    ids = [r["example_id"] for r in iter_jsonl(cfg.mine.output)]
+    passed = [r["example_id"] for r in iter_jsonl(passed_path(cfg.mine.output))]
+    assert sorted(map(int, ids)) == list(range(0, 40, 2))  # every failure once
+    assert sorted(map(int, passed)) == list(range(1, 40, 2))
+    assert summary["skipped_already_mined"] == 16  # two whole chunks survived the interruption
+    assert len(engine.calls) == (40 - 16) * 3  # nothing already mined was sampled again
+
+
+def test_load_failures_errors_name_file_and_record(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"example_id": "1", "example": {}, "failed_attempts": ["x"]}) + "\n" + json.dumps({"example_id": "2"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl, record 2: missing field\(s\) example, failed_attempts"):
+        load_failures(p)
+    p.write_text("{not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl, line 1: invalid JSON"):
+        load_failures(p)
