@@ -1,0 +1,158 @@
+"""The `r3rl` command: thin wrappers over the library.
+
+    r3rl mine   --config FILE [section.field=value ...]
+    r3rl train  --config FILE [--resume] [overrides]
+    r3rl eval   --config FILE [--model PATH] [overrides]
+    r3rl report RUN_DIR
+    r3rl demo   [--quick]
+    r3rl tasks
+    r3rl config [--config FILE] [overrides]     (print the resolved config with field docs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from r3rl import __version__
+
+
+def _config(args: argparse.Namespace):
+    from r3rl.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML preset (see configs/); fields not given keep their defaults")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="override any config field")
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from r3rl.tasks import available_tasks
+
+    for name, where in available_tasks().items():
+        print(f"{name:20s} {where}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from r3rl.config import dump_config
+
+    print(dump_config(_config(args)), end="")
+    return 0
+
+
+def _engine(cfg):
+    from r3rl.engine.hf import HFEngine
+    from r3rl.policy import load_for_inference
+
+    model, tok = load_for_inference(cfg)
+    return HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size)
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from r3rl.mining import mine
+    from r3rl.tasks import load_task
+
+    cfg = _config(args)
+    summary = mine(_engine(cfg), load_task(cfg.task.name, **cfg.task.options), cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from r3rl.evaluate import evaluate, results_table
+    from r3rl.progress import print_table
+    from r3rl.tasks import load_task
+
+    cfg = _config(args)
+    if args.model:
+        cfg.model.name_or_path = args.model
+    res = evaluate(_engine(cfg), load_task(cfg.task.name, **cfg.task.options), cfg,
+                   output_dir=args.output or cfg.eval.output_dir, model_name=cfg.model.name_or_path)
+    print_table(results_table(res))
+    print(f"wrote {args.output or cfg.eval.output_dir}/results.json and episodes.jsonl")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from r3rl.trainer import train
+
+    final = train(_config(args), resume=args.resume)
+    print(f"final model: {final}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from r3rl.progress import print_table
+    from r3rl.report import build_report, summary_table
+
+    html = build_report(args.run_dir)
+    print_table(summary_table(args.run_dir))
+    print(f"wrote {html} and {html.with_suffix('.md')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from r3rl.demo.run import run_demo
+
+    return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r3rl",
+        description="Reflect, Retry, Reward: train language models to write better self-reflections.",
+    )
+    parser.add_argument("--version", action="version", version=f"r3rl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("mine", help="build a failure set: sample first attempts, keep the failures (resumable)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("train", help="reflection-only GRPO training (LoRA or full), with checkpoints")
+    _add_config_args(p)
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint of train.output_dir (or the one given)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="acc@1, acc@2 and the no-reflection control, with 95%% intervals")
+    _add_config_args(p)
+    p.add_argument("--model", help="model to evaluate (hub id, folder, LoRA adapter folder); overrides model.name_or_path")
+    p.add_argument("--output", "-o", help="output folder (default eval.output_dir)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="turn a run folder into report.md / report.html with plots")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the offline demo: evaluate, mine, train, evaluate, report (CPU, minutes)")
+    p.add_argument("--output", "-o", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test, no significance)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tasks", help="list registered tasks")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("config", help="print the resolved config (defaults <- file <- overrides)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from r3rl.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,151 @@
+"""Matplotlib figures for run reports: training curves and before/after accuracy.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas directly, not
+through `pyplot`: pyplot keeps global state and picks a GUI backend, which breaks
+on headless machines and leaks figures when a report is built inside a long-lived
+process (a notebook, a trainer). Every function returns a Figure; `png_bytes`
+renders it, so the caller decides where the bytes go (a file, a data URI).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+# Raw per-step RL metrics are noisy; over this many points a rolling mean is drawn
+# on top of the raw line so the trend is readable at 1,750 steps.
+SMOOTH_MIN_POINTS = 20
+
+_FIGSIZE = (6.4, 3.6)
+_DPI = 110
+_RAW_COLOR = "#9bb7d4"
+_TREND_COLOR = "#1f4e79"
+_BEFORE_COLOR = "#9e9e9e"
+_AFTER_COLOR = "#2e7d32"
+
+
+def _new_figure(figsize: tuple[float, float] = _FIGSIZE) -> Figure:
+    fig = Figure(figsize=figsize, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over `window` points, ignoring NaN; the first points average what exists."""
+    out: list[float] = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if not math.isnan(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    return out
+
+
+def metric_curve(
+    steps: Sequence[int], values: Sequence[float], *, title: str, ylabel: str
+) -> Figure:
+    """One training metric over optimizer steps; a rolling mean is overlaid on long runs."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    long_run = len(values) >= SMOOTH_MIN_POINTS
+    ax.plot(
+        steps,
+        values,
+        color=_RAW_COLOR if long_run else _TREND_COLOR,
+        linewidth=1.0 if long_run else 1.8,
+        marker=None if long_run else "o",
+        markersize=3.5,
+        label="per step",
+    )
+    if long_run:
+        window = max(5, len(values) // 20)
+        ax.plot(
+            steps,
+            rolling_mean(values, window),
+            color=_TREND_COLOR,
+            linewidth=2.0,
+            label=f"rolling mean ({window} steps)",
+        )
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    ax.set_title(title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def eval_curves(series: dict[str, tuple[Sequence[int], Sequence[float]]]) -> Figure:
+    """Periodic eval accuracies (fractions) over steps, one line each, drawn in percent."""
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for label, (steps, values) in series.items():
+        ax.plot(steps, [100.0 * v for v in values], marker="o", markersize=4, label=label)
+    ax.set_title("Periodic eval accuracy during training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, frameon=False)
+    return fig
+
+
+def accuracy_bars(
+    labels: Sequence[str],
+    before: Sequence[tuple[float, tuple[float, float] | None] | None],
+    after: Sequence[tuple[float, tuple[float, float] | None] | None],
+) -> Figure:
+    """Grouped bars of accuracy before/after training with 95% interval error bars.
+
+    before[i] / after[i] is (value, (lo, hi) or None) for labels[i], all fractions,
+    or None when that eval is missing; the bar is then left out, not drawn at zero,
+    so a missing eval cannot be misread as 0% accuracy.
+    """
+    fig = _new_figure((6.4, 4.0))
+    ax = fig.add_subplot()
+    width = 0.38
+    for offset, name, color, cells in (
+        (-width / 2, "before training", _BEFORE_COLOR, before),
+        (width / 2, "after training", _AFTER_COLOR, after),
+    ):
+        xs, heights, err_lo, err_hi = [], [], [], []
+        for i, cell in enumerate(cells):
+            if cell is None:
+                continue
+            value, ci = cell
+            xs.append(i + offset)
+            heights.append(100.0 * value)
+            lo, hi = ci if ci is not None else (value, value)
+            err_lo.append(100.0 * max(0.0, value - lo))
+            err_hi.append(100.0 * max(0.0, hi - value))
+        if not xs:
+            continue
+        ax.bar(
+            xs, heights, width, label=name, color=color,
+            yerr=[err_lo, err_hi], capsize=4, error_kw={"elinewidth": 1.2},
+        )
+        # Value labels sit at the foot of the bar, clear of the error bar through its top;
+        # a bar too short to hold one gets it above its error bar instead.
+        for x, h, up in zip(xs, heights, err_hi):
+            if h >= 8:
+                ax.text(x, 1.5, f"{h:.1f}", ha="center", va="bottom", fontsize=8, color="white", fontweight="bold")
+            else:
+                ax.text(x, h + up + 1.5, f"{h:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Eval accuracy before and after training (95% intervals)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
