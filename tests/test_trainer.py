@@ -104,8 +104,11 @@ def test_lora_run_saves_an_adapter_and_merged_weights(model_dir, tmp_path):
 def _launch(args: list[str], cwd: Path, procs: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if procs:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(procs), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "r3rl", *args]
+        # accelerate's `--cpu --num_processes N` starts N processes only through MPI; its torchrun path
+        # with ACCELERATE_USE_CPU=1 gives N CPU ranks over gloo (DistributedType.MULTI_CPU).
+        env["ACCELERATE_USE_CPU"] = "1"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", *args]
     else:
         cmd = [sys.executable, "-m", "r3rl", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
