@@ -1,0 +1,358 @@
+"""Rollout-stage benchmark: r3rl's HFEngine vs what a TRL user gets without vLLM.
+
+The stage: for each of F failures, G reflections (greedy, R tokens), then one retry
+per reflection (T tokens) after a retry suffix (end-of-turn, the retry
+instruction, the assistant header: 20 tokens).
+
+* r3rl: one `HFEngine.generate(contexts, n=G, then=...)` call. Each context is
+  prefilled once and its KV cache fanned out to the G rows; each retry continues
+  from its reflection's cache (only the 20 suffix tokens are prefilled).
+* baseline: transformers' `model.generate` per stage. Stage 1 on the contexts
+  repeated G times (what `num_return_sequences=G` does inside generate, which
+  transformers 5 refuses for greedy decoding); stage 2 prefills every retry
+  conversation (context + reflection + suffix) from scratch.
+
+Both decode greedily with no stop token for exactly R and T tokens, so they do
+the same useful work; the script checks that every reflection and every retry
+is token-for-token identical. Prompts are random token ids of the model's
+vocabulary (a speed benchmark on a randomly initialised model needs no text):
+Countdown-shaped contexts are 110-130 tokens, function-calling-shaped ones carry
+a 1,000-token tool schema (1,030-1,070 tokens in all).
+
+Reported: generated tokens/s (median over repeats), the speed-up, the FLOP/s
+reached as a fraction of a matmul measured here, and the fraction of the
+roofline (per forward call, max(FLOPs / matmul peak, bytes / copy bandwidth)).
+
+    PYTHONPATH=. python bench/rollout.py --quick
+    PYTHONPATH=. python bench/rollout.py --model 0.5b --workload all
+    PYTHONPATH=. python bench/rollout.py --device cuda --dtype bfloat16 --model qwen2.5-1.5b --failures 16 --group 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from r3rl.engine import Continuation, HFEngine  # noqa: E402
+from r3rl.types import SamplingParams  # noqa: E402
+
+SUFFIX_TOKENS = 20
+# Qwen2.5 shapes (random weights): name -> config kwargs.
+SHAPES: dict[str, dict[str, Any]] = {
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True),
+}
+WORKLOADS = {"countdown": (110, 130), "fc": (1030, 1070)}  # context length range in tokens
+
+
+class IdsTokenizer:
+    """The little of a tokenizer the engine touches, for random-id prompts of a big vocabulary."""
+
+    pad_token_id = 0
+    eos_token_id = None
+
+    def batch_decode(self, seqs: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        return [" ".join(map(str, s)) for s in seqs]
+
+
+def build_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name == "tiny":
+        from r3rl import tiny
+
+        tok = tiny.build_tokenizer()
+        model = tiny.build_model(tok, hidden_size=64, layers=2)
+    else:
+        config = AutoConfig.for_model("qwen2", max_position_embeddings=32768, rope_theta=1e6,
+                                      bos_token_id=None, eos_token_id=None, pad_token_id=0, **SHAPES[name])
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        tok = IdsTokenizer()
+    model.generation_config.eos_token_id = None  # no early stop: both sides generate exactly R and T tokens
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.to(device=device, dtype=dtype).eval(), tok
+
+
+@dataclass
+class Workload:
+    contexts: list[list[int]]
+    suffix: list[int]
+    group: int
+    reflection_tokens: int
+    retry_tokens: int
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.contexts) * self.group * (self.reflection_tokens + self.retry_tokens)
+
+
+def make_workload(name: str, vocab: int, failures: int, group: int, r: int, t: int, seed: int = 0) -> Workload:
+    g = torch.Generator().manual_seed(seed)
+    low, high = WORKLOADS[name]
+    lengths = torch.randint(low, high + 1, (failures,), generator=g).tolist()
+    # Ids from 10 up: clear of the tiny tokenizer's special tokens and of pad id 0.
+    contexts = [torch.randint(10, vocab, (n,), generator=g).tolist() for n in lengths]
+    suffix = torch.randint(10, vocab, (SUFFIX_TOKENS,), generator=g).tolist()
+    return Workload(contexts, suffix, group, r, t)
+
+
+# ------------------------------------------------------------------ the two ways
+
+
+def run_r3rl(model: torch.nn.Module, tok: Any, w: Workload) -> tuple[list[list[int]], list[list[int]]]:
+    engine = HFEngine(model, tok, max_batch_size=64, stop_token_ids=[])
+    retry = SamplingParams(max_new_tokens=w.retry_tokens, temperature=0.0)
+
+    def then(i: int, j: int, depth: int, gen: Any) -> Continuation | None:
+        return Continuation(retry, suffix_ids=w.suffix) if depth == 0 else None
+
+    out = engine.generate(w.contexts, SamplingParams(max_new_tokens=w.reflection_tokens, temperature=0.0),
+                          n=w.group, then=then)
+    reflections = [g.token_ids for row in out for g in row]
+    retries = [g.next.token_ids for row in out for g in row]
+    return reflections, retries
+
+
+def _hf_generate(model: torch.nn.Module, seqs: list[list[int]], new_tokens: int, pad: int) -> list[list[int]]:
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=model.device)  # [B, P]
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=model.device)  # [B, P]
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                         eos_token_id=None, pad_token_id=pad)
+    return out[:, width:].tolist()
+
+
+def run_baseline(model: torch.nn.Module, tok: Any, w: Workload) -> tuple[list[list[int]], list[list[int]]]:
+    with torch.inference_mode():
+        rows = [c for c in w.contexts for _ in range(w.group)]
+        reflections = _hf_generate(model, rows, w.reflection_tokens, tok.pad_token_id)
+        retry_prompts = [c + r + w.suffix for c, r in zip(rows, reflections)]
+        retries = _hf_generate(model, retry_prompts, w.retry_tokens, tok.pad_token_id)
+    return reflections, retries
+
+
+# ------------------------------------------------------------- machine and cost
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """FLOP/s of one big square matmul: the machine's practical compute ceiling."""
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(4 if device.type == "cuda" else 1):
+            a @ b
+        sync(device)
+        times.append((time.perf_counter() - t0) / (4 if device.type == "cuda" else 1))
+    return 2 * n**3 / statistics.median(times[1:])
+
+
+def copy_bandwidth(device: torch.device, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write): the ceiling for memory-bound decoding."""
+    x = torch.empty(64 * 2**20, device=device, dtype=torch.float32)  # 256 MiB
+    y = torch.empty_like(x)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        y.copy_(x)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * x.numel() * x.element_size() / statistics.median(times[1:])
+
+
+@dataclass
+class CostModel:
+    """FLOPs and bytes of one forward call, from the model's shape."""
+
+    dense_params: int  # parameters of the matmuls run per token (embedding lookup excluded)
+    head_params: int  # vocab x hidden: the LM head, run only where logits are kept
+    weight_bytes: int
+    layers: int
+    q_width: int  # heads x head_dim
+    kv_width: int  # kv_heads x head_dim
+    elem: int  # bytes per element
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "CostModel":
+        c = model.config
+        emb = model.get_input_embeddings().weight
+        total = sum(p.numel() for p in model.parameters())
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return cls(
+            dense_params=total - emb.numel(),
+            head_params=emb.numel(),
+            weight_bytes=total * emb.element_size(),
+            layers=c.num_hidden_layers,
+            q_width=c.num_attention_heads * head_dim,
+            kv_width=c.num_key_value_heads * head_dim,
+            elem=emb.element_size(),
+        )
+
+    def call(self, batch: int, q: int, kv_before: int, logit_rows: int) -> tuple[float, float]:
+        """(FLOPs, bytes) of a forward over [batch, q] tokens with kv_before cached tokens."""
+        kv_after = kv_before + q
+        flops = 2.0 * self.dense_params * batch * q + 2.0 * self.head_params * logit_rows
+        flops += 4.0 * self.layers * self.q_width * batch * q * kv_after  # QK^T and AV (mask not exploited)
+        kv_bytes = 2.0 * self.layers * self.kv_width * self.elem * batch * kv_after
+        return flops, self.weight_bytes + kv_bytes
+
+
+@dataclass
+class Tally:
+    """Forward calls seen by a hook: tokens processed (padding included), FLOPs, roofline time."""
+
+    cost: CostModel
+    peak_flops: float
+    bandwidth: float
+    calls: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    bound_s: float = 0.0
+    shapes: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        batch, q = ids.shape
+        cache = kwargs.get("past_key_values")
+        kv_before = cache.get_seq_length() if cache is not None else 0
+        keep = kwargs.get("logits_to_keep", 0)
+        logit_rows = batch * (q if not keep else min(int(keep), q))
+        flops, nbytes = self.cost.call(batch, q, kv_before, logit_rows)
+        self.calls += 1
+        self.tokens += batch * q
+        self.flops += flops
+        self.bound_s += max(flops / self.peak_flops, nbytes / self.bandwidth)
+
+
+def timed(fn: Callable[[], Any], model: torch.nn.Module, tally: Tally, device: torch.device) -> tuple[float, Any]:
+    handle = model.register_forward_pre_hook(tally.hook, with_kwargs=True)
+    try:
+        sync(device)
+        t0 = time.perf_counter()
+        result = fn()
+        sync(device)
+        return time.perf_counter() - t0, result
+    finally:
+        handle.remove()
+
+
+# -------------------------------------------------------------------------- main
+
+
+def bench_workload(name: str, model: torch.nn.Module, tok: Any, args: argparse.Namespace, vocab: int,
+                   peak: float, bw: float, device: torch.device) -> dict[str, Any]:
+    w = make_workload(name, vocab, args.failures, args.group, args.reflection_tokens, args.retry_tokens)
+    cost = CostModel.of(model)
+    methods = {"r3rl": run_r3rl, "baseline": run_baseline}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    tallies: dict[str, Tally] = {}
+    outputs: dict[str, Any] = {}
+    for _ in range(args.repeats):
+        for method, fn in methods.items():  # interleaved, so load from other processes hits both alike
+            tallies[method] = Tally(cost, peak, bw)
+            seconds, outputs[method] = timed(lambda: fn(model, tok, w), model, tallies[method], device)
+            times[method].append(seconds)
+    results = {m: dict(seconds=statistics.median(times[m]), all=times[m], tally=tallies[m]) for m in methods}
+    same_refl = outputs["r3rl"][0] == outputs["baseline"][0]
+    same_retry = outputs["r3rl"][1] == outputs["baseline"][1]
+    mismatches = sum(a != b for a, b in zip(outputs["r3rl"][0] + outputs["r3rl"][1],
+                                            outputs["baseline"][0] + outputs["baseline"][1]))
+    print(f"\n== {name}: {args.failures} failures x G={args.group}, contexts "
+          f"{min(map(len, w.contexts))}-{max(map(len, w.contexts))} tokens, "
+          f"{args.reflection_tokens} reflection + {args.retry_tokens} retry tokens, "
+          f"{w.generated_tokens} generated tokens per run, {args.repeats} repeats")
+    print(f"   identical greedy outputs: reflections {same_refl}, retries {same_retry} "
+          f"({mismatches} of {2 * len(outputs['r3rl'][0])} sequences differ)")
+    print(f"   {'method':9} {'median s':>9} {'gen tok/s':>10} {'fwd calls':>9} {'tokens in':>9} "
+          f"{'GFLOP':>9} {'GFLOP/s':>8} {'%matmul':>8} {'%roofline':>9}   runs (s)")
+    for method in ("r3rl", "baseline"):
+        r = results[method]
+        t: Tally = r["tally"]
+        s = r["seconds"]
+        print(f"   {method:9} {s:9.2f} {w.generated_tokens / s:10.1f} {t.calls:9d} {t.tokens:9d} "
+              f"{t.flops / 1e9:9.1f} {t.flops / s / 1e9:8.1f} {100 * t.flops / s / peak:7.1f}% "
+              f"{100 * t.bound_s / s:8.1f}%   {', '.join(f'{x:.2f}' for x in r['all'])}")
+    speedup = results["baseline"]["seconds"] / results["r3rl"]["seconds"]
+    print(f"   speed-up r3rl / baseline: {speedup:.2f}x")
+    return dict(speedup=speedup, identical=same_refl and same_retry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=["tiny", "0.5b", "qwen2.5-1.5b"], default="tiny")
+    p.add_argument("--workload", choices=["countdown", "fc", "all"], default="all")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--failures", type=int, default=None, help="failures per batch (default 8 tiny, 2 others)")
+    p.add_argument("--group", type=int, default=4, help="G: reflections per failure")
+    p.add_argument("--reflection-tokens", type=int, default=32)
+    p.add_argument("--retry-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5 tiny, 3 others)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and failures: a smoke run")
+    args = p.parse_args(argv)
+
+    if args.failures is None:
+        args.failures = 8 if args.model == "tiny" else 2
+    if args.repeats is None:
+        args.repeats = 5 if args.model == "tiny" else 3
+    if args.quick:
+        args.repeats = 1 if args.model != "tiny" else 2
+        args.failures = min(args.failures, 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        print("warning: bfloat16 matmuls on CPU are usually far slower than float32", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    model, tok = build_model(args.model, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {args.model}: {n_params / 1e6:.1f}M parameters (random init), {args.dtype} on {device}; "
+          f"built in {time.perf_counter() - t0:.1f}s")
+    peak = matmul_peak(device, dtype)
+    bw = copy_bandwidth(device)
+    print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+          f"matmul {peak / 1e9:.1f} GFLOP/s ({args.dtype}), copy bandwidth {bw / 1e9:.1f} GB/s")
+
+    # Warm-up (kernel selection, allocator): a short run of each method, untimed.
+    warm = make_workload("countdown", model.config.vocab_size, 1, 2, 2, 2, seed=1)
+    run_r3rl(model, tok, warm)
+    run_baseline(model, tok, warm)
+
+    names = ["countdown", "fc"] if args.workload == "all" else [args.workload]
+    ok = True
+    for name in names:
+        ok &= bench_workload(name, model, tok, args, model.config.vocab_size, peak, bw, device)["identical"]
+    if not ok:
+        print("\nFAIL: r3rl and the baseline produced different greedy outputs", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

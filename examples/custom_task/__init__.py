@@ -1,0 +1,1 @@
+"""A minimal user-defined task: see README.md in this folder."""

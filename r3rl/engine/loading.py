@@ -1,0 +1,125 @@
+"""Load a model and tokenizer from a hub id, a local folder, or a LoRA adapter folder.
+
+A folder with adapter_config.json is a peft adapter (what r3rl's LoRA training
+saves): its base model is loaded first, from the adapter config's
+base_model_name_or_path unless `base=` says otherwise, and the adapter on top.
+The tokenizer comes from the adapter folder when it holds one (a run may add a
+chat template or tokens), else from the base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r3rl.engine.hf import HFEngine
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on CUDA, float32 elsewhere (bfloat16 matmuls are very slow on most CPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).expanduser().exists()
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; pass base=")
+    return str(base)
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    adapter: str | None = None,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+    adapter_trainable: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """(model in eval mode, tokenizer with left padding and a pad token).
+
+    name_or_path: a hub id, a model folder, or a LoRA adapter folder.
+    adapter: a LoRA adapter folder to put on top of name_or_path.
+    base: overrides the adapter config's base model.
+    adapter_trainable: load adapter weights as trainable (to resume LoRA training).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device_t = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device_t)
+
+    adapter_dir: Path | None = Path(adapter).expanduser() if adapter else None
+    base_name = name_or_path
+    if _is_local(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder; expected a model or LoRA adapter folder")
+        if (folder / "adapter_config.json").is_file() and adapter_dir is None:
+            adapter_dir = folder
+            base_name = base or _adapter_base(folder)
+        elif not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} holds no model: neither config.json (a transformers model) "
+                f"nor adapter_config.json (a peft LoRA adapter)"
+            )
+    elif base is not None:
+        base_name = base
+    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json; not a peft adapter folder")
+    if _is_local(base_name) and not (Path(base_name).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(f"base model folder {base_name} holds no config.json")
+
+    model = AutoModelForCausalLM.from_pretrained(base_name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model.to(device_t)
+    tokenizer_source = base_name
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
+        if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES):
+            tokenizer_source = str(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def load_engine(
+    name_or_path: str,
+    *,
+    max_batch_size: int = 64,
+    share_prefix: bool = True,
+    reuse_cache: bool = True,
+    stop_token_ids: list[int] | None = None,
+    **load_kwargs: Any,
+) -> HFEngine:
+    """load_model + HFEngine; load_kwargs go to load_model (dtype, device, adapter, base, ...)."""
+    model, tokenizer = load_model(name_or_path, **load_kwargs)
+    return HFEngine(model, tokenizer, max_batch_size=max_batch_size, share_prefix=share_prefix,
+                    reuse_cache=reuse_cache, stop_token_ids=stop_token_ids)

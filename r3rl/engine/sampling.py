@@ -1,0 +1,98 @@
+"""Next-token selection with per-row settings, and the log-probabilities GRPO needs.
+
+Rows of one decode batch may carry different sampling settings (a reflection and
+a retry continued in the same batch, for instance), so temperature, top-k and
+top-p are tensors with one value per row rather than scalars.
+
+The returned log-probability is always taken from the *raw* distribution,
+log_softmax(logits), not from the tempered / truncated one that was sampled:
+the GRPO ratio compares the policy's own probabilities, and the trainer
+recomputes them from plain logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r3rl.types import SamplingParams
+
+
+@dataclass
+class RowSampling:
+    """Per-row sampling settings as tensors on the model's device."""
+
+    temperature: torch.Tensor  # [B] float, 0 = greedy
+    top_p: torch.Tensor  # [B] float in (0, 1]
+    top_k: torch.Tensor  # [B] long, 0 = no top-k
+
+    @classmethod
+    def from_params(cls, params: list[SamplingParams], device: torch.device) -> "RowSampling":
+        for p in params:
+            validate_params(p)
+        return cls(
+            temperature=torch.tensor([float(p.temperature) for p in params], dtype=torch.float32, device=device),
+            top_p=torch.tensor([float(p.top_p) for p in params], dtype=torch.float32, device=device),
+            top_k=torch.tensor([int(p.top_k) for p in params], dtype=torch.long, device=device),
+        )
+
+    def select(self, index: torch.Tensor) -> "RowSampling":
+        return RowSampling(self.temperature[index], self.top_p[index], self.top_k[index])
+
+
+def validate_params(p: SamplingParams) -> None:
+    """Reject settings that would silently sample from a wrong distribution."""
+    if p.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {p.max_new_tokens}")
+    if p.temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {p.temperature}")
+    if not 0.0 < p.top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
+    if p.top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {p.top_k}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set to -inf every logit outside each row's top-k and top-p (nucleus) set.
+
+    Rows with top_k == 0 and top_p == 1 are untouched. The most likely token is
+    always kept, so no row is left with an empty distribution.
+    """
+    use_k = top_k > 0  # [B]
+    use_p = top_p < 1.0  # [B]
+    if not bool(use_k.any()) and not bool(use_p.any()):
+        return logits
+    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [B, V]
+    vocab = logits.shape[-1]
+    rank = torch.arange(vocab, device=logits.device).expand_as(sorted_logits)  # [B, V]
+    k = torch.where(use_k, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))  # [B]
+    remove = rank >= k[:, None]  # [B, V]
+    probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)  # [B, V]
+    mass_before = probs.cumsum(dim=-1) - probs  # [B, V] probability of strictly better tokens
+    remove |= mass_before >= top_p[:, None]
+    remove[:, 0] = False
+    removed = torch.zeros_like(remove).scatter(-1, sorted_idx, remove)  # [B, V] back to vocab order
+    return logits.masked_fill(removed, float("-inf"))
+
+
+def sample_next(
+    logits: torch.Tensor, sampling: RowSampling, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row; returns (tokens [B], raw log-probs of those tokens [B]).
+
+    Greedy rows (temperature 0) take the argmax of the raw logits. The generator
+    is drawn from for every call that has at least one sampling row, whatever
+    the greedy rows do, so a seeded run is reproducible.
+    """
+    logits = logits.float()  # [B, V]
+    logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
+    tokens = logits.argmax(dim=-1)  # [B]
+    greedy = sampling.temperature <= 0  # [B]
+    if not bool(greedy.all()):
+        temperature = torch.where(greedy, torch.ones_like(sampling.temperature), sampling.temperature)  # [B]
+        scaled = filter_logits(logits / temperature[:, None], sampling.top_k, sampling.top_p)  # [B, V]
+        probs = torch.softmax(scaled, dim=-1)  # [B, V]
+        drawn = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # [B]
+        tokens = torch.where(greedy, tokens, drawn)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

@@ -1,0 +1,138 @@
+"""Loading task records from local files or the Hugging Face hub, and deterministic held-out splits.
+
+`load_records` returns plain dicts and knows nothing about any task; each task
+validates its rows and names the offending row and field (see `row_error`).
+Errors name the file and the line or row, because a 60k-row dataset with one bad
+line is otherwise a needle in a haystack.
+
+Row numbers in messages are 1-based, like line numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Hashable, TypeVar
+
+__all__ = ["DataError", "load_records", "row_error", "holdout_split", "sample"]
+
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+T = TypeVar("T")
+
+
+class DataError(ValueError):
+    """A data file or record is malformed; the message names the file and the line, row and field."""
+
+
+def row_error(source: str, row: int, message: str) -> DataError:
+    """An error about 0-based record `row` of `source`, worded 1-based for people."""
+    return DataError(f"row {row + 1} of {source}: {message}")
+
+
+def _load_json(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON in {path} at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f'{path}: expected a list of records or {{"data": [...]}}, got {type(data).__name__}')
+    return data
+
+
+def _load_jsonl(path: Path) -> list[Any]:
+    rows: list[Any] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON on line {lineno} of {path}: {e.msg} (column {e.colno})") from None
+            if not isinstance(rows[-1], dict):
+                raise DataError(f"line {lineno} of {path}: expected a JSON object, got {type(rows[-1]).__name__}")
+    return rows
+
+
+def _load_parquet(path: Path) -> list[Any]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except pyarrow.ArrowException as e:
+        raise DataError(f"cannot read Parquet file {path}: {e}") from e
+
+
+def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    from datasets import load_dataset
+
+    return load_dataset(dataset_id, split=split).to_list()
+
+
+def load_records(path_or_id: str | os.PathLike[str], split: str = "train") -> list[dict[str, Any]]:
+    """Records from a local .json / .jsonl / .parquet file, or a Hugging Face dataset id.
+
+    A .json file holds a list of objects or `{"data": [...]}`; a .jsonl file one
+    object per line (blank lines skipped). `split` only applies to hub datasets
+    and local dataset folders (passed to `datasets.load_dataset`). A name with a
+    local-file suffix that does not exist is an error, not a hub lookup, so a typo
+    in a path is reported as such.
+    """
+    path = Path(path_or_id)
+    suffix = path.suffix.lower()
+    if path.is_file():
+        loaders: dict[str, Callable[[Path], list[Any]]] = {
+            ".json": _load_json, ".jsonl": _load_jsonl, ".parquet": _load_parquet,
+        }
+        if suffix not in loaders:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+        rows = loaders[suffix](path)
+    elif suffix in LOCAL_SUFFIXES:
+        raise FileNotFoundError(f"no such data file: {path}")
+    else:
+        rows = _load_hub(str(path_or_id), split)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise row_error(str(path_or_id), i, f"expected an object, got {type(row).__name__}")
+    return rows
+
+
+def _key_hash(key: Hashable) -> bytes:
+    return hashlib.sha1(repr(key).encode("utf-8")).digest()
+
+
+def holdout_split(records: list[T], split: str, test_fraction: float, key: Callable[[T], Hashable]) -> list[T]:
+    """The "train" or "test" part of `records`, split deterministically by a hash of `key(record)`.
+
+    The test part is the records whose key hash is among the smallest
+    ceil(test_fraction * number of distinct keys): the size is exact (even for a
+    20-record sample), it does not depend on file order, and records with equal
+    keys (duplicates, the same query twice) always land in the same split, so
+    nothing tested was trained on. Order within the split is the file order.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    hashes = [_key_hash(key(r)) for r in records]
+    distinct = sorted(set(hashes))
+    n_test = math.ceil(test_fraction * len(distinct)) if distinct else 0
+    test_hashes = set(distinct[:n_test])
+    want_test = split == "test"
+    return [r for r, h in zip(records, hashes) if (h in test_hashes) == want_test]
+
+
+def sample(records: list[T], n: int | None, seed: int) -> list[T]:
+    """All records (in order) when n is None or covers them, else a seeded random sample of n."""
+    if n is not None and n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n is None or n >= len(records):
+        return list(records)
+    return random.Random(seed).sample(records, n)

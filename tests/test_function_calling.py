@@ -1,0 +1,407 @@
+"""Function calling: the tool-call parser, exact-match verification, tool normalisation, data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from r3rl import prompts, tiny
+from r3rl.tasks import load_task
+from r3rl.tasks.data import DataError
+from r3rl.tasks.fc_parse import MAX_JSON_DEPTH, ToolCall, parse_tool_calls, values_equal
+from r3rl.tasks.fc_sample import SAMPLE
+from r3rl.tasks.function_calling import FunctionCallingTask, normalize_example, normalize_tool, normalize_tools
+
+
+@pytest.fixture(scope="module")
+def task() -> FunctionCallingTask:
+    return FunctionCallingTask()
+
+
+W = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
+F = {"name": "get_forecast", "arguments": {"city": "Tokyo", "days": 7}}
+EX = {"query": "Weather in Paris (celsius) and a 7-day forecast for Tokyo?", "tools": "[]",
+      "answers": json.dumps([W, F])}
+
+
+def calls(*pairs):
+    return tuple(ToolCall(name, args) for name, args in pairs)
+
+
+# --------------------------------------------------------------------------- parser
+PARSE_OK = [
+    ('[{"name": "f", "arguments": {"x": 1}}]', calls(("f", {"x": 1}))),
+    ('{"name": "f", "arguments": {"x": 1}}', calls(("f", {"x": 1}))),
+    ('  \n[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"y": [1, 2]}}]\n',
+     calls(("f", {}), ("g", {"y": [1, 2]}))),
+    ('```json\n[{"name": "f", "arguments": {"x": 1}}]\n```', calls(("f", {"x": 1}))),
+    ('Calling:\n```\n{"name": "f", "arguments": {"x": 1}}\n```\nand\n```json\n{"name": "g", "arguments": {}}\n```',
+     calls(("f", {"x": 1}), ("g", {}))),
+    ('<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>', calls(("f", {"x": 1}))),
+    ('<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>\n<tool_call>{"name": "g", "arguments": {}}'
+     '</tool_call>', calls(("f", {"x": 1}), ("g", {}))),
+    ('<tool_call>{"name": "f", "arguments": {"x": 1}}', calls(("f", {"x": 1}))),  # cut off at the stop token
+    ('<tool_call>\n```json\n{"name": "f", "arguments": {}}\n```\n</tool_call>', calls(("f", {}))),
+    ('<tool_call>[{"name": "f", "arguments": {}}, {"name": "g", "arguments": {}}]</tool_call>',
+     calls(("f", {}), ("g", {}))),
+    ('{"tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\\"x\\": 1}"}}]}',
+     calls(("f", {"x": 1}))),
+    ('{"role": "assistant", "content": null, "tool_calls": null}', ()),
+    ('{"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}', calls(("f", {"x": 1}))),
+    ('[{"name": "f", "arguments": "{\\"x\\": [1, {\\"y\\": true}]}"}]', calls(("f", {"x": [1, {"y": True}]}))),
+    ('{"name": "f", "parameters": {"x": 1}}', calls(("f", {"x": 1}))),  # Llama 3.1 style
+    ('{"name": "f"}', calls(("f", {}))),
+    ('{"name": "f", "arguments": null}', calls(("f", {}))),
+    ('{"name": "f", "arguments": ""}', calls(("f", {}))),
+    ("[]", ()),
+    ("I cannot help with that.", ()),
+    ('Sure! Here you go: [{"name": "f", "arguments": {"x": 1}}] Hope that helps.', calls(("f", {"x": 1}))),
+    ('Thinking {"not": "a call"} ... {"name": "f", "arguments": {}} and {"name": "g", "arguments": {}}',
+     calls(("f", {}), ("g", {}))),
+    ('{"name": "f", "arguments": {"s": "brackets ]]}} in a string", "n": -1.5e3}}',
+     calls(("f", {"s": "brackets ]]}} in a string", "n": -1500.0}))),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), PARSE_OK)
+def test_parse_formats(text, expected):
+    parsed = parse_tool_calls(text)
+    assert parsed.ok, parsed.error
+    assert parsed.calls == expected
+
+
+PARSE_ERRORS = [
+    ("<tool_call>{bad json}</tool_call>", "<tool_call> block #1: invalid JSON"),
+    ("<tool_call></tool_call>", "<tool_call> block #1 is empty"),
+    ('<tool_call>{"name": "f"}</tool_call><tool_call>{"arguments": {}}</tool_call>', "block #2 has no 'name'"),
+    ("```json\n[{\"name\": \"f\",]\n```", "code block #1: invalid JSON"),
+    ('[{"name": "f", "arguments": [1, 2]}]', "arguments of f are list, expected an object"),
+    ('[{"name": "f", "arguments": "{not json"}]', "arguments of f: invalid JSON"),
+    ('[{"name": "f", "arguments": "[1]"}]', "arguments of f are list"),
+    ('[{"name": 3, "arguments": {}}]', "call #1 of the answer has no 'name'"),
+    ('["f"]', "call #1 of the answer is str"),
+    ('{"name": "f", "arguments": {"x": NaN}}', "NaN is not valid JSON"),
+    ('{"name": "f", "arguments": {"x": Infinity}}', "Infinity is not valid JSON"),
+    ('{"name": "f", "arguments": {"x": ' + "9" * 5000 + "}}", "invalid JSON"),  # int() digit limit
+    ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), "nested deeper than"),
+    ('{"name": "f", "arguments": "' + "[" * 10_000 + '"}', "arguments of f: JSON nested deeper than"),
+    ("x" * 100_001, "answer too long (100001 characters"),
+]
+
+
+@pytest.mark.parametrize(("text", "error"), PARSE_ERRORS)
+def test_parse_errors(text, error):
+    parsed = parse_tool_calls(text)
+    assert not parsed.ok and not parsed.calls
+    assert error in parsed.error
+
+
+def test_parse_non_text():
+    assert "expected text" in parse_tool_calls(None).error  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 99_999,
+        '"' + "[" * 99_999,  # brackets that only look like they are inside a string
+        "{" * 50_000 + "}" * 50_000,
+        "{" * 99_999,
+        "```" * 33_000,
+        "<tool_call>" * 9_000,
+        '{"a": ' * 16_000,
+        "[1, " * 25_000,
+        '[{"name": "f", "arguments": {}}' + ", {}" * 20_000 + "]",
+    ],
+)
+def test_parse_hostile_inputs_are_fast(text):
+    start = time.perf_counter()
+    parsed = parse_tool_calls(text)
+    assert time.perf_counter() - start < 1.0
+    assert isinstance(parsed.ok, bool)
+
+
+# ----------------------------------------------------------------------- equality
+@pytest.mark.parametrize(
+    ("a", "b", "equal"),
+    [
+        (1, 1.0, True),
+        (1, 1.5, False),
+        (True, 1, False),
+        (False, 0, False),
+        (True, True, True),
+        ("a", "a", True),
+        ("Paris", "paris", False),
+        ("1", 1, False),
+        (None, None, True),
+        (None, "", False),
+        ([1, 2], [1, 2], True),
+        ([1, 2], [2, 1], False),
+        ([1, [2, {"x": 3}]], [1.0, [2, {"x": 3.0}]], True),
+        ({"a": 1, "b": [True]}, {"b": [True], "a": 1}, True),
+        ({"a": 1}, {"a": 1, "b": None}, False),
+        ({"a": [True]}, {"a": [1]}, False),
+        ([], {}, False),
+    ],
+)
+def test_values_equal(a, b, equal):
+    assert values_equal(a, b) is equal
+    assert values_equal(b, a) is equal
+
+
+# ---------------------------------------------------------------------- verifier
+def dumps(*items):
+    return json.dumps(list(items))
+
+
+def with_args(call, **changes):
+    args = {k: v for k, v in {**call["arguments"], **changes}.items() if v is not ...}
+    return {"name": call["name"], "arguments": args}
+
+
+VERIFY = [
+    (dumps(W, F), True, "all 2 call(s) match"),
+    (dumps(F, W), True, "match"),  # order is ignored
+    ("<tool_call>" + json.dumps(F) + "</tool_call>\n<tool_call>" + json.dumps(W) + "</tool_call>", True, "match"),
+    (dumps(W, with_args(F, days=7.0)), True, "match"),  # 7 == 7.0
+    (dumps(W, with_args(F, days="7")), False, "argument 'days' of get_forecast: expected 7, got '7'"),
+    (dumps(with_args(W, unit="fahrenheit"), F), False,
+     "argument 'unit' of get_weather: expected 'celsius', got 'fahrenheit'"),
+    (dumps(with_args(W, city="paris"), F), False, "expected 'Paris', got 'paris'"),
+    (dumps(W), False, "missing call get_forecast(city='Tokyo', days=7)"),
+    (dumps(W, F, {"name": "get_time", "arguments": {"tz": "UTC"}}), False, "extra call get_time(tz='UTC')"),
+    (dumps(W, F, F), False, "extra call get_forecast(city='Tokyo', days=7)"),
+    (dumps(with_args(W, unit=...), F), False, "argument 'unit' of get_weather: missing (expected 'celsius')"),
+    (dumps(W, with_args(F, verbose=True)), False, "argument 'verbose' of get_forecast: unexpected (got True)"),
+    (dumps(W, {"name": "get_forcast", "arguments": F["arguments"]}), False, "missing call get_forecast"),
+    (dumps(W, {"name": "get_forcast", "arguments": F["arguments"]}), False, "extra call get_forcast"),
+    ("The weather in Paris is nice.", False, "no tool calls found; missing call get_weather"),
+    ("[]", False, "no tool calls found"),
+    ("<tool_call>{oops</tool_call>", False, "could not parse tool calls: <tool_call> block #1: invalid JSON"),
+]
+
+
+@pytest.mark.parametrize(("completion", "ok", "reason"), VERIFY)
+def test_verify(task, completion, ok, reason):
+    verdict = task.verify(EX, completion)
+    assert verdict.ok is ok, verdict
+    assert reason in verdict.reason, verdict
+
+
+@pytest.mark.parametrize(
+    ("gold", "got", "ok"),
+    [
+        ({"flag": True}, {"flag": 1}, False),  # True != 1
+        ({"flag": 1}, {"flag": True}, False),
+        ({"flag": False}, {"flag": False}, True),
+        ({"xs": [1, 2, 3]}, {"xs": [1, 2, 3]}, True),
+        ({"xs": [1, 2, 3]}, {"xs": [3, 2, 1]}, False),  # lists are ordered
+        ({"p": {"adults": 2, "kids": [1, {"age": 4}]}}, {"p": {"kids": [1.0, {"age": 4.0}], "adults": 2}}, True),
+        ({"p": {"adults": 2, "kids": [1, {"age": 4}]}}, {"p": {"adults": 2, "kids": [1, {"age": 5}]}}, False),
+        ({"s": "a b"}, {"s": "a  b"}, False),
+        ({}, {}, True),
+    ],
+)
+def test_verify_argument_types(task, gold, got, ok):
+    example = {"query": "q", "tools": [], "answers": [{"name": "f", "arguments": gold}]}
+    assert task.verify(example, json.dumps({"name": "f", "arguments": got})).ok is ok
+
+
+def test_same_function_twice_is_a_multiset(task):
+    a, b = {"name": "is_prime", "arguments": {"num": 221}}, {"name": "is_prime", "arguments": {"num": 223}}
+    example = {"query": "q", "tools": [], "answers": [a, b]}
+    assert task.verify(example, dumps(b, a)).ok
+    verdict = task.verify(example, dumps(a, a))
+    assert not verdict.ok and "argument 'num' of is_prime: expected 223, got 221" in verdict.reason
+
+
+def test_empty_gold_passes_only_with_no_calls(task):
+    example = {"query": "q", "tools": [], "answers": []}
+    assert task.verify(example, "No tool can answer that.").ok
+    assert not task.verify(example, dumps(W)).ok
+
+
+def test_reason_is_bounded(task):
+    many = [{"name": f"f{i}", "arguments": {"x": "y" * 500}} for i in range(30)]
+    verdict = task.verify(EX, json.dumps(many))
+    assert not verdict.ok and "more difference(s)" in verdict.reason and len(verdict.reason) < 1200
+
+
+# ------------------------------------------------------------------- tool schemas
+XLAM_TOOL = {
+    "name": "search",
+    "description": "Search things.",
+    "parameters": {
+        "query": {"type": "str", "description": "Words."},
+        "limit": {"type": "int, optional", "description": "Max results."},
+        "lang": {"type": "str", "description": "Language.", "default": "en"},
+        "ids": {"type": "List[int]", "description": "Ids."},
+        "opts": {"type": "Dict[str, Any]", "description": "Options."},
+        "when": {"type": "datetime", "description": "Start."},
+        "ratio": {"type": "Union[int, float]", "description": "Ratio."},
+        "exact": {"type": "bool", "description": "Exact match.", "default": False},
+    },
+}
+
+
+def test_xlam_tool_is_normalised_to_openai_style():
+    tool = normalize_tool(XLAM_TOOL)
+    assert tool["type"] == "function"
+    fn = tool["function"]
+    assert fn["name"] == "search" and fn["description"] == "Search things."
+    params = fn["parameters"]
+    assert params["type"] == "object"
+    props = params["properties"]
+    assert props["query"] == {"type": "string", "description": "Words."}
+    assert props["limit"]["type"] == "integer"
+    assert props["lang"] == {"type": "string", "description": "Language.", "default": "en"}
+    assert props["ids"] == {"type": "array", "items": {"type": "integer"}, "description": "Ids."}
+    assert props["opts"]["type"] == "object"
+    assert props["ratio"]["type"] == "number"
+    assert props["exact"] == {"type": "boolean", "description": "Exact match.", "default": False}
+    # no JSON-schema form: the original type stays in the description
+    assert "type" not in props["when"] and props["when"]["description"] == "Start. (type: datetime)"
+    # a default or ", optional" makes an argument optional
+    assert params["required"] == ["query", "ids", "opts", "when", "ratio"]
+
+
+def test_json_schema_tools_plain_and_wrapped():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    plain = normalize_tool({"name": "w", "description": "d", "parameters": schema})
+    wrapped = normalize_tool({"type": "function", "function": {"name": "w", "description": "d", "parameters": schema}})
+    assert plain == wrapped == {"type": "function", "function": {"name": "w", "description": "d", "parameters": schema}}
+    assert normalize_tool(plain) == plain  # idempotent
+    no_required = normalize_tool({"name": "w", "parameters": {"type": "object", "properties": {}}})
+    assert no_required["function"]["parameters"] == {"type": "object", "properties": {}, "required": []}
+    assert normalize_tool({"name": "noargs"})["function"]["parameters"]["properties"] == {}
+
+
+def test_xlam_argument_named_like_schema_keys_stays_xlam():
+    tool = normalize_tool({"name": "t", "parameters": {"properties": {"type": "str", "description": "Props."},
+                                                       "type": {"type": "int", "description": "Kind."}}})
+    props = tool["function"]["parameters"]["properties"]
+    assert props == {"properties": {"type": "string", "description": "Props."},
+                     "type": {"type": "integer", "description": "Kind."}}
+
+
+def test_tools_as_json_string_and_single_tool():
+    assert normalize_tools(json.dumps([XLAM_TOOL])) == [normalize_tool(XLAM_TOOL)]
+    assert normalize_tools(XLAM_TOOL) == [normalize_tool(XLAM_TOOL)]
+    with pytest.raises(ValueError, match="no 'name'"):
+        normalize_tool({"description": "nameless"})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        normalize_tools("[{oops")
+
+
+# -------------------------------------------------------------- built-in sample
+def test_builtin_sample_covers_the_formats():
+    assert 18 <= len(SAMPLE) <= 30
+    assert any(isinstance(r["tools"], str) and isinstance(r["answers"], str) for r in SAMPLE)
+    examples = [normalize_example(r) for r in SAMPLE]
+    raw_tools = [t for r in SAMPLE for t in (json.loads(r["tools"]) if isinstance(r["tools"], str) else r["tools"])]
+    assert any("function" in t for t in raw_tools)  # OpenAI-wrapped
+    assert any(t.get("parameters", {}).get("type") == "object" and "function" not in t for t in raw_tools)
+    assert any(isinstance(p, dict) and "description" in p and "type" in p and p.get("type") != "object"
+               for t in raw_tools if "parameters" in t for p in t["parameters"].values())  # xLAM style
+    assert any(len(ex["answers"]) > 1 for ex in examples)
+    values = [v for ex in examples for a in ex["answers"] for v in a["arguments"].values()]
+    for kind in (bool, int, float, str, list, dict):
+        assert any(type(v) is kind for v in values), kind
+
+
+def test_builtin_sample_splits_and_gold_answers_pass(task):
+    train, test = task.load_examples("train"), task.load_examples("test")
+    assert len(train) + len(test) == len(SAMPLE) and len(test) == 2
+    assert not {e["query"] for e in train} & {e["query"] for e in test}
+    assert task.load_examples("train", n=5, seed=3) == task.load_examples("train", n=5, seed=3)
+    for ex in train + test:
+        names = {t["function"]["name"] for t in task.tools(ex)}
+        assert {a["name"] for a in ex["answers"]} <= names, ex["id"]
+        assert task.verify(ex, json.dumps(ex["answers"])).ok
+        tagged = "".join(f"<tool_call>\n{json.dumps(a)}\n</tool_call>\n" for a in reversed(ex["answers"]))
+        assert task.verify(ex, tagged).ok
+
+
+def test_messages_render_with_tools_through_the_chat_template(task):
+    tok = tiny.build_tokenizer()
+    ex = next(e for e in task.load_examples("train") if len(e["tools"]) > 1)
+    text = prompts.render(tok, task.messages(ex), task.tools(ex))
+    assert ex["query"] in text and "<tools>" in text
+    for tool in task.tools(ex):
+        assert f'"name": "{tool["function"]["name"]}"' in text
+    assert task.messages(ex)[0] == {"role": "system", "content": task.system_prompt}
+    # a template without tool support gets the tools in the system prompt instead
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    text = prompts.render(tok, task.messages(ex), task.tools(ex))
+    assert all(t["function"]["name"] in text for t in task.tools(ex))
+
+
+# ------------------------------------------------------------------------- files
+def xlam_rows(n):
+    return [{"id": i, "query": f"What is the weather in city {i}?", "tools": json.dumps([XLAM_TOOL]),
+             "answers": json.dumps([{"name": "search", "arguments": {"query": f"city {i}", "ids": [i]}}])}
+            for i in range(n)]
+
+
+def test_load_jsonl_in_xlam_format_with_heldout_split(tmp_path):
+    path = tmp_path / "xlam.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in xlam_rows(30)) + "\n")
+    task = load_task("function_calling", path=str(path), test_fraction=0.2)
+    train, test = task.load_examples("train"), task.load_examples("test")
+    assert len(train) == 24 and len(test) == 6
+    assert sorted(e["id"] for e in train + test) == sorted(str(i) for i in range(30))
+    ex = test[0]
+    assert isinstance(ex["answers"], list) and task.tools(ex)[0]["function"]["name"] == "search"
+    assert task.verify(ex, json.dumps(ex["answers"])).ok
+    # the split depends on the content, not on the file order
+    path.write_text("\n".join(json.dumps(r) for r in reversed(xlam_rows(30))))
+    assert {e["id"] for e in FunctionCallingTask(path=str(path), test_fraction=0.2).load_examples("test")} == {
+        e["id"] for e in test}
+
+
+def test_load_parquet_and_test_path(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(xlam_rows(5)), tmp_path / "train.parquet")
+    (tmp_path / "test.json").write_text(json.dumps(xlam_rows(2)))
+    task = FunctionCallingTask(path=str(tmp_path / "train.parquet"), test_path=str(tmp_path / "test.json"))
+    assert len(task.load_examples("train")) == 5 and len(task.load_examples("test")) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"answers": None}, "row 2 of .*: field 'answers' must be a list"),
+        ({"tools": "[{oops"}, "row 2 of .*: field 'tools' is a string but not valid JSON"),
+        ({"answers": '[{"name": "search", "arguments": [1]}]'}, "row 2 .*arguments of answer #1 .* must be an object"),
+        ({"answers": '[{"arguments": {}}]'}, "row 2 .*answer #1 must be an object with a 'name'"),
+        ({"query": ""}, "row 2 .*'query' must be a non-empty string"),
+        ({"tools": [{"description": "x"}]}, "row 2 .*a tool has no 'name'"),
+    ],
+)
+def test_bad_rows_name_row_and_field(tmp_path, change, message):
+    rows = xlam_rows(2)
+    rows[1].update(change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=message):
+        FunctionCallingTask(path=str(path)).load_examples()
+
+
+def test_missing_field_is_named(tmp_path):
+    rows = xlam_rows(3)
+    del rows[2]["answers"]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match=r"row 3 of .*bad.jsonl: missing field 'answers'"):
+        FunctionCallingTask(path=str(path)).load_examples()
+
+
+@pytest.mark.parametrize(("options", "message"), [({"test_fraction": 0}, "test_fraction"),
+                                                  ({"test_path": "t.jsonl"}, "test_path needs path")])
+def test_bad_option_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        load_task("function_calling", **options)
