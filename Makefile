@@ -1,0 +1,41 @@
+# r3rl: common tasks. `make install` once, then `make demo` / `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# CPU machines: the CPU build of PyTorch (an unpinned torch pulls gigabytes of CUDA packages).
+# On a GPU machine: make install TORCH_SPEC="torch>=2.3"
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast bench train-2proc clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev tools
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+
+demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 10 minutes on 2 CPU cores)
+	$(BIN)/r3rl demo --output runs/demo
+
+test: install  ## the whole suite, slow end-to-end tests included
+	$(BIN)/pytest -q
+
+test-fast: install  ## everything but the tests marked slow
+	$(BIN)/pytest -q -m "not slow"
+
+bench: install  ## benchmarks: rollout engine vs naive generate, training-step memory
+	$(BIN)/python bench/rollout.py --model tiny --workload all
+	$(BIN)/python bench/rollout.py --model 0.5b --workload fc --quick
+	$(BIN)/python bench/memory.py
+
+train-2proc: install  ## two CPU processes over gloo (see README, "Many processes")
+	ACCELERATE_USE_CPU=1 $(BIN)/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+	  --mixed_precision no --dynamo_backend no -m r3rl train --config configs/tiny-cpu.yaml \
+	  train.output_dir=runs/two-proc train.steps=4
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis
