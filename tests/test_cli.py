@@ -1,0 +1,95 @@
+"""The `r3rl` command from the outside: help, tasks, config errors, mine and eval on local model folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r3rl.cli import main
+from r3rl.tiny import save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["generation.max_attempt_tokens=8", "generation.max_reflection_tokens=8", "generation.max_retry_tokens=8"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("cli") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "r3rl", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    for cmd in ("mine", "train", "eval", "report", "demo", "tasks"):
+        assert cmd in out.stdout
+
+
+def test_tasks_lists_builtins(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "countdown" in out and "function_calling" in out and "addition" in out
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.learnig_rate=1", "Did you mean: learning_rate"),
+        ("train.steps=abc", "train.steps: expected an integer"),
+        ("rollout.group_size=0", "rollout.group_size: must be at least 1"),
+        ("train.advantage=ppo", "train.advantage: 'ppo' is not one of grpo, dr_grpo"),
+    ],
+)
+def test_config_errors_name_the_field(override, message, capsys):
+    assert main(["config", override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_sise: 4\n")
+    assert main(["config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "batch_size" in err
+
+
+def test_every_preset_loads(capsys):
+    for preset in sorted((ROOT / "configs").glob("*.yaml")):
+        assert main(["config", "--config", str(preset)]) == 0, preset
+
+
+def test_mine_from_the_cli(model_dir, tmp_path, capsys):
+    out = tmp_path / "failures.jsonl"
+    args = ["mine", f"model.name_or_path={model_dir}", "task.name=countdown", "mine.num_examples=6",
+            "mine.attempts_per_example=2", f"mine.output={out}", *SMALL]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["examples"] == 6 and out.exists()
+    assert main(args) == 0  # a second run resumes: nothing left to do
+    assert json.loads(capsys.readouterr().out)["skipped_already_mined"] == 6
+
+
+def test_eval_on_a_lora_adapter_folder(model_dir, tmp_path, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(adapter)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(adapter), "-o", str(out), "task.name=countdown", "eval.num_examples=4", *SMALL]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for key in ("task", "model", "n", "acc@1", "acc@1_ci", "acc@2", "acc@2_ci", "acc@2_no_reflection", "acc@2_no_reflection_ci"):
+        assert key in res
+    assert res["model"] == str(adapter) and res["n"] == 4
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
