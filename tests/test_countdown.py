@@ -27,6 +27,7 @@ def timed_verify(task, example, completion):
     start = time.perf_counter()
     verdict = task.verify(example, completion)
     assert time.perf_counter() - start < SLOW
+    assert len(verdict.reason) < 300, verdict.reason
     return verdict
 
 

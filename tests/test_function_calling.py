@@ -60,6 +60,8 @@ PARSE_OK = [
     ('Sure! Here you go: [{"name": "f", "arguments": {"x": 1}}] Hope that helps.', calls(("f", {"x": 1}))),
     ('Thinking {"not": "a call"} ... {"name": "f", "arguments": {}} and {"name": "g", "arguments": {}}',
      calls(("f", {}), ("g", {}))),
+    ('<think>maybe {"name": "g", "arguments": {}}?</think>\n[{"name": "f", "arguments": {}}]', calls(("f", {}))),
+    ('<think>use <tool_call>{"name": "g"}</tool_call></think><tool_call>{"name": "f"}</tool_call>', calls(("f", {}))),
     ('{"name": "f", "arguments": {"s": "brackets ]]}} in a string", "n": -1.5e3}}',
      calls(("f", {"s": "brackets ]]}} in a string", "n": -1500.0}))),
 ]
@@ -227,6 +229,14 @@ def test_reason_is_bounded(task):
     many = [{"name": f"f{i}", "arguments": {"x": "y" * 500}} for i in range(30)]
     verdict = task.verify(EX, json.dumps(many))
     assert not verdict.ok and "more difference(s)" in verdict.reason and len(verdict.reason) < 1200
+    huge = [{"name": "n" * 5000, "arguments": {"k" * 5000: "v" * 5000, **{str(i): i for i in range(100)}}}]
+    verdict = task.verify(EX, json.dumps(huge))
+    assert not verdict.ok and len(verdict.reason) < 1200
+    verdict = task.verify(EX, json.dumps([{"name": "n" * 5000, "arguments": [1]}]))
+    assert "arguments of nnn" in verdict.reason and len(verdict.reason) < 200
+    long_key = {"name": "get_weather", "arguments": {**W["arguments"], "k" * 5000: 1}}
+    verdict = task.verify(EX, dumps(long_key, F))
+    assert "unexpected" in verdict.reason and len(verdict.reason) < 300
 
 
 # ------------------------------------------------------------------- tool schemas
@@ -369,6 +379,17 @@ def test_load_parquet_and_test_path(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(xlam_rows(2)))
     task = FunctionCallingTask(path=str(tmp_path / "train.parquet"), test_path=str(tmp_path / "test.json"))
     assert len(task.load_examples("train")) == 5 and len(task.load_examples("test")) == 2
+
+
+def test_parquet_with_object_answers_warns(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [r for r in SAMPLE if not isinstance(r["answers"], str)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "objects.parquet")
+    task = FunctionCallingTask(path=str(tmp_path / "objects.parquet"))
+    with pytest.warns(UserWarning, match="absent arguments come back as null"):
+        task.load_examples()
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from r3rl.types import Verdict
 FUZZ = settings(max_examples=int(os.environ.get("R3RL_FUZZ_EXAMPLES", "60")), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 BUDGET = 1.0  # seconds per verify call, whatever the input
+MAX_REASON_CHARS = 1200  # reasons are logged and may be shown to the model: one bounded paragraph
 
 COUNTDOWN = CountdownTask(n_train=0, n_test=0)
 FC = FunctionCallingTask()
@@ -33,6 +34,7 @@ def verify_timed(task, example, text) -> Verdict:
     verdict = task.verify(example, text)
     assert time.perf_counter() - start < BUDGET
     assert isinstance(verdict, Verdict) and isinstance(verdict.ok, bool) and isinstance(verdict.reason, str)
+    assert len(verdict.reason) <= MAX_REASON_CHARS, verdict.reason
     return verdict
 
 

@@ -56,7 +56,8 @@ class _FakeEntryPoint:
 def test_entry_point(monkeypatch, repo_on_path):
     from examples.custom_task.my_task import MyTask
 
-    monkeypatch.setattr(tasks_pkg, "_entry_point_tasks", lambda: {"reverse_word": _FakeEntryPoint("reverse_word", MyTask)})
+    fake = {"reverse_word": _FakeEntryPoint("reverse_word", MyTask)}
+    monkeypatch.setattr(tasks_pkg, "_entry_point_tasks", lambda: fake)
     assert isinstance(load_task("reverse_word", min_length=6), MyTask)
     assert available_tasks()["reverse_word"] == "fakepkg.tasks:reverse_word"
 

@@ -11,7 +11,9 @@ Models write tool calls in several shapes; all of these are read:
 
 `arguments` may be an object or a JSON string holding one (OpenAI style);
 "parameters" is accepted in place of "arguments" (Llama 3.1 style). Prose around
-the calls is ignored when no tag or fence is used.
+the calls is ignored when no tag or fence is used (then JSON values that look like
+calls, i.e. have "name", "function" or "tool_calls", are read left to right), and
+so is everything up to a closing </think> (reasoning models).
 
 Parsing never raises on any text: the size and the bracket nesting are bounded
 before `json.loads` (whose C scanner recurses and can raise RecursionError), and
@@ -37,6 +39,8 @@ MAX_SCAN_ATTEMPTS = 64  # JSON starts tried in free text before giving up
 MAX_REASON_ITEMS = 4  # differences listed in a verdict's reason
 
 _TAG_OPEN, _TAG_CLOSE = "<tool_call>", "</tool_call>"
+_THINK_CLOSE = "</think>"
+_JSON_START = re.compile(r"[\[{]")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z_]*)[ \t]*\n?(.*?)```", re.DOTALL)
 
 
@@ -126,9 +130,8 @@ def _scan_json_values(text: str) -> list[Any]:
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     values: list[Any] = []
     pos, attempts = 0, 0
-    starts = re.compile(r"[\[{]")
     while attempts < MAX_SCAN_ATTEMPTS:
-        m = starts.search(text, pos)
+        m = _JSON_START.search(text, pos)
         if m is None:
             break
         attempts += 1
@@ -145,6 +148,11 @@ def _scan_json_values(text: str) -> list[Any]:
 
 
 # ------------------------------------------------------------------ call objects
+def _clip(text: str, limit: int = 60) -> str:
+    """Model-chosen text shown in a reason, cut so that a reason stays one readable line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _call_from_object(obj: Any, where: str) -> ToolCall:
     if not isinstance(obj, dict):
         raise _Bad(f"{where} is {type(obj).__name__}, expected an object with 'name' and 'arguments'")
@@ -157,9 +165,9 @@ def _call_from_object(obj: Any, where: str) -> ToolCall:
     if args is None:
         args = {}
     elif isinstance(args, str):
-        args = _loads(args, f"arguments of {name}") if args.strip() else {}
+        args = _loads(args, f"arguments of {_clip(name)}") if args.strip() else {}
     if not isinstance(args, dict):
-        raise _Bad(f"arguments of {name} are {type(args).__name__}, expected an object")
+        raise _Bad(f"arguments of {_clip(name)} are {type(args).__name__}, expected an object")
     return ToolCall(name, args)
 
 
@@ -203,6 +211,10 @@ def _strip_fence(body: str) -> str:
 
 
 def _parse(text: str) -> list[ToolCall]:
+    # Reasoning models think before they answer; calls drafted while thinking are not the answer.
+    think_end = text.rfind(_THINK_CLOSE)
+    if think_end >= 0:
+        text = text[think_end + len(_THINK_CLOSE):]
     if _TAG_OPEN in text:
         calls: list[ToolCall] = []
         for i, body in enumerate(_tag_blocks(text)):
@@ -277,7 +289,8 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def format_call(call: ToolCall, limit: int = 160) -> str:
     """get_weather(city='Paris', unit='celsius'), shortened for a reason string."""
-    text = f"{call.name}({', '.join(f'{k}={_short(v)}' for k, v in call.arguments.items())})"
+    args = ", ".join(f"{_clip(k, 30)}={_short(v)}" for k, v in list(call.arguments.items())[:8])
+    text = f"{_clip(call.name)}({args})"
     return text if len(text) <= limit else text[: limit - 4] + "...)"
 
 
@@ -285,12 +298,12 @@ def _argument_differences(gold: ToolCall, got: ToolCall) -> list[str]:
     diffs: list[str] = []
     for k, v in gold.arguments.items():
         if k not in got.arguments:
-            diffs.append(f"argument {k!r} of {gold.name}: missing (expected {_short(v)})")
+            diffs.append(f"argument {_short(k)} of {gold.name}: missing (expected {_short(v)})")
         elif not values_equal(v, got.arguments[k]):
-            diffs.append(f"argument {k!r} of {gold.name}: expected {_short(v)}, got {_short(got.arguments[k])}")
+            diffs.append(f"argument {_short(k)} of {gold.name}: expected {_short(v)}, got {_short(got.arguments[k])}")
     for k, v in got.arguments.items():
         if k not in gold.arguments:
-            diffs.append(f"argument {k!r} of {gold.name}: unexpected (got {_short(v)})")
+            diffs.append(f"argument {_short(k)} of {gold.name}: unexpected (got {_short(v)})")
     return diffs
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from typing import Any
 
 from r3rl.tasks.base import Example, Task
@@ -170,16 +171,19 @@ def normalize_tool(tool: Any) -> dict[str, Any]:
     fn = tool["function"] if isinstance(tool.get("function"), dict) else tool
     name = fn.get("name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a tool has no 'name': {json.dumps(tool)[:120]}")
+        raise ValueError(f"a tool has no 'name': {tool!r}"[:160])
     params = fn.get("parameters")
     params = _decode_field(params, f"parameters of {name}") if params is not None else {}
     if not isinstance(params, dict):
         raise ValueError(f"parameters of tool {name!r} must be an object, got {type(params).__name__}")
+    # Parquet stores objects as structs with the union of all rows' keys, so absent
+    # entries come back as None; they are not arguments.
+    params = {k: v for k, v in params.items() if v is not None}
     if _is_json_schema(params):
         schema = dict(params)
         schema["type"] = "object"
-        schema.setdefault("properties", {})
-        schema.setdefault("required", [])
+        schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if v is not None}
+        schema["required"] = list(schema.get("required") or [])
     else:
         schema = _from_xlam_parameters(params)
     return {"type": "function",
@@ -239,6 +243,21 @@ def _validate_rows(rows: list[dict[str, Any]], source: str) -> list[Example]:
     return out
 
 
+def _warn_if_arrow_objects(rows: list[dict[str, Any]], source: str) -> None:
+    """Parquet and hub datasets store objects as Arrow structs that share one set of keys across
+    rows, so a call's absent arguments come back as null and exact match fails. JSON strings (as
+    in the published xLAM data) survive; say so rather than silently failing every answer."""
+    if source.lower().endswith((".json", ".jsonl")):
+        return
+    if any(not isinstance(r.get("answers"), str) for r in rows):
+        warnings.warn(
+            f"{source}: 'answers' are stored as objects, not JSON strings; in Parquet/Arrow data absent "
+            "arguments come back as null and will not match the model's calls. Store 'tools' and "
+            "'answers' as JSON strings, or use a .json/.jsonl file.",
+            stacklevel=3,
+        )
+
+
 class FunctionCallingTask(Task):
     """xLAM / APIGen function calling with exact-match verification.
 
@@ -246,6 +265,8 @@ class FunctionCallingTask(Task):
         path: JSON/JSONL/Parquet file or HF dataset id (e.g.
             Salesforce/xlam-function-calling-60k). None: the built-in offline
             sample of 20 examples (r3rl.tasks.fc_sample), for demos and tests.
+            In Parquet/hub data keep `tools` and `answers` as JSON strings
+            (Arrow structs turn absent keys into nulls; a warning says so).
         test_path: a separate test source; without it the test split is a
             deterministic held-out `test_fraction` of `path`, split by query so
             that no query is in both splits.
@@ -272,7 +293,9 @@ class FunctionCallingTask(Task):
 
                 self._cache[key] = _validate_rows(SAMPLE, "r3rl.tasks.fc_sample")
             else:
-                self._cache[key] = _validate_rows(load_records(source), str(source))
+                rows = load_records(source)
+                _warn_if_arrow_objects(rows, str(source))
+                self._cache[key] = _validate_rows(rows, str(source))
         return self._cache[key]
 
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
