@@ -148,7 +148,7 @@ class TrainConfig:
     """peft target_modules: 'all-linear' or a comma-separated list of module names."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
-    logit_chunk_size: int = 1024
+    logit_chunk_size: int = 256
     """Reflection positions per LM-head chunk (bounds the logits' memory)."""
     eval_every: int = 0
     """Evaluate acc@1 / acc@2 on held-out examples every N steps (0 = off)."""

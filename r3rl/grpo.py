@@ -258,6 +258,31 @@ def _logit_transform(config: Any) -> tuple[float, float | None]:
     return scale, (float(softcap) if softcap else None)
 
 
+class _TargetLogProb(torch.autograd.Function):
+    """log_softmax(logits)[i, targets[i]] with a backward that allocates one [n, V] buffer.
+
+    Autograd's gather - logsumexp backward materialises about four [n, V] tensors
+    (a zero-filled scatter, exp(x - lse), its product with the incoming grad, their
+    sum); here the gradient softmax * (-g) + onehot * g is built in place in one.
+    Measured in bench/memory.py. Not twice differentiable (nothing here needs it).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor) -> Tensor:
+        lse = torch.logsumexp(logits, dim=-1)  # [n]
+        ctx.save_for_backward(logits, targets, lse)
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - lse  # [n]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
+        logits, targets, lse = ctx.saved_tensors
+        grad = (logits - lse[:, None]).exp_()  # [n, V] softmax, the only new [n, V] tensor
+        grad.mul_(-grad_out[:, None])  # [n, V]
+        grad.scatter_add_(1, targets[:, None], grad_out[:, None])  # [n, V] + onehot * g
+        return grad, None
+
+
 def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, scale: float,
                     softcap: float | None) -> Tensor:
     """log p(target | hidden) for a chunk of positions, in float32."""
@@ -266,8 +291,7 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, scal
         logits = logits * scale  # [n, V]
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap  # [n, V]
-    # gather - logsumexp instead of log_softmax: no second [n, V] tensor in the forward pass.
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [n]
+    return _TargetLogProb.apply(logits, targets)  # [n]
 
 
 def _position_ids(attention_mask: Tensor) -> Tensor:

@@ -319,6 +319,26 @@ def test_completion_logprobs_match_an_unpadded_forward(model, tok, padding):
                                    rtol=0, atol=1e-5)
 
 
+def test_left_padding_with_absolute_position_embeddings(tok):
+    # RoPE scores depend only on position differences, so a left-padding shift is invisible to
+    # Qwen2; GPT-2's learned absolute positions are not. Scaled up so that positions matter.
+    model = tiny.build_model(tok, hidden_size=32, layers=1, arch="gpt2")
+    with torch.no_grad():
+        model.transformer.wpe.weight.mul_(50.0)
+    ids, am, cm = _left_pad(*grpo.build_completion_batch(CONTEXTS, COMPLETIONS, tok.pad_token_id), tok.pad_token_id)
+    with torch.no_grad():
+        logp = grpo.completion_logprobs(model, ids, am, cm, chunk_size=3)  # [B, T]
+        naive = model(input_ids=ids, attention_mask=am).logits.log_softmax(-1)  # [B, T, V] default positions
+    for i, (ctx, comp) in enumerate(zip(CONTEXTS, COMPLETIONS)):
+        torch.testing.assert_close(logp[i][cm[i].bool()], _reference_logprobs(model, ctx + comp, len(comp)),
+                                   rtol=0, atol=1e-5)
+    # Non-vacuity: without position ids from the attention mask, row 1 (most padding) comes out different.
+    row = 1
+    n = len(COMPLETIONS[row])
+    naive_row = naive[row, -n - 1:-1].gather(-1, ids[row, -n:, None]).squeeze(-1)  # [n]
+    assert (naive_row - _reference_logprobs(model, CONTEXTS[row] + COMPLETIONS[row], n)).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 10_000])
 @pytest.mark.parametrize("checkpoint_chunks", [True, False])
@@ -339,6 +359,18 @@ def test_chunked_equals_full_logits_values_and_gradients(model, tok, padding, ch
     for a, b in zip(g_chunked, g_full):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert max(g.abs().max().item() for g in g_full) > 1e-3  # gradients are not trivially zero
+
+
+def test_target_logprob_backward_by_hand_and_gradcheck():
+    # logits (0, ln 3) -> softmax (1/4, 3/4); target 0: log p = ln(1/4) = -1.386294.
+    # d log p_target / d logits = onehot - softmax = (3/4, -3/4); with incoming grad 2: (1.5, -1.5).
+    logits = torch.tensor([[0.0, math.log(3)]], dtype=torch.float64, requires_grad=True)
+    out = grpo._TargetLogProb.apply(logits, torch.tensor([0]))
+    assert out.item() == pytest.approx(math.log(0.25), abs=1e-12)
+    (2 * out).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.tensor([[1.5, -1.5]], dtype=torch.float64), rtol=0, atol=1e-12)
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: grpo._TargetLogProb.apply(z, torch.tensor([0, 6, 3, 3])), (x,))
 
 
 def test_completion_mask_on_first_column_is_rejected(model):
