@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 TEXTS = [
     "Use the numbers to create an equation that equals the target.",
     "What is the sum? 1 2 3",
-    "abc",
+    "The sum is 42",
     "I made an arithmetic mistake. I should be more careful. The answer is",
 ]
 
@@ -69,6 +70,21 @@ def stops(tok):
     return [t for t in range(len(tok)) if t % 17 == 3]
 
 
+@contextmanager
+def record_forward_shapes(model: torch.nn.Module):
+    """(batch, query length) of every forward call made while the block runs."""
+    shapes: list[tuple[int, int]] = []
+
+    def hook(module, args, kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        handle.remove()
+
+
 def chain(gen: Generation | None) -> list[tuple[list[int], list[int], str]]:
     """A generation and all its continuations, as comparable tuples."""
     out = []
@@ -96,8 +112,15 @@ def test_greedy_identical_with_and_without_optimisations(model, tok, prompts, st
     expected = reference.generate(prompts, GREEDY, n=3, then=then)
     for cap in (64, 5, 2):  # one batch; a prompt's 3 samples per batch; samples of one prompt split
         fast = HFEngine(model, tok, max_batch_size=cap, stop_token_ids=stops)
-        got = fast.generate(prompts, GREEDY, n=3, then=then)
+        with record_forward_shapes(model) as shapes:
+            got = fast.generate(prompts, GREEDY, n=3, then=then)
         assert [[chain(g) for g in row] for row in got] == [[chain(g) for g in row] for row in expected], cap
+        assert max(b for b, _ in shapes) <= cap
+        # Only prefills of the original prompts are long; continuations feed at most pending token + 3-token suffix.
+        long_calls = [(b, q) for b, q in shapes if q > 4]
+        assert sum(b for b, _ in long_calls) == len(prompts) * (1 if cap >= 3 else 2), (cap, long_calls)
+        if cap == 64:
+            assert long_calls == [(len(prompts), max(map(len, prompts)))]  # one prefill, fanned out to 3 rows
 
     # The scenario must really contain what it claims to test.
     gens = [g for row in expected for g in row]

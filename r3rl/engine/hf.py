@@ -67,10 +67,6 @@ class _State:
     logits: torch.Tensor | None  # [B, V] logits of the next token (None before the first forward)
     pending: list[list[int]] = field(default_factory=list)
 
-    @property
-    def size(self) -> int:
-        return len(self.rows)
-
     def select(self, index: list[int]) -> None:
         """Keep (or repeat) rows by index, cache included."""
         if index == list(range(self.mask.shape[0])):
@@ -150,7 +146,6 @@ class HFEngine(Engine):
         if self._stop_override is not None:
             return list(self._stop_override)
         return super().stop_token_ids()
-
 
     # ------------------------------------------------------------------ public
 
