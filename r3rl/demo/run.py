@@ -50,7 +50,10 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     from r3rl.tasks import load_task
     from r3rl.trainer import train
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if not torch.cuda.is_available():
+        # The demo model's matmuls are too small to gain from threads, and on a shared machine
+        # OpenMP threads fighting other processes made a training step 20x slower (measured).
+        torch.set_num_threads(1)
     out = Path(output_dir)
     _fresh(out)
     cfg = demo_config(out, quick, overrides)
