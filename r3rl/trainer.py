@@ -144,6 +144,11 @@ class Trainer:
     def _backward(self, episodes: list[Episode], sync: bool) -> dict[str, float]:
         cfg, tcfg = self.cfg, self.cfg.train
         G = cfg.rollout.group_size
+        stats = {k: 0.0 for k in METRIC_KEYS}
+        if not episodes:  # e.g. online mode where every attempt of the micro-batch passed
+            if sync:
+                self._zero_backward()
+            return stats
         rewards = torch.tensor([e.reward for e in episodes])  # [N]
         gids = {g: i for i, g in enumerate(dict.fromkeys(e.group_id for e in episodes))}
         group_ids = torch.tensor([gids[e.group_id] for e in episodes])  # [N]
@@ -152,7 +157,6 @@ class Trainer:
         for e, a in zip(episodes, adv.tolist()):
             e.advantage = a
         active = [i for i in range(len(episodes)) if not no_signal[i]]
-        stats = {k: 0.0 for k in METRIC_KEYS}
         stats.update(episodes=len(episodes), reward=float(rewards.sum()), retry_ok=sum(e.retry_ok for e in episodes),
                      zero_adv=float(no_signal.sum()), reflection_len=sum(len(e.reflection_ids) for e in episodes))
         # Every rank must run a backward on its last micro-batch so gradients are all-reduced;
@@ -188,6 +192,13 @@ class Trainer:
                          tokens=s["num_tokens"], clip_tokens=s["clip_frac"] * s["num_tokens"])
         return stats
 
+    def _zero_backward(self) -> None:
+        """A backward of an exact zero: keeps every rank's gradient all-reduce in step when one rank
+        has nothing to learn from in its last micro-batch."""
+        pad = self.tok.pad_token_id
+        batch = tuple(t.to(self.acc.device) for t in grpo.build_completion_batch([[pad]], [[pad]], pad))
+        self.acc.backward(self.policy(*batch).sum() * 0.0)
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
         cfg, tcfg = self.cfg, self.cfg.train
@@ -202,28 +213,27 @@ class Trainer:
             t0 = time.perf_counter()
             gen_time = 0.0
             totals = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
-            logged: list[Episode] = []
-            for n, micro in enumerate(mine_ids):
-                g0 = time.perf_counter()
+            # 1. rollouts of this rank's micro-batches (weights are fixed until the optimizer step)
+            batches: list[list[Episode]] = []
+            for micro in mine_ids:
                 failures = self._micro_failures(step, micro)
-                episodes = self.rollout.reflect_and_retry(failures, cfg.rollout.group_size,
-                                                          seed=derive_seed(cfg.seed, "train", step, micro)) if failures else []
-                gen_time += time.perf_counter() - g0
-                gen_tokens = sum(len(e.reflection_ids) + len(e.retry_ids) for e in episodes)
-                last = n == len(mine_ids) - 1
-                if episodes:
-                    s = self._backward(episodes, sync=last)
-                elif last:
-                    raise RuntimeError(f"step {step}: no failures to train on in the last micro-batch")
-                else:
-                    continue
-                s["gen_tokens"] = gen_tokens
-                totals += torch.tensor([s[k] for k in METRIC_KEYS], dtype=torch.float64)
-                logged.extend(episodes[: max(0, tcfg.episodes_per_step - len(logged))])
-            grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm) if tcfg.max_grad_norm > 0 else None
-            self.opt.step()
+                seed = derive_seed(cfg.seed, "train", step, micro)
+                episodes = self.rollout.reflect_and_retry(failures, cfg.rollout.group_size, seed=seed) if failures else []
+                totals[METRIC_KEYS.index("gen_tokens")] += sum(len(e.reflection_ids) + len(e.retry_ids) for e in episodes)
+                batches.append(episodes)
+            gen_time = time.perf_counter() - t0
+            logged = [e for eps in batches for e in eps][: tcfg.episodes_per_step]
+            # 2. updates: one optimizer step per pass over the rollouts (several passes reuse them,
+            #    with the sampling-time log-probs as the PPO "old" policy)
+            for update in range(tcfg.updates_per_batch):
+                for n, episodes in enumerate(batches):
+                    s = self._backward(episodes, sync=n == len(batches) - 1)
+                    if update == 0:
+                        totals += torch.tensor([s[k] for k in METRIC_KEYS], dtype=torch.float64)
+                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm) if tcfg.max_grad_norm > 0 else None
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
             self.scheduler.step()
-            self.opt.zero_grad(set_to_none=True)
             totals = self.acc.reduce(totals.to(self.acc.device), reduction="sum").cpu()
             t = dict(zip(METRIC_KEYS, totals.tolist()))
             n_eps = max(t["episodes"], 1.0)

@@ -166,3 +166,18 @@ def test_cli_train_survives_a_kill(model_dir, tmp_path):
     a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "killed" / "final")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_online_mode_with_several_updates_and_options(model_dir, tmp_path):
+    """Failures drawn from the current policy each step; two optimizer passes per rollout batch
+    (sampling-time log-probs as the old policy); Dr. GRPO options; gradient checkpointing."""
+    cfg = tiny_config(model_dir, tmp_path / "online", steps=2, online=True, updates_per_batch=2,
+                      advantage="dr_grpo", loss_aggregation="dr_grpo", gradient_checkpointing=True, save_every=0)
+    final = train(cfg, show_progress=False)
+    run = tmp_path / "online"
+    assert not (run / "failures.jsonl").exists()  # nothing mined up front
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0 < r["episodes"] <= 16 for r in rows)
+    base = weights(model_dir)
+    assert any(not torch.equal(base[k], v) for k, v in weights(final).items() if k in base)
