@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.trainer import train
 
-    final = train(_config(args), resume=args.resume)
+    final = train(_config(args), resume=args.resume_from or args.resume)
     print(f"final model: {final}")
     return 0
 
@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="reflection-only GRPO training (LoRA or full), with checkpoints")
     _add_config_args(p)
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint of train.output_dir (or the one given)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.output_dir")
+    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint folder")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="acc@1, acc@2 and the no-reflection control, with 95%% intervals")
