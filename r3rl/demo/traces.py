@@ -16,15 +16,18 @@ the task's prompt, no system prompt), so that:
 GRPO on the reflection tokens can then raise the share of working reflections,
 which is what the demo shows. Traces come in four kinds:
 
+    first    user(task) -> assistant(first attempt, right or wrong)
     single   user(task) -> assistant(correct first attempt)
     reflect  ... failed attempt, user(reflect) -> assistant(reflection), user(retry) -> assistant(retry)
     control  ... failed attempt, user(retry without reflection) -> assistant(retry)
     skill    a `reflect` trace with a working reflection whose style-deciding
              prefix and failed first attempt carry no loss (see TraceConfig.skill_share)
+    drill    user("Add a and b column by column.") -> assistant(column working)
 
-A trace ends after a correct first attempt, so the first-attempt tokens, which
-carry loss in every kind but `skill`, are drawn from the sloppy distribution
-without any conditioning on failure.
+The protocol traces (single / reflect / control) end after a correct first
+attempt, so the first-attempt tokens, which carry loss in every kind but
+`skill`, are drawn from the sloppy distribution without any conditioning on
+failure.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from r3rl.tasks.base import Example, Task
 Message = dict[str, Any]
 
 WORKING_PREFIX = "Let me add column by column."
+# The user turn of `drill` traces; deliberately unlike the task prompt.
+DRILL_PROMPT = "Add {a} and {b} column by column."
 
 # Paraphrases of a useless reflection. None starts with "Let me", so the
 # reflection's first tokens tell the two styles apart.
@@ -58,14 +63,21 @@ GENERIC_REFLECTIONS: tuple[str, ...] = (
 class TraceConfig:
     """Probabilities that shape the starting behaviour of the demo model."""
 
-    p_correct: float = 0.3
+    p_correct: float = 0.35
     """Chance that a first attempt, a retry after a generic reflection, or a control retry is right."""
     p_working: float = 0.25
     """Share of reflections (after a failure) that write out column-by-column working."""
     p_control: float = 0.2
     """Share of failed first attempts continued with a retry-without-reflection turn instead."""
-    skill_share: float = 0.3
-    """Share of extra `skill` traces. They teach the arithmetic of the working style
+    first_share: float = 0.15
+    """Share of `first` traces: a lone first attempt, right or wrong. Short (about 45
+    tokens), so they teach the first attempt cheaply, without any conditioning."""
+    drill_share: float = 0.25
+    """Share of `drill` traces: user(DRILL_PROMPT) -> assistant(column working). Short and
+    dense in arithmetic, they teach the column sums and carries cheaply; their prompt
+    is not the task's, so they do not change what the model does in the protocol."""
+    skill_share: float = 0.35
+    """Share of `skill` traces. They teach the arithmetic of the working style
     without moving the style's prior: the tokens that choose the style (the
     reflection's opening sentence) and the failed attempt get no loss."""
 
@@ -92,13 +104,20 @@ def _digits_lsb_first(n: int, width: int) -> list[int]:
 def column_working(a: int, b: int) -> str:
     """Correct column-by-column addition from the units digit, e.g. for 347 + 285:
 
-    "Let me add column by column. 7+5=12, write 2 carry 1. 4+8+1=13, write 3 carry 1. 3+2+1=6. The sum is 632."
+    "Let me add column by column. 347 + 285: 7+5=12, write 2 carry 1. 4+8+1=13, write 3 carry 1. 3+2+1=6.
+    The sum is 632."
+
+    The operands are restated first on purpose: copying them is an easy induction
+    step, and it puts each column's digits a short, nearly fixed distance behind
+    the place they are needed, which a tiny model learns far faster than finding
+    them in the task prompt a hundred tokens back (measured: without the
+    restatement an 0.9M-parameter model had 0% correct working after 500 steps).
     """
     if a < 0 or b < 0:
         raise ValueError(f"column working is for non-negative operands, got {a} and {b}")
     width = max(len(str(a)), len(str(b)))
     da, db = _digits_lsb_first(a, width), _digits_lsb_first(b, width)
-    parts = [WORKING_PREFIX]
+    parts = [WORKING_PREFIX, f"{a} + {b}:"]
     carry = 0
     for i in range(width):
         s = da[i] + db[i] + carry
@@ -168,7 +187,17 @@ def sample_trace(task: Task, example: Example, rng: random.Random, cfg: TraceCon
         msgs.append({"role": role, "content": content})
         loss.append(loss_from)
 
-    if rng.random() < cfg.skill_share:
+    kind_draw = rng.random()
+    if kind_draw < cfg.first_share:
+        say("assistant", answer_text(sloppy_answer(a, b, rng, cfg.p_correct)), 0)
+        return Trace("first", msgs, loss)
+    kind_draw -= cfg.first_share
+    if kind_draw < cfg.drill_share:
+        drill: list[Message] = [{"role": "user", "content": DRILL_PROMPT.format(a=a, b=b)},
+                                {"role": "assistant", "content": column_working(a, b)}]
+        return Trace("drill", drill, [None, 0])
+    kind_draw -= cfg.drill_share
+    if kind_draw < cfg.skill_share:
         wrong = sloppy_answer(a, b, rng, p_correct=0.0)
         say("assistant", answer_text(wrong), None)
         say("user", prompts.DEFAULT_REFLECT, None)

@@ -36,6 +36,8 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 # Generated draws give up on uniqueness after this many times the requested
 # count of attempts (only matters when n approaches the size of the split).
 _MAX_DRAW_FACTOR = 50
+# Spaces of at most this many ordered pairs are counted exactly (about 0.1 s).
+_COUNTABLE_PAIRS = 100_000
 
 
 def extract_answer(completion: str) -> str | None:
@@ -129,6 +131,7 @@ class AdditionTask(Task):
         self.test_fraction = float(test_fraction)
         self.path = path
         self.test_path = test_path
+        self._sizes: dict[tuple[int, int, bool], int] = {}
 
     # ----------------------------------------------------------------- examples
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
@@ -155,6 +158,10 @@ class AdditionTask(Task):
         # Seed from (seed, split, digits) so the splits do not share a random stream.
         rng = random.Random(f"addition/{self.digits}/{split}/{seed}")
         want_test = split == "test"
+        if (hi - lo + 1) ** 2 <= _COUNTABLE_PAIRS:
+            # A small space can run out: stop when every pair of the split is drawn,
+            # instead of spinning through the whole draw budget.
+            n = min(n, self._split_size(lo, hi, want_test))
         out: list[Example] = []
         seen: set[tuple[int, int]] = set()
         for _ in range(max(n, 1) * _MAX_DRAW_FACTOR):
@@ -166,6 +173,14 @@ class AdditionTask(Task):
             seen.add((a, b))
             out.append({"a": a, "b": b, "id": f"{a}+{b}"})
         return out
+
+    def _split_size(self, lo: int, hi: int, want_test: bool) -> int:
+        """How many ordered pairs in [lo, hi]^2 belong to the split (only for small spaces)."""
+        key = (lo, hi, want_test)
+        if key not in self._sizes:
+            self._sizes[key] = sum(pair_in_test_split(a, b, self.test_fraction) == want_test
+                                   for a in range(lo, hi + 1) for b in range(lo, hi + 1))
+        return self._sizes[key]
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:
