@@ -17,7 +17,8 @@ prints it as JSON (the numbers in the asset's README.md come from here).
 
 Choices: loss on assistant tokens only (content + end-of-turn), AdamW with
 warm-up, constant, cosine decay (see lr_at), right-padded batches of similar length,
-traces generated on the fly from the task's train split (no epoch repeats).
+traces generated on the fly from the task's train split (a fresh draw of problems for every
+`bucket_batches` batches; with 2 digits each train problem recurs, each time in a new trace).
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, traces: TraceConfig, stats:
         f"## Measured behaviour (test split, n = {metrics['n']} problems, temperature 1.0, seed {metrics['seed']})",
         "",
         "Measured with `python -m r3rl.demo.pretrain --check <folder>`. Retry rates are over failed first",
-        "attempts (the problems the model already got wrong once, so harder than average); 95% Wilson",
+        "attempts (problems the model already got wrong once); 95% Wilson",
         "intervals. The forced row appends 'Let me add' to the reflection prompt and decodes greedily:",
         "the skill a reinforced working style can draw on.",
         "",
