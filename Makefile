@@ -28,14 +28,14 @@ test-fast: install  ## everything but the tests marked slow
 	$(BIN)/pytest -q -m "not slow"
 
 bench: install  ## benchmarks: rollout engine vs naive generate, training-step memory
-	$(BIN)/python bench/rollout.py --model tiny --workload all
-	$(BIN)/python bench/rollout.py --model 0.5b --workload fc --quick
+	$(BIN)/python bench/rollout.py --threads 1 --model tiny --workload all
+	$(BIN)/python bench/rollout.py --threads 1 --model 0.5b --workload fc --quick
 	$(BIN)/python bench/memory.py
 
 train-2proc: install  ## two CPU processes over gloo (see README, "Many processes")
 	ACCELERATE_USE_CPU=1 $(BIN)/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
 	  --mixed_precision no --dynamo_backend no -m r3rl train --config configs/tiny-cpu.yaml \
-	  train.output_dir=runs/two-proc train.steps=4
+	  train.output_dir=runs/two-proc train.failures= train.steps=4 train.micro_batch_size=8
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis
