@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from r3rl.stats import wilson_interval
 from r3rl import prompts
 from r3rl.demo.traces import TraceConfig, render_trace, sample_trace, trace_corpus
 from r3rl.tasks.addition import AdditionTask
@@ -198,18 +199,8 @@ def generate_texts(model, tok, prompt_ids: list[list[int]], max_new_tokens: int,
     return out
 
 
-def _wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
-
-
 def _rate(k: int, n: int) -> dict[str, Any]:
-    return {"rate": round(k / n, 3) if n else None, "k": k, "n": n, "ci95": _wilson(k, n)}
+    return {"rate": round(k / n, 3) if n else None, "k": k, "n": n, "ci95": [round(x, 3) for x in wilson_interval(k, n)]}
 
 
 def working_is_correct(example: dict[str, Any], reflection: str) -> bool:
