@@ -68,6 +68,13 @@ def test_slips_are_wrong_and_plausible() -> None:
         assert sum(x != y for x, y in zip(str(s), str(a + b))) == 1
 
 
+def test_trace_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="p_working"):
+        TraceConfig(p_working=1.5)
+    with pytest.raises(ValueError, match="at most 1"):
+        TraceConfig(first_share=0.5, drill_share=0.3, skill_share=0.3)
+
+
 def test_sloppy_answer_rate() -> None:
     rng = random.Random(2)
     n = 4000

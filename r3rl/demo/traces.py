@@ -81,6 +81,13 @@ class TraceConfig:
     without moving the style's prior: the tokens that choose the style (the
     reflection's opening sentence) and the failed attempt get no loss."""
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"TraceConfig.{name} must be in [0, 1], got {value}")
+        if self.first_share + self.drill_share + self.skill_share > 1.0:
+            raise ValueError("first_share + drill_share + skill_share must be at most 1 (the rest are protocol traces)")
+
 
 @dataclass
 class Trace:
