@@ -59,10 +59,8 @@ def evaluate(
         controls = {}
         if failures:
             eps = roll.reflect_and_retry(failures, group_size=1, seed=seed)
-            # reflect_and_retry sorts by (round, group_id); group ids carry the failure index
             for e in eps:
-                f_idx = int(e.group_id.rsplit(":", 2)[1])
-                i, j, _ = failed[f_idx]
+                i, j, _ = failed[e.extra["failure_index"]]
                 by_trial.setdefault((i, j), []).append(e)
             if ecfg.no_reflection_control:
                 for (i, j, _), g in zip(failed, roll.retry_without_reflection(failures, seed=seed)):

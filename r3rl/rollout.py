@@ -179,7 +179,7 @@ class Rollout:
                         retry_ids=first.token_ids if first else [],
                         reward=reward,
                         round=rnd,
-                        extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason},
+                        extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason, "failure_index": i},
                     ))
                     refl = first.next if first is not None else None
                     rnd += 1
