@@ -10,12 +10,13 @@ Intervals are Wilson 95% over all (example, sample) trials.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from r3rl.config import Config
 from r3rl.engine.base import Engine
-from r3rl.io import JsonlWriter, write_json
+from r3rl.io import atomic_write_text, write_json
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
 from r3rl.stats import wilson_interval
@@ -107,10 +108,7 @@ def evaluate(
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "episodes.jsonl.tmp"
-        with JsonlWriter(tmp, mode="w") as w:
-            w.write_many(records)
-        tmp.replace(out / "episodes.jsonl")
+        atomic_write_text(out / "episodes.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         write_json(out / "results.json", results)
     return results
 

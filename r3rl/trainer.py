@@ -19,8 +19,9 @@ so a resumed run and a run on another number of processes roll out the same epis
 
 from __future__ import annotations
 
-import math
+import json
 import time
+from functools import lru_cache
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from r3rl import grpo
 from r3rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r3rl.config import Config, dump_config
-from r3rl.io import JsonlWriter, atomic_write_text
+from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail
 from r3rl.mining import load_failures, mine
 from r3rl.policy import LogprobModel, build_policy, reference_logprobs, save_final
 from r3rl.progress import progress_bar
@@ -121,8 +122,7 @@ class Trainer:
         out = []
         for g in range(start, start + count):
             epoch, pos = divmod(g, len(items))
-            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, tag, epoch))
-            out.append(items[int(torch.randperm(len(items), generator=gen)[pos])])
+            out.append(items[_epoch_order(len(items), derive_seed(self.cfg.seed, tag, epoch))[pos]])
         return out
 
     def _micro_failures(self, step: int, micro: int) -> list[Failure]:
@@ -303,15 +303,17 @@ class Trainer:
         return out
 
 
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int) -> list[int]:
+    """The seeded permutation of one epoch (cached: every micro-batch of the epoch reads it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def _drop_after(path: Path, step: int) -> None:
     """On resume, forget log lines of steps after the checkpoint (they will be redone)."""
-    from r3rl.io import iter_jsonl, truncate_partial_tail
-
     if not path.exists():
         return
     truncate_partial_tail(path)
-    import json
-
     keep = [r for r in iter_jsonl(path) if r.get("step", 0) <= step]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 
