@@ -56,7 +56,7 @@ def run_step(args: argparse.Namespace, variant: str) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from r3rl import grpo
+    from r3rl.training import grpo, logprobs
 
     method, ckpt_chunks, grad_ckpt = VARIANTS[variant]
     device = torch.device(args.device)
@@ -81,9 +81,9 @@ def run_step(args: argparse.Namespace, variant: str) -> dict:
 
     def step() -> float:
         if method == "full":
-            logp = grpo.full_logits_logprobs(model, ids, am, cm)  # [B, T]
+            logp = logprobs.full_logits_logprobs(model, ids, am, cm)  # [B, T]
         else:
-            logp = grpo.completion_logprobs(model, ids, am, cm, chunk_size=args.chunk_size,
+            logp = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=args.chunk_size,
                                             checkpoint_chunks=ckpt_chunks)  # [B, T]
         loss, _ = grpo.policy_loss(logp, logp_old, adv, cm)
         loss.backward()

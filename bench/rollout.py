@@ -72,7 +72,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[to
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if name == "tiny":
-        from r3rl import tiny
+        from r3rl.demo import tiny
 
         tok = tiny.build_tokenizer()
         model = tiny.build_model(tok, hidden_size=64, layers=2)

@@ -48,7 +48,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _engine(cfg):
     from r3rl.engine.hf import HFEngine
-    from r3rl.policy import load_for_inference
+    from r3rl.training.policy import load_for_inference
 
     model, tok = load_for_inference(cfg)
     return HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size)
@@ -65,7 +65,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from r3rl.evaluate import evaluate, results_table
+    from r3rl.evaluation.accuracy import evaluate, results_table
     from r3rl.progress import print_table
     from r3rl.tasks import load_task
 
@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from r3rl.trainer import train
+    from r3rl.training.trainer import train
 
     final = train(_config(args), resume=args.resume_from or args.resume)
     print(f"final model: {final}")
@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
-    from r3rl.report import build_report, summary_table
+    from r3rl.reporting.report import build_report, summary_table
 
     html = build_report(args.run_dir)
     print_table(summary_table(args.run_dir))

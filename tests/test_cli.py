@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from r3rl.cli import main
-from r3rl.tiny import save_tiny_model
+from r3rl.demo.tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["generation.max_attempt_tokens=8", "generation.max_reflection_tokens=8", "generation.max_retry_tokens=8"]

@@ -29,7 +29,7 @@ ASSET = Path(r3rl.__file__).parent / "assets" / "demo-model"
 
 @pytest.fixture(scope="module")
 def tok():
-    from r3rl.tiny import build_tokenizer
+    from r3rl.demo.tiny import build_tokenizer
 
     return build_tokenizer(vocab_size=1000, extra_corpus=trace_corpus(AdditionTask(), 300, seed=0))
 

@@ -18,7 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from r3rl import tiny  # noqa: E402
+from r3rl.demo import tiny  # noqa: E402
 from r3rl.engine import Continuation, HFEngine, load_engine, load_model  # noqa: E402
 from r3rl.engine.sampling import RowSampling, filter_logits, sample_next  # noqa: E402
 from r3rl.types import Generation, SamplingParams  # noqa: E402

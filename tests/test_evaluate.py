@@ -6,9 +6,9 @@ import pytest
 
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.evaluate import evaluate, results_table
-from r3rl.stats import intervals_overlap, wilson_interval
-from r3rl.tiny import build_tokenizer
+from r3rl.evaluation.accuracy import evaluate, results_table
+from r3rl.evaluation.stats import intervals_overlap, wilson_interval
+from r3rl.demo.tiny import build_tokenizer
 
 from tests.test_rollout import EchoTask, script
 

@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 
-from r3rl import grpo, tiny
-from r3rl.grpo import AdvantageMode, LossAggregation
+from r3rl.demo import tiny
+from r3rl.training import grpo, logprobs
+from r3rl.training.grpo import AdvantageMode, LossAggregation
 
 # ----------------------------------------------------------------------------- advantages
 
@@ -312,7 +313,7 @@ def test_completion_logprobs_match_an_unpadded_forward(model, tok, padding):
     if padding == "left":
         ids, am, cm = _left_pad(ids, am, cm, tok.pad_token_id)
     with torch.no_grad():
-        logp = grpo.completion_logprobs(model, ids, am, cm, chunk_size=4)  # [B, T]
+        logp = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=4)  # [B, T]
     assert (logp[cm == 0] == 0).all()
     for i, (ctx, comp) in enumerate(zip(CONTEXTS, COMPLETIONS)):
         torch.testing.assert_close(logp[i][cm[i].bool()], _reference_logprobs(model, ctx + comp, len(comp)),
@@ -327,7 +328,7 @@ def test_left_padding_with_absolute_position_embeddings(tok):
         model.transformer.wpe.weight.mul_(50.0)
     ids, am, cm = _left_pad(*grpo.build_completion_batch(CONTEXTS, COMPLETIONS, tok.pad_token_id), tok.pad_token_id)
     with torch.no_grad():
-        logp = grpo.completion_logprobs(model, ids, am, cm, chunk_size=3)  # [B, T]
+        logp = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=3)  # [B, T]
         naive = model(input_ids=ids, attention_mask=am).logits.log_softmax(-1)  # [B, T, V] default positions
     for i, (ctx, comp) in enumerate(zip(CONTEXTS, COMPLETIONS)):
         torch.testing.assert_close(logp[i][cm[i].bool()], _reference_logprobs(model, ctx + comp, len(comp)),
@@ -349,9 +350,9 @@ def test_chunked_equals_full_logits_values_and_gradients(model, tok, padding, ch
     weights = torch.linspace(-1.0, 2.0, ids.numel()).reshape(ids.shape)  # [B, T] distinct weight per token
     params = [p for p in model.parameters()]
 
-    full = grpo.full_logits_logprobs(model, ids, am, cm)  # [B, T]
+    full = logprobs.full_logits_logprobs(model, ids, am, cm)  # [B, T]
     g_full = torch.autograd.grad((full * weights).sum(), params)
-    chunked = grpo.completion_logprobs(model, ids, am, cm, chunk_size=chunk_size, checkpoint_chunks=checkpoint_chunks)
+    chunked = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=chunk_size, checkpoint_chunks=checkpoint_chunks)
     g_chunked = torch.autograd.grad((chunked * weights).sum(), params)
 
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5)
@@ -365,18 +366,18 @@ def test_target_logprob_backward_by_hand_and_gradcheck():
     # logits (0, ln 3) -> softmax (1/4, 3/4); target 0: log p = ln(1/4) = -1.386294.
     # d log p_target / d logits = onehot - softmax = (3/4, -3/4); with incoming grad 2: (1.5, -1.5).
     logits = torch.tensor([[0.0, math.log(3)]], dtype=torch.float64, requires_grad=True)
-    out = grpo._TargetLogProb.apply(logits, torch.tensor([0]))
+    out = logprobs._TargetLogProb.apply(logits, torch.tensor([0]))
     assert out.item() == pytest.approx(math.log(0.25), abs=1e-12)
     (2 * out).sum().backward()
     torch.testing.assert_close(logits.grad, torch.tensor([[1.5, -1.5]], dtype=torch.float64), rtol=0, atol=1e-12)
     x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: grpo._TargetLogProb.apply(z, torch.tensor([0, 6, 3, 3])), (x,))
+    assert torch.autograd.gradcheck(lambda z: logprobs._TargetLogProb.apply(z, torch.tensor([0, 6, 3, 3])), (x,))
 
 
 def test_completion_mask_on_first_column_is_rejected(model):
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(ValueError, match="first token"):
-        grpo.completion_logprobs(model, ids, torch.ones_like(ids), torch.tensor([[1, 1, 0]]))
+        logprobs.completion_logprobs(model, ids, torch.ones_like(ids), torch.tensor([[1, 1, 0]]))
 
 
 @pytest.mark.parametrize("arch,attr,value,neutral", [
@@ -393,10 +394,10 @@ def test_chunked_applies_the_models_logit_postprocessing(tok, arch, attr, value,
         model.get_output_embeddings().weight.mul_(100.0)  # make logits O(10) so the transform matters
     ids, am, cm = grpo.build_completion_batch(CONTEXTS, COMPLETIONS, tok.pad_token_id)
     with torch.no_grad():
-        full = grpo.full_logits_logprobs(model, ids, am, cm)
-        chunked = grpo.completion_logprobs(model, ids, am, cm, chunk_size=3)
+        full = logprobs.full_logits_logprobs(model, ids, am, cm)
+        chunked = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=3)
         setattr(model.config, attr, neutral)  # the head alone, as a naive implementation would use
-        naive = grpo.completion_logprobs(model, ids, am, cm, chunk_size=3)
+        naive = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=3)
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-4)
     assert (naive - full).abs().max() > 1e-2  # the transform is really exercised
 
@@ -407,15 +408,15 @@ def test_lora_adapters_train_and_disable_adapter_gives_reference(tok):
     base = tiny.build_model(tok, hidden_size=32, layers=2, seed=1)
     ids, am, cm = grpo.build_completion_batch(CONTEXTS, COMPLETIONS, tok.pad_token_id)
     with torch.no_grad():
-        base_logp = grpo.full_logits_logprobs(base, ids, am, cm)  # [B, T]
+        base_logp = logprobs.full_logits_logprobs(base, ids, am, cm)  # [B, T]
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)  # lora_B starts at zero; make the adapter change the model
 
-    chunked = grpo.completion_logprobs(model, ids, am, cm, chunk_size=2)  # [B, T]
-    full = grpo.full_logits_logprobs(model, ids, am, cm)  # [B, T]
+    chunked = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=2)  # [B, T]
+    full = logprobs.full_logits_logprobs(model, ids, am, cm)  # [B, T]
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5)
     assert (chunked - base_logp).abs().max() > 1e-3  # adapters are active
     lora = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -423,5 +424,5 @@ def test_lora_adapters_train_and_disable_adapter_gives_reference(tok):
     grads = torch.autograd.grad(chunked.sum(), lora)
     assert all(g.abs().sum() > 0 for g in grads)
     with torch.no_grad(), model.disable_adapter():
-        ref = grpo.completion_logprobs(model, ids, am, cm, chunk_size=2)
+        ref = logprobs.completion_logprobs(model, ids, am, cm, chunk_size=2)
     torch.testing.assert_close(ref, base_logp, rtol=0, atol=1e-5)

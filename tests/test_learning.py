@@ -14,7 +14,7 @@ import json
 import pytest
 
 from r3rl.demo.run import demo_config
-from r3rl.trainer import train
+from r3rl.training.trainer import train
 
 
 def _mean(xs):

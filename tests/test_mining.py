@@ -9,7 +9,7 @@ from r3rl.engine.scripted import ScriptedEngine
 from r3rl.io import iter_jsonl
 from r3rl.mining import load_failures, mine, passed_path
 from r3rl.tasks.base import Task
-from r3rl.tiny import build_tokenizer
+from r3rl.demo.tiny import build_tokenizer
 from r3rl.types import Verdict
 
 

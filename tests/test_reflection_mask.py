@@ -16,7 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r3rl import grpo, prompts, tiny
+from r3rl import prompts
+from r3rl.demo import tiny
+from r3rl.training import grpo, logprobs
 
 TASK = "Use the numbers [3, 5, 7] to create an equation that equals 22."
 ATTEMPTS = ["<answer>3 + 5 + 7</answer>", "<answer>3 * 5 + 6</answer>"]
@@ -76,7 +78,7 @@ def _with_retry(samples, pad_id, retries=None, extra=0):
     return ids, am, cm
 
 
-def _loss(model, ids, am, cm, fn=grpo.completion_logprobs):
+def _loss(model, ids, am, cm, fn=logprobs.completion_logprobs):
     """GRPO loss with negative and positive advantages, ratios inside and outside the clip range, and KL.
 
     logp_old and logp_ref are fixed tensors (not derived from logp), so the loss *value*
@@ -125,7 +127,7 @@ def test_mask_covers_exactly_the_reflection_and_its_end_of_turn(tok, samples):
         assert cm[i, start:].sum() == 0 and cm[i, :len(s["context"])].sum() == 0
 
 
-@pytest.mark.parametrize("fn", [grpo.completion_logprobs, grpo.full_logits_logprobs])
+@pytest.mark.parametrize("fn", [logprobs.completion_logprobs, logprobs.full_logits_logprobs])
 def test_retry_tokens_leave_loss_and_gradients_bit_identical(model, tok, samples, fn):
     params = list(model.parameters())
 
@@ -172,7 +174,7 @@ def test_no_logit_outside_the_reflection_gets_gradient(model, tok, samples):
 
     handle = model.get_output_embeddings().register_forward_hook(keep_logits)
     try:
-        loss = _loss(model, ids, am, cm, grpo.full_logits_logprobs)
+        loss = _loss(model, ids, am, cm, logprobs.full_logits_logprobs)
         loss.backward()
     finally:
         handle.remove()
@@ -193,7 +195,7 @@ def test_chunked_head_only_sees_reflection_positions(model, tok, samples):
     handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
     try:
         with torch.no_grad():
-            grpo.completion_logprobs(model, ids, am, cm, chunk_size=7)
+            logprobs.completion_logprobs(model, ids, am, cm, chunk_size=7)
     finally:
         handle.remove()
     n_refl = sum(len(s["reflection"]) for s in samples)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from r3rl.report import (
+from r3rl.reporting.report import (
     Accuracy,
     ReportError,
     build_report,

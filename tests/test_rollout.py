@@ -9,7 +9,7 @@ from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.rollout import Failure, Rollout
 from r3rl.tasks.base import Task
-from r3rl.tiny import build_tokenizer
+from r3rl.demo.tiny import build_tokenizer
 from r3rl.types import Verdict
 
 

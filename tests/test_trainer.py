@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r3rl.checkpoint import latest_checkpoint
-from r3rl.tiny import save_tiny_model
-from r3rl.trainer import Trainer, train
+from r3rl.training.checkpoint import latest_checkpoint
+from r3rl.demo.tiny import save_tiny_model
+from r3rl.training.trainer import Trainer, train
 
 from tests.trainer_fixtures import cli_overrides, tiny_config
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from r3rl.stats import wilson_interval
+from r3rl.evaluation.stats import wilson_interval
 from r3rl import prompts
 from r3rl.demo.traces import TraceConfig, render_trace, sample_trace, trace_corpus
 from r3rl.tasks.addition import AdditionTask
@@ -78,7 +78,7 @@ class PretrainConfig:
 
 # ---------------------------------------------------------------------- building
 def build_tokenizer_and_model(cfg: PretrainConfig, traces: TraceConfig, task: AdditionTask):
-    from r3rl.tiny import build_model, build_tokenizer
+    from r3rl.demo.tiny import build_model, build_tokenizer
 
     corpus = trace_corpus(task, cfg.tokenizer_corpus, seed=cfg.seed, cfg=traces)
     tok = build_tokenizer(vocab_size=cfg.vocab_size, extra_corpus=corpus)

@@ -2,7 +2,7 @@
 
     1. evaluate the built-in model (acc@1, acc@2, no-reflection control) -> RUN/eval_before
     2. mine failures on the train split                                  -> RUN/failures.jsonl
-    3. train reflections with GRPO (r3rl.trainer)                        -> RUN/metrics.jsonl, RUN/final
+    3. train reflections with GRPO (r3rl.training.trainer)        -> RUN/metrics.jsonl, RUN/final
     4. evaluate the trained model, loaded from RUN/final                 -> RUN/eval_after
     5. write the report                                                  -> RUN/report.html, RUN/report.md
 
@@ -42,13 +42,13 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     import torch
 
     from r3rl.engine.hf import HFEngine
-    from r3rl.evaluate import evaluate, results_table
+    from r3rl.evaluation.accuracy import evaluate, results_table
     from r3rl.mining import mine
-    from r3rl.policy import load_for_inference
+    from r3rl.training.policy import load_for_inference
     from r3rl.progress import print_table
-    from r3rl.report import build_report, summary_table
+    from r3rl.reporting.report import build_report, summary_table
     from r3rl.tasks import load_task
-    from r3rl.trainer import train
+    from r3rl.training.trainer import train
 
     if not torch.cuda.is_available():
         # The demo model's matmuls are too small to gain from threads, and on a shared machine

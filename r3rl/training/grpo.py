@@ -1,6 +1,7 @@
-"""GRPO maths as pure tensor functions: group advantages, completion log-probs, clipped loss.
+"""GRPO maths as pure tensor functions: group advantages, clipped loss, KL, batch layout.
 
-Nothing here holds state or touches an optimizer; `trainer.py` composes these.
+Nothing here holds state, calls a model or touches an optimizer; the log-probs that
+feed these functions come from `logprobs.py`, and `trainer.py` composes both.
 
 Deliberate choices (each one a place where GRPO implementations differ):
 
@@ -12,8 +13,6 @@ Deliberate choices (each one a place where GRPO implementations differ):
   `zero_signal_mask` so the trainer may drop it from the backward pass.
 * Log-probabilities are those of the raw model distribution (no temperature), the
   same distribution the engine reports sampling log-probs under.
-* The LM head runs only on completion positions and in chunks (`completion_logprobs`):
-  with a 150k vocabulary the logits of a whole batch are the memory peak of a step.
 * The KL penalty is the k3 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman,
   "Approximating KL divergence"), unbiased for KL(pi || ref) and always >= 0.
 
@@ -25,12 +24,10 @@ t is a completion token; it is predicted by the hidden state at t - 1.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 
 class AdvantageMode(str, Enum):
@@ -218,173 +215,6 @@ def policy_loss(
         ]).tolist()  # one device sync for all four
     stats = dict(zip(("kl", "clip_frac", "ratio_mean", "num_tokens"), values))
     return loss, stats
-
-
-# ----------------------------------------------------------------------------- log-probs
-
-
-def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
-    """The transformer body, the LM head and the config of a (possibly peft-wrapped) causal LM.
-
-    peft's LoRA layers are injected inside these modules, so calling them directly
-    still trains the adapters and still honours `model.disable_adapter()`.
-    """
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = m.get_decoder() if hasattr(m, "get_decoder") else None
-    if body is None:
-        body = getattr(m, "model", None)
-    head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
-    if body is None or head is None:
-        raise TypeError(f"{type(m).__name__} does not expose a decoder body and an output embedding; "
-                        "use full_logits_logprobs for it")
-    return body, head, getattr(m, "config", None)
-
-
-def _logit_transform(config: Any) -> tuple[float, float | None]:
-    """(scale, softcap) that a model's CausalLM forward applies after the LM head.
-
-    Cohere multiplies by config.logit_scale, Granite divides by config.logits_scaling,
-    Gemma 2/3 soft-cap with config.final_logit_softcapping. Skipping them would give
-    log-probs of a different distribution from the one the model samples from.
-    """
-    scale = 1.0
-    if config is None:
-        return scale, None
-    if getattr(config, "logit_scale", None) is not None:
-        scale *= float(config.logit_scale)
-    if getattr(config, "logits_scaling", None) is not None:
-        scale /= float(config.logits_scaling)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    return scale, (float(softcap) if softcap else None)
-
-
-class _TargetLogProb(torch.autograd.Function):
-    """log_softmax(logits)[i, targets[i]] with a backward that allocates one [n, V] buffer.
-
-    Autograd's gather - logsumexp backward materialises about four [n, V] tensors
-    (a zero-filled scatter, exp(x - lse), its product with the incoming grad, their
-    sum); here the gradient softmax * (-g) + onehot * g is built in place in one.
-    Measured in bench/memory.py. Not twice differentiable (nothing here needs it).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor) -> Tensor:
-        lse = torch.logsumexp(logits, dim=-1)  # [n]
-        ctx.save_for_backward(logits, targets, lse)
-        return logits.gather(-1, targets[:, None]).squeeze(-1) - lse  # [n]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
-        logits, targets, lse = ctx.saved_tensors
-        grad = (logits - lse[:, None]).exp_()  # [n, V] softmax, the only new [n, V] tensor
-        grad.mul_(-grad_out[:, None])  # [n, V]
-        grad.scatter_add_(1, targets[:, None], grad_out[:, None])  # [n, V] + onehot * g
-        return grad, None
-
-
-def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, scale: float,
-                    softcap: float | None) -> Tensor:
-    """log p(target | hidden) for a chunk of positions, in float32."""
-    logits = head(hidden).float()  # [n, V]
-    if scale != 1.0:
-        logits = logits * scale  # [n, V]
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap  # [n, V]
-    return _TargetLogProb.apply(logits, targets)  # [n]
-
-
-def _position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only, so left and right padding give the same values."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # [B, T]
-
-
-def _check_inputs(input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> None:
-    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or completion_mask.shape != input_ids.shape:
-        raise ValueError(f"input_ids, attention_mask and completion_mask must share a [B, T] shape, got "
-                         f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(completion_mask.shape)}")
-    if bool(completion_mask[:, 0].bool().any()):
-        raise ValueError("completion_mask[:, 0] is set: the first token has no prefix to be predicted from")
-
-
-def completion_logprobs(
-    model: torch.nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-    chunk_size: int = 1024,
-    checkpoint_chunks: bool = True,
-) -> Tensor:
-    """log p(token_t | tokens_<t) at completion positions, computing the LM head there only.
-
-    The body runs once over the whole batch; its hidden states at the N positions
-    that predict completion tokens are gathered, and the head + log-softmax run on
-    `chunk_size` of them at a time, so [N, V] logits never exist at once. With
-    `checkpoint_chunks` (and grad enabled) each chunk's logits are recomputed in the
-    backward pass instead of being kept, so the peak is one chunk's [chunk, V]
-    instead of [N, V]; see bench/memory.py for measurements. Under no_grad (old or
-    reference log-probs) checkpointing is skipped since nothing is kept anyway.
-
-    For FSDP/DDP, call this inside an nn.Module's forward (the trainer does) so the
-    wrapper's hooks run; the function itself keeps no state.
-
-    Args:
-        model: a Hugging Face causal LM, optionally peft-wrapped (LoRA adapters train;
-            `with model.disable_adapter():` gives the reference model).
-        input_ids: [B, T] token ids, left or right padded.
-        attention_mask: [B, T] 1 on real tokens.
-        completion_mask: [B, T] 1 on completion tokens; column 0 must be 0.
-    Returns:
-        [B, T] float32 log-probs, 0.0 where completion_mask is 0.
-    """
-    _check_inputs(input_ids, attention_mask, completion_mask)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    body, head, config = _body_and_head(model)
-    scale, softcap = _logit_transform(config)
-    bsz, seq_len = input_ids.shape
-
-    hidden = body(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), use_cache=False
-    ).last_hidden_state  # [B, T, H]
-    rows, cols = completion_mask[:, 1:].bool().nonzero(as_tuple=True)  # [N], [N]: cols = predicting position
-    hidden_sel = hidden[rows, cols]  # [N, H]
-    targets = input_ids[rows, cols + 1]  # [N]
-
-    use_ckpt = checkpoint_chunks and torch.is_grad_enabled() and hidden_sel.requires_grad
-    pieces = []
-    for start in range(0, hidden_sel.shape[0], chunk_size):
-        h = hidden_sel[start:start + chunk_size]  # [n, H]
-        t = targets[start:start + chunk_size]  # [n]
-        if use_ckpt:
-            pieces.append(checkpoint(_chunk_logprobs, head, h, t, scale, softcap, use_reentrant=False))  # [n]
-        else:
-            pieces.append(_chunk_logprobs(head, h, t, scale, softcap))  # [n]
-    logp = torch.cat(pieces) if pieces else hidden_sel.new_zeros(0, dtype=torch.float32)  # [N]
-    out = logp.new_zeros(bsz, seq_len)  # [B, T]
-    return out.index_put((rows, cols + 1), logp)  # [B, T]
-
-
-def full_logits_logprobs(
-    model: torch.nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-) -> Tensor:
-    """Reference implementation: the model's own forward with logits at every position.
-
-    Uses [B, T, V] logits (the memory peak `completion_logprobs` avoids); kept for
-    tests, the benchmark, and models whose forward post-processes logits in ways
-    `completion_logprobs` does not know. Same contract and output as completion_logprobs.
-    """
-    _check_inputs(input_ids, attention_mask, completion_mask)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), use_cache=False
-    ).logits[:, :-1].float()  # [B, T-1, V]
-    targets = input_ids[:, 1:]  # [B, T-1]
-    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, T-1]
-    logp = torch.cat([logp.new_zeros(logp.shape[0], 1), logp], dim=1)  # [B, T]
-    return torch.where(completion_mask.bool(), logp, torch.zeros_like(logp))  # [B, T]
 
 
 # ----------------------------------------------------------------------------- batching

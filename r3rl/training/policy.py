@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from r3rl.config import Config
-from r3rl.grpo import completion_logprobs
+from r3rl.training.logprobs import completion_logprobs
 
 DEMO_MODEL = "demo"
 
 
 def demo_model_path() -> Path:
     """The built-in offline model shipped with the package (see r3rl/assets/demo-model/README.md)."""
-    return Path(__file__).parent / "assets" / "demo-model"
+    return Path(__file__).parent.parent / "assets" / "demo-model"
 
 
 def resolve_model_name(name: str) -> str:

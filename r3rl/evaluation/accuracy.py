@@ -19,7 +19,7 @@ from r3rl.engine.base import Engine
 from r3rl.io import atomic_write_text, write_json
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
-from r3rl.stats import wilson_interval
+from r3rl.evaluation.stats import wilson_interval
 from r3rl.tasks.base import Task
 
 

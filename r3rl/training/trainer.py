@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from r3rl import grpo
-from r3rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r3rl.training import grpo
+from r3rl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r3rl.config import Config, dump_config
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail
 from r3rl.mining import load_failures, mine
-from r3rl.policy import LogprobModel, build_policy, reference_logprobs, save_final
+from r3rl.training.policy import LogprobModel, build_policy, reference_logprobs, save_final
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
 from r3rl.tasks import load_task
@@ -294,7 +294,7 @@ class Trainer:
     def _periodic_eval(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.acc.is_main_process:
-            from r3rl.evaluate import evaluate
+            from r3rl.evaluation.accuracy import evaluate
 
             res = evaluate(self.engine, self.task, self.cfg, num_examples=self.cfg.train.eval_examples,
                            show_progress=False, seed_tag=("periodic", step))

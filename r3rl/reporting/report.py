@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from r3rl import plots
+from r3rl.reporting import plots
 from r3rl.io import atomic_write_bytes, iter_jsonl
 
 ACC_KEYS: tuple[tuple[str, str], ...] = (
