@@ -41,7 +41,7 @@ class Generation:
 
     prompt_ids: list[int]  # [P] the full prompt this continuation was generated from
     token_ids: list[int]  # [T]
-    text: str  # decoded token_ids without special tokens
+    text: str  # decoded token_ids without the turn's control tokens (stop, pad, BOS); see Engine.decode_generated
     logprobs: list[float]  # [T]
     finish_reason: str = "stop"  # "stop" (stop token) or "length" (hit max_new_tokens)
     next: "Generation | None" = None  # the continuation generated after this one (multi-turn)

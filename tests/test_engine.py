@@ -216,7 +216,20 @@ def test_train_mode_restored_and_wrappers(model, tok, prompts, stops):
     finally:
         model.eval()
     assert [[chain(g) for g in r] for r in got] == [[chain(g) for g in r] for r in expected]
-    assert all(g.text == tok.decode(g.token_ids, skip_special_tokens=True) for r in got for g in r)
+    engine = HFEngine(model, tok, stop_token_ids=stops)
+    assert all(g.text == engine.decode_generated([g.token_ids])[0] for r in got for g in r)
+
+
+def test_decoded_text_keeps_special_tool_tags_and_drops_control_tokens(model, tok):
+    # The demo tokenizer marks <tool_call> special, as some chat tokenizers do: skip_special_tokens
+    # would glue a two-call answer into "{...}\n{...}" and the verifier would reject it.
+    engine = HFEngine(model, tok)
+    answer = '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b", "arguments": {}}\n</tool_call>'
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    assert tok.convert_tokens_to_ids("<tool_call>") in ids
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert engine.decode_generated([ids + [end]]) == [answer]
+    assert tok.decode(ids, skip_special_tokens=True) != answer  # what the old decode lost
 
 
 def test_then_errors(model, tok, prompts):

@@ -66,3 +66,20 @@ class Engine(ABC):
             if tid is not None and tid != tok.unk_token_id:
                 ids.add(int(tid))
         return sorted(ids)
+
+    def decode_generated(self, token_rows: list[list[int]]) -> list[str]:
+        """Text of generated tokens as a verifier should see it.
+
+        Only the turn's control tokens (the stop set, padding, BOS) are removed.
+        `skip_special_tokens=True` would also strip tokens some tokenizers mark
+        special although they carry the answer's structure, such as Hermes/Qwen
+        `<tool_call>` tags or Llama-3's `<|python_tag|>`: a correct two-call answer
+        would then lose the separators between its calls.
+        """
+        tok = self.tokenizer
+        drop = set(self.stop_token_ids())
+        for special in (tok.pad_token_id, tok.bos_token_id):
+            if special is not None:
+                drop.add(int(special))
+        kept = [[t for t in row if t not in drop] for row in token_rows]
+        return tok.batch_decode(kept, skip_special_tokens=False)

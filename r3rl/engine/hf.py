@@ -335,7 +335,7 @@ class HFEngine(Engine):
     def _run(self, call: _Call, state: _State) -> None:
         """Decode a state, record its generations, then run their continuations, cache-reusing ones first."""
         outputs = self._decode(call, state)
-        texts = self.tokenizer.batch_decode([o[0] for o in outputs], skip_special_tokens=True)
+        texts = self.decode_generated([o[0] for o in outputs])
         generations = []
         for row, (token_ids, logprobs, reason), text in zip(state.rows, outputs, texts):
             gen = Generation(prompt_ids=row.prompt_ids, token_ids=token_ids, text=text,

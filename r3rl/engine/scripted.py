@@ -35,7 +35,7 @@ class ScriptedEngine(Engine):
         return Generation(
             prompt_ids=list(prompt_ids),
             token_ids=ids,
-            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            text=self.decode_generated([ids])[0],
             logprobs=[0.0] * len(ids),
             finish_reason=finish,
         )
