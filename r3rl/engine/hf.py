@@ -1,25 +1,27 @@
-"""Generation with any Hugging Face causal LM: shared prefills and KV-cache continuation.
+"""Generation with any Hugging Face causal LM: shared prefills, KV-cache continuation, continuous batching.
 
 Why a hand-written decode loop and not `model.generate`: r3rl's rollout asks for G
 reflections of each failure context and then, for every reflection, a retry that
 continues the same conversation. `generate` can neither fan one prefilled cache out
 to G samples nor continue each row of a finished batch with its own suffix, so it
-would prefill the (often 1,000-token, tool-schema-heavy) context 2G times. Here:
+would prefill the (often 1,000-token, tool-schema-heavy) context 2G times.
 
-* identical prompts in a micro-batch are prefilled once and the KV cache is
-  fanned out (`Cache.batch_repeat_interleave` / `batch_select_indices`);
-* a continuation (`then` returned `Continuation(suffix_ids=...)`) appends the
-  row's not-yet-cached tokens plus its suffix to that row's own cache. Rows stop
-  at different times, so a row's cache holds padding *in the middle* after its
-  stop token; the attention mask marks those slots 0 and position ids are counted
-  over real tokens only (cumsum(mask) - 1), which makes every row compute exactly
-  what a fresh left-padded prefill of its whole sequence would;
-* micro-batches of at most `max_batch_size` rows run their whole chain (first
-  generation and every continuation) before the next one starts, so memory is
-  bounded by one micro-batch.
+Two paths:
 
-`share_prefix=False, reuse_cache=False` is the plain path (every row and every
-continuation prefilled from scratch); tests use it as the reference.
+* slots (Llama/Qwen-style full-attention models, r3rl/engine/batch.py and slots.py):
+  continuous batching over a preallocated per-slot KV cache. Each prompt is prefilled
+  once and copied to its rows; a finished row leaves the batch at once (or, if `then`
+  continues it with a suffix, stays in its slot and feeds only the suffix), and waiting
+  rows take freed slots, so a batch stays full while work remains.
+* micro-batches (every other model, and the plain reference path): identical prompts
+  of a micro-batch are prefilled once and the `DynamicCache` fanned out; a continuation
+  appends the row's not-yet-cached tokens plus its suffix to that row's cache. Rows stop
+  at different times, so a row's cache holds padding *in the middle*; the attention
+  mask marks it 0 and position ids count real tokens only (cumsum(mask) - 1). A
+  micro-batch of at most `max_batch_size` rows runs its whole chain before the next.
+
+`share_prefix=False, reuse_cache=False` is the plain path (micro-batches, every row and
+every continuation prefilled from scratch); tests use it as the reference.
 """
 
 from __future__ import annotations
@@ -32,21 +34,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from r3rl.engine.base import Continuation, Engine, ThenFn
+from r3rl.engine.base import Engine, ThenFn
+from r3rl.engine.batch import Call, Row, SlotScheduler, check_continuation
 from r3rl.engine.sampling import RowSampling, sample_next, validate_params
+from r3rl.engine.slots import slot_attention_enabled, supports_slots
 from r3rl.types import Generation, SamplingParams
-
-
-@dataclass
-class _Row:
-    """One sequence being generated: which result slot it fills and where it hangs."""
-
-    prompt_index: int
-    sample_index: int
-    depth: int
-    prompt_ids: list[int]  # [P] the full prompt of this generation
-    params: SamplingParams
-    parent: Generation | None = None  # the generation this row continues (None at depth 0)
 
 
 @dataclass
@@ -59,7 +51,7 @@ class _State:
     was still running when the batch stopped): a continuation feeds them first.
     """
 
-    rows: list[_Row]
+    rows: list[Row]
     sampling: RowSampling
     cache: Any  # transformers Cache, [B, heads, L, head_dim] per layer
     mask: torch.Tensor  # [B, L] long
@@ -79,19 +71,6 @@ class _State:
     def release(self) -> None:
         """Drop the tensors early, before the next prefill allocates its own."""
         self.cache = self.mask = self.n_real = self.logits = None  # type: ignore[assignment]
-
-
-@dataclass
-class _Call:
-    """What stays fixed during one generate() call."""
-
-    module: torch.nn.Module  # unwrapped model to call
-    device: torch.device
-    generator: torch.Generator | None
-    stop: torch.Tensor  # [S] stop token ids
-    then: ThenFn | None
-    results: list[list[Generation | None]]
-    forward_kwargs: dict[str, Any]
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -174,7 +153,7 @@ class HFEngine(Engine):
         if params.seed is not None:
             generator = torch.Generator(device=device).manual_seed(int(params.seed))
         forward_sig = inspect.signature(_transformers_model(module).forward).parameters
-        call = _Call(
+        call = Call(
             module=module,
             device=device,
             generator=generator,
@@ -183,13 +162,26 @@ class HFEngine(Engine):
             results=[[None] * n for _ in prompts],
             forward_kwargs={"logits_to_keep": 1} if "logits_to_keep" in forward_sig else {},
         )
+        if self.share_prefix and self.reuse_cache and supports_slots(_transformers_model(module)):
+            self._generate_slots(call, prompts, params, n)
+            return call.results  # type: ignore[return-value]
         with self._inference(module):
             for units in self._micro_batches(len(prompts), n):
-                rows = [_Row(i, j, 0, list(prompts[i]), params) for i, samples in units for j in samples]
+                rows = [Row(i, j, 0, list(prompts[i]), params) for i, samples in units for j in samples]
                 self._run(call, self._prefill(call, rows))
         return call.results  # type: ignore[return-value]
 
     # --------------------------------------------------------------- internals
+
+    def _generate_slots(self, call: Call, prompts: list[list[int]], params: SamplingParams, n: int) -> None:
+        """Continuous batching over a preallocated slot cache (r3rl/engine/batch.py)."""
+        rows = [Row(i, j, 0, list(p), params) for i, p in enumerate(prompts) for j in range(n)]
+        base = _transformers_model(call.module)
+        dtype = base.get_input_embeddings().weight.dtype
+        capacity = max(len(p) for p in prompts) + params.max_new_tokens + 1
+        scheduler = SlotScheduler(self, call, min(self.max_batch_size, len(rows)), capacity, dtype)
+        with self._inference(call.module), slot_attention_enabled(base):
+            scheduler.run(rows)
 
     def _micro_batches(self, prompt_count: int, n: int) -> list[list[tuple[int, range]]]:
         """Group (prompt, sample range) units so that no micro-batch exceeds max_batch_size rows.
@@ -225,7 +217,7 @@ class HFEngine(Engine):
             for m, training in modes:
                 m.training = training
 
-    def _forward(self, call: _Call, state: _State, ids: torch.Tensor, real: torch.Tensor) -> None:
+    def _forward(self, call: Call, state: _State, ids: torch.Tensor, real: torch.Tensor) -> None:
         """Feed a right-aligned chunk to every row of `state` and update it in place.
 
         ids, real: [B, S]; real marks true tokens (False = padding). Position ids
@@ -255,7 +247,7 @@ class HFEngine(Engine):
                 real[b, width - len(s):] = True
         return ids.to(device), real.to(device)
 
-    def _prefill(self, call: _Call, rows: list[_Row]) -> _State:
+    def _prefill(self, call: Call, rows: list[Row]) -> _State:
         """Prefill the rows' prompts from scratch; identical prompts only once when share_prefix is on."""
         if self.share_prefix:
             first: dict[tuple[int, ...], int] = {}
@@ -290,7 +282,7 @@ class HFEngine(Engine):
         """Mid-row padding is exact for full attention only: sliding windows and recurrent states would see it."""
         return not any(getattr(state.cache, "is_sliding", [])) and not any(getattr(state.cache, "is_linear", []))
 
-    def _decode(self, call: _Call, state: _State) -> list[tuple[list[int], list[float], str]]:
+    def _decode(self, call: Call, state: _State) -> list[tuple[list[int], list[float], str]]:
         """Sample until every row hit a stop token or its max_new_tokens; finished rows are fed padding.
 
         Returns (token_ids, logprobs, finish_reason) per row and leaves each row's
@@ -332,7 +324,7 @@ class HFEngine(Engine):
             state.pending[b] = [] if fed_last[b] else tokens_b[-1:]
         return outputs
 
-    def _run(self, call: _Call, state: _State) -> None:
+    def _run(self, call: Call, state: _State) -> None:
         """Decode a state, record its generations, then run their continuations, cache-reusing ones first."""
         outputs = self._decode(call, state)
         texts = self.decode_generated([o[0] for o in outputs])
@@ -352,16 +344,16 @@ class HFEngine(Engine):
         reuse = self.reuse_cache and self._cache_reusable(state)
         kept: list[int] = []
         chunks: list[list[int]] = []
-        cached_rows: list[_Row] = []
-        scratch_rows: list[_Row] = []
+        cached_rows: list[Row] = []
+        scratch_rows: list[Row] = []
         for b, (row, gen) in enumerate(zip(state.rows, generations)):
             cont = call.then(row.prompt_index, row.sample_index, row.depth, gen)
             if cont is None:
                 continue
-            suffix, prompt = _check_continuation(cont)
+            suffix, prompt = check_continuation(cont)
             if prompt is None:
                 prompt = row.prompt_ids + gen.token_ids + suffix
-            child = _Row(row.prompt_index, row.sample_index, row.depth + 1, prompt, cont.params, parent=gen)
+            child = Row(row.prompt_index, row.sample_index, row.depth + 1, prompt, cont.params, parent=gen)
             if cont.suffix_ids is not None and reuse:
                 kept.append(b)
                 chunks.append(state.pending[b] + suffix)  # not-yet-cached last token, then the suffix
@@ -386,17 +378,3 @@ class HFEngine(Engine):
 def _device(module: torch.nn.Module) -> torch.device:
     device = getattr(module, "device", None)
     return device if isinstance(device, torch.device) else next(module.parameters()).device
-
-
-def _check_continuation(cont: Any) -> tuple[list[int], list[int] | None]:
-    """Validate what then() returned; returns (suffix_ids or [], prompt_ids or None)."""
-    if not isinstance(cont, Continuation):
-        raise TypeError(f"then() must return a Continuation or None, got {type(cont).__name__}")
-    if (cont.suffix_ids is None) == (cont.prompt_ids is None):
-        raise ValueError("a Continuation needs exactly one of suffix_ids and prompt_ids")
-    validate_params(cont.params)
-    if cont.prompt_ids is not None:
-        if len(cont.prompt_ids) == 0:
-            raise ValueError("Continuation.prompt_ids is empty")
-        return [], [int(t) for t in cont.prompt_ids]
-    return [int(t) for t in cont.suffix_ids], None
