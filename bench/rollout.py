@@ -242,10 +242,20 @@ class Tally:
     def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         batch, q = ids.shape
-        cache = kwargs.get("past_key_values")
-        kv_before = cache.get_seq_length() if cache is not None else 0
+        step = kwargs.get("r3rl_step")
+        if step is not None:  # r3rl's slot cache: the longest row attended to
+            kv_before = max(step.kv_len - q, 0)
+        else:
+            cache = kwargs.get("past_key_values")
+            try:
+                kv_before = cache.get_seq_length() if cache is not None else 0
+            except Exception:  # a paged cache (continuous batching) has no single length: count fed tokens only
+                kv_before = 0
         keep = kwargs.get("logits_to_keep", 0)
-        logit_rows = batch * (q if not keep else min(int(keep), q))
+        if isinstance(keep, torch.Tensor) and keep.numel() > 1:  # continuous batching: the kept indices
+            logit_rows = batch * keep.numel()
+        else:
+            logit_rows = batch * (q if not keep else min(int(keep), q))
         flops, nbytes = self.cost.call(batch, q, kv_before, logit_rows)
         self.calls += 1
         self.tokens += batch * q
@@ -307,6 +317,146 @@ def bench_workload(name: str, model: torch.nn.Module, tok: Any, args: argparse.N
     return dict(speedup=speedup, identical=same_refl and same_retry)
 
 
+# ------------------------------------------------------------ realistic workload
+#
+# Reflections and retries sampled at temperature 1 (no top-k / top-p) with a stop set of
+# 1/STOP_EVERY of the vocabulary: on these random models the next-token distribution is
+# nearly flat, so each row stops after a geometric number of tokens (mean about
+# STOP_EVERY, anywhere from 1 to the limit), like real reflections of very different
+# lengths. The three methods draw different random numbers, so their outputs differ;
+# their token counts follow the same distribution and speed is compared as generated
+# tokens per second. Agreement is checked separately on a greedy run of the same shape.
+
+STOP_EVERY = 40
+
+
+def stop_set(vocab: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randperm(vocab - 10, generator=g)[: max(1, (vocab - 10) // STOP_EVERY)] + 10
+    return sorted(ids.tolist())
+
+
+def _params(tokens: int, sample: bool, seed: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=tokens, temperature=1.0 if sample else 0.0, top_k=0, top_p=1.0, seed=seed)
+
+
+def real_r3rl(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0):
+    engine = HFEngine(model, tok, max_batch_size=64, stop_token_ids=stops)
+    retry = _params(w.retry_tokens, sample, seed)
+
+    def then(i: int, j: int, depth: int, gen: Any) -> Continuation | None:
+        return Continuation(retry, suffix_ids=w.suffix) if depth == 0 else None
+
+    out = engine.generate(w.contexts, _params(w.reflection_tokens, sample, seed), n=w.group, then=then)
+    return [g.token_ids for row in out for g in row], [g.next.token_ids for row in out for g in row]
+
+
+def _cut(seq: list[int], stops: set[int]) -> list[int]:
+    """A generate() row up to and including its first stop token (the rest is padding)."""
+    return next((seq[: k + 1] for k, t in enumerate(seq) if t in stops), seq)
+
+
+def real_naive(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0):
+    """model.generate per stage, 64 rows per call (r3rl's max_batch_size): rows that stop wait for the longest."""
+    stop = set(stops)
+
+    def stage(seqs: list[list[int]], new: int) -> list[list[int]]:
+        out = []
+        for k in range(0, len(seqs), 64):
+            part = seqs[k: k + 64]
+            width = max(map(len, part))
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in part], device=model.device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in part], device=model.device)
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=sample, max_new_tokens=new,
+                                 eos_token_id=stops, pad_token_id=tok.pad_token_id, top_k=None, top_p=None,
+                                 temperature=1.0 if sample else None)
+            out += [_cut(r, stop) for r in gen[:, width:].tolist()]
+        return out
+
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        rows = [c for c in w.contexts for _ in range(w.group)]
+        reflections = stage(rows, w.reflection_tokens)
+        retries = stage([c + r + w.suffix for c, r in zip(rows, reflections)], w.retry_tokens)
+    return reflections, retries
+
+
+def real_cb(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0):
+    """transformers' continuous batching (generate_batch, paged cache, prefix block sharing), one call per stage."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    def stage(seqs: list[list[int]], new: int) -> list[list[int]]:
+        gc = GenerationConfig(do_sample=sample, max_new_tokens=new, eos_token_id=stops,
+                              pad_token_id=tok.pad_token_id, top_k=0, top_p=1.0, temperature=1.0)
+        page = 64
+        blocks = sum(-(-(len(x) + new) // page) for x in seqs) + 16
+        cbc = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=2048,
+                                       max_requests_per_batch=64, allow_block_sharing=True, seed=seed)
+        out = model.generate_batch(seqs, generation_config=gc, continuous_batching_config=cbc, progress_bar=False)
+        if len(out) != len(seqs):
+            raise RuntimeError(f"generate_batch returned {len(out)} of {len(seqs)} requests (see its log above)")
+        if any(getattr(r, "error", None) for r in out.values()):
+            raise RuntimeError("generate_batch failed on some requests (see its log above)")
+        return [list(r.generated_tokens) for r in out.values()]
+
+    # Not under inference_mode: the manager's worker thread updates tensors it created outside it.
+    rows = [c for c in w.contexts for _ in range(w.group)]
+    reflections = stage(rows, w.reflection_tokens)
+    retries = stage([c + r + w.suffix for c, r in zip(rows, reflections)], w.retry_tokens)
+    return reflections, retries
+
+
+REAL_METHODS = {"r3rl": real_r3rl, "transformers-CB": real_cb, "naive": real_naive}
+
+
+def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device: torch.device) -> bool:
+    vocab = model.config.vocab_size
+    w = make_workload(name, vocab, args.failures, args.group, args.reflection_tokens, args.retry_tokens)
+    stops = stop_set(vocab)
+    cost = CostModel.of(model)
+
+    # Agreement: greedy, stop set on, a slice of the workload (2 failures), all three methods.
+    small = Workload(w.contexts[:2], w.suffix, min(w.group, 2), w.reflection_tokens, w.retry_tokens)
+    greedy = {m: fn(model, tok, small, stops, False) for m, fn in REAL_METHODS.items()}
+    agree = {m: sum(a == b for a, b in zip(greedy["r3rl"][0] + greedy["r3rl"][1], out[0] + out[1]))
+             for m, out in greedy.items() if m != "r3rl"}
+    total = 2 * len(greedy["r3rl"][0])
+
+    times: dict[str, list[float]] = {m: [] for m in REAL_METHODS}
+    toks: dict[str, list[int]] = {m: [] for m in REAL_METHODS}
+    tallies: dict[str, Tally] = {}
+    lengths: list[int] = []
+    for rep in range(args.repeats):
+        for method, fn in REAL_METHODS.items():  # interleaved, so load from other processes hits all alike
+            tallies[method] = Tally(cost, peak, bw)
+            seconds, (refl, retr) = timed(lambda: fn(model, tok, w, stops, True, rep), model, tallies[method], device)
+            times[method].append(seconds)
+            toks[method].append(sum(map(len, refl)) + sum(map(len, retr)))
+            if method == "r3rl":
+                lengths += [len(x) for x in refl]
+    rate = {m: statistics.median(n / t for n, t in zip(toks[m], times[m])) for m in REAL_METHODS}
+    lengths.sort()
+    print(f"\n== realistic {name}: {args.failures} failures x G={args.group}, contexts "
+          f"{min(map(len, w.contexts))}-{max(map(len, w.contexts))} tokens, sampled (T=1), stop set 1/{STOP_EVERY} "
+          f"of the vocabulary, limits {w.reflection_tokens} reflection / {w.retry_tokens} retry tokens, "
+          f"{args.repeats} repeats")
+    print(f"   r3rl reflection lengths: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
+          f"max {lengths[-1]} (the {w.reflection_tokens} limit hit by "
+          f"{sum(x >= w.reflection_tokens for x in lengths)} of {len(lengths)})")
+    print("   greedy agreement with r3rl (2 failures, stop set on): "
+          + ", ".join(f"{m} {k}/{total} sequences identical" for m, k in agree.items()))
+    print(f"   {'method':16} {'gen tok/s':>10} {'median s':>9} {'gen tokens':>10} {'fwd calls':>9} "
+          f"{'tokens in':>9} {'%matmul':>8} {'r3rl x':>7}   runs (s)")
+    for m in REAL_METHODS:
+        t = tallies[m]
+        s = statistics.median(times[m])
+        print(f"   {m:16} {rate[m]:10.1f} {s:9.2f} {statistics.median(toks[m]):10.0f} {t.calls:9d} {t.tokens:9d} "
+              f"{100 * t.flops / times[m][-1] / peak:7.1f}% {rate['r3rl'] / rate[m]:6.2f}x   "
+              f"{', '.join(f'{x:.2f}' for x in times[m])}")
+    return agree["naive"] == total
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["tiny", "0.5b", "qwen2.5-1.5b"], default="tiny")
@@ -314,16 +464,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--failures", type=int, default=None, help="failures per batch (default 8 tiny, 2 others)")
-    p.add_argument("--group", type=int, default=4, help="G: reflections per failure")
-    p.add_argument("--reflection-tokens", type=int, default=32)
-    p.add_argument("--retry-tokens", type=int, default=16)
+    p.add_argument("--group", type=int, default=None, help="G: reflections per failure (default 8; 4 --fixed)")
+    p.add_argument("--reflection-tokens", type=int, default=None, help="limit (default 96; 32 --fixed)")
+    p.add_argument("--retry-tokens", type=int, default=None, help="limit (default 48; 16 --fixed)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5 tiny, 3 others)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and failures: a smoke run")
+    p.add_argument("--fixed", action="store_true",
+                   help="the old fixed-length workload (no stop tokens, r3rl vs naive only)")
     args = p.parse_args(argv)
 
+    fixed_defaults = dict(group=4, reflection_tokens=32, retry_tokens=16)
+    real_defaults = dict(group=8, reflection_tokens=96, retry_tokens=48)
+    for key, value in (fixed_defaults if args.fixed else real_defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.failures is None:
-        args.failures = 8 if args.model == "tiny" else 2
+        args.failures = (8 if args.model == "tiny" else 2) if args.fixed else 16
     if args.repeats is None:
         args.repeats = 5 if args.model == "tiny" else 3
     if args.quick:
@@ -352,6 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     run_baseline(model, tok, warm)
 
     names = ["countdown", "fc"] if args.workload == "all" else [args.workload]
+    if not args.fixed:
+        real_cb(model, tok, warm, stop_set(model.config.vocab_size), False)
+        ok = True
+        for name in names:
+            peak, bw = max(peak, matmul_peak(device, dtype)), max(bw, copy_bandwidth(device))
+            ok &= bench_realistic(name, model, tok, args, peak, bw, device)
+        if not ok:
+            print("\nFAIL: r3rl and the naive baseline produced different greedy outputs", file=sys.stderr)
+        return 0 if ok else 1
     ok = True
     for name in names:
         # Re-measured before each workload, keeping the best: one reading on a busy machine can be low.
