@@ -63,6 +63,7 @@ class IdsTokenizer:
 
     pad_token_id = 0
     eos_token_id = None
+    bos_token_id = None
 
     def batch_decode(self, seqs: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         return [" ".join(map(str, s)) for s in seqs]

@@ -93,6 +93,9 @@ def sample_next(
         temperature = torch.where(greedy, torch.ones_like(sampling.temperature), sampling.temperature)  # [B]
         scaled = filter_logits(logits / temperature[:, None], sampling.top_k, sampling.top_p)  # [B, V]
         probs = torch.softmax(scaled, dim=-1)  # [B, V]
-        drawn = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # [B]
+        # argmax(p / E), E ~ Exp(1), picks token i with probability p_i (the exponential race,
+        # as vLLM samples): one pass over the vocabulary, where torch.multinomial is several.
+        race = torch.empty_like(probs).exponential_(generator=generator)  # [B, V]
+        drawn = (probs / race).argmax(dim=-1)  # [B]
         tokens = torch.where(greedy, tokens, drawn)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

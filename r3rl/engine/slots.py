@@ -108,17 +108,33 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     step = r3rl_step
     if step is None:
         raise RuntimeError("r3rl slot attention was called without its r3rl_step (a forward outside HFEngine?)")
-    gqa = query.shape[1] != key.shape[1]
     if step.decode:
-        # Queries of the fed rows placed among all active slots: the cache is read where it lies.
-        full = query.new_zeros(step.active, *query.shape[1:])  # [A, Hq, 1, D]
-        full[step.rows] = query
-        out = F.scaled_dot_product_attention(full, key, value, attn_mask=step.mask, scale=scaling,
-                                             enable_gqa=gqa)[step.rows]  # [B, Hq, 1, D]
+        out = _decode_attention(query, key, value, step, scaling)  # [B, Hq, 1, D]
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=step.mask, scale=scaling,
-                                             enable_gqa=gqa)  # [B, Hq, S, D]
+                                             enable_gqa=query.shape[1] != key.shape[1])  # [B, Hq, S, D]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, step: Step,
+                      scaling: float | None) -> torch.Tensor:
+    """One query per row against the cache where it lies: [A, Hkv, K, D] views, never copied.
+
+    The fed rows' queries are placed among all active slots (the others get zeros and a
+    one-column mask, their output dropped), and query heads are grouped by their kv head
+    so grouped-query attention needs no repeated K/V (sdpa's math path on CPU would copy them).
+    """
+    active, kv_heads, kv_len, dim = key.shape
+    heads = query.shape[1]
+    q = query.new_zeros(active, heads, dim)  # [A, Hq, D]
+    q[step.rows] = query[:, :, 0]
+    q = q.view(active, kv_heads, heads // kv_heads, dim)  # [A, Hkv, rep, D]
+    scale = scaling if scaling is not None else dim**-0.5
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scale  # [A, Hkv, rep, K]
+    scores = scores.float().masked_fill(~step.mask.view(active, 1, 1, kv_len), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [A, Hkv, rep, K]
+    out = torch.matmul(probs, value)  # [A, Hkv, rep, D]
+    return out.view(active, heads, 1, dim)[step.rows]  # [B, Hq, 1, D]
 
 
 AttentionInterface.register(ATTN_NAME, slot_attention)
