@@ -82,7 +82,7 @@ def test_trial_statistics_one_sample_per_example_by_hand():
     pattern = [(True, False, False)] * 6 + [(False, True, False)] * 7 + [(False, False, True)] * 1 \
         + [(False, True, True)] * 2 + [(False, False, False)] * 4
     out = trial_statistics(_records(pattern), control=True)
-    cmp = out["acc@2_vs_no_reflection"]
+    cmp = out["comparisons"]["acc@2_vs_no_reflection"]
     assert (cmp["first_only"], cmp["second_only"]) == (1, 7)
     assert cmp["p_value"] == 0.0703125 and cmp["test"] == stats.MCNEMAR
     assert cmp["difference"] == pytest.approx(6 / 20)  # acc@2 15/20 minus control 9/20
@@ -102,7 +102,7 @@ def test_trial_statistics_clusters_several_samples_per_example():
     lo, hi = out["acc@2_ci"]
     w_lo, w_hi = wilson_interval(20, 40)
     assert hi - lo > 1.7 * (w_hi - w_lo)  # 10 independent units, not 40
-    cmp = out["acc@2_vs_no_reflection"]
+    cmp = out["comparisons"]["acc@2_vs_no_reflection"]
     assert cmp["test"] == stats.MCNEMAR_CLUSTERED
     assert cmp["p_value"] == pytest.approx(2 / 32)  # five examples of +4, signs flipped jointly
     assert out["retry_fix_rate_interval"] == stats.bootstrap_name()
@@ -121,10 +121,11 @@ def test_evaluate_writes_the_paired_comparison(tmp_path):
 
     res = evaluate(ScriptedEngine(tok, scr), EchoTask(), cfg, output_dir=tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    cmp = saved["acc@2_vs_no_reflection"]
+    cmp = saved["comparisons"]["acc@2_vs_no_reflection"]
     # two failing examples, each with both samples fixed by the reflection and not by the control:
     # per-example differences [2, 2] -> sign-flip p = 2/4
     assert (cmp["pairs"], cmp["examples"], cmp["first_only"], cmp["second_only"]) == (6, 3, 0, 4)
     assert cmp["p_value"] == pytest.approx(0.5) and cmp["test"] == stats.MCNEMAR_CLUSTERED
     assert cmp["difference"] == pytest.approx(4 / 6)
     assert saved["intervals"] == stats.bootstrap_name() and res["retry_fix_rate_ci"] == [1.0, 1.0]
+    assert "p = 0.5 (exact McNemar test clustered by example" in str(results_table(res).caption)

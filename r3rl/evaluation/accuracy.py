@@ -147,7 +147,7 @@ def trial_statistics(records: list[dict[str, Any]], *, rounds: int = 1, control:
     out["retry_fix_rate_interval"] = fix_method
     if control:
         cmp = stats.paired_comparison((key(r), passed["acc@2_no_reflection"](r), passed["acc@2"](r)) for r in records)
-        out["acc@2_vs_no_reflection"] = cmp.to_json()
+        out["comparisons"] = {"acc@2_vs_no_reflection": cmp.to_json()}
     return out
 
 
@@ -162,6 +162,11 @@ def results_table(results: dict[str, Any], title: str = "evaluation"):
     for key in sorted((k for k in results if k.startswith("acc@") and not k.endswith(("_ci", "_hits"))), key=_metric_order):
         lo, hi = results[f"{key}_ci"]
         table.add_row(key, f"{results[key]:.1%}", f"[{lo:.1%}, {hi:.1%}]")
+    cmp = results.get("comparisons", {}).get("acc@2_vs_no_reflection")
+    if cmp:
+        lo, hi = cmp["difference_ci"]
+        table.caption = (f"acc@2 - control: {100 * cmp['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+                         f"p = {cmp['p_value']:.3g} ({cmp['test']})")
     return table
 
 
