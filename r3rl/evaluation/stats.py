@@ -36,7 +36,7 @@ MCNEMAR_CLUSTERED = "exact McNemar test clustered by example (two-sided sign-fli
 
 
 def bootstrap_name(resamples: int = BOOTSTRAP_RESAMPLES) -> str:
-    return f"percentile bootstrap over examples ({resamples} resamples)"
+    return f"percentile bootstrap over examples, {resamples} resamples"
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
