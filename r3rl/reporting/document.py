@@ -175,7 +175,8 @@ def _paired_blocks(run: RunData, headline) -> list[Block]:
     blocks.append(Para(
         "The same examples and samples are scored under both conditions, so each comparison is a paired test: "
         + "; ".join(f"{test}, with the paired difference's interval by {interval}" for test, interval in methods)
-        + ". Significance is judged at the 5% level; overlapping or separate accuracy intervals are not a test."
+        + ". Significance is judged at the 5% level by the test; near that boundary the interval can exclude 0 "
+        "while the exact test, which is conservative, does not. Whether two accuracy intervals overlap is not a test."
     ))
     control_after = next((c for c in done if c.label == "acc@2 in eval_after"), None)
     if control_after is not None:
