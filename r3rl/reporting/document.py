@@ -136,7 +136,7 @@ def _results_blocks(run: RunData) -> list[Block]:
         ])
     blocks.append(TableBlock(["metric", "before", "95% CI", "after", "95% CI", "change"], rows))
     facts = [
-        f"{ev.name}: {ev.n} examples x {ev.samples} samples" + (f", model {ev.model}" if ev.model else "")
+        f"{ev.name}: {ev.n} examples x {ev.samples} sample{'s' if ev.samples != 1 else ''} each" + (f", model {ev.model}" if ev.model else "")
         + (f", intervals: {ev.intervals}" if ev.intervals else "")
         for ev in (run.before, run.after) if ev is not None and ev.n is not None and ev.samples is not None
     ]
@@ -236,6 +236,9 @@ def _training_blocks(run: RunData) -> list[Block]:
     if rows:
         blocks.append(TableBlock(["metric", "meaning", "first", "final", "final step"], rows))
     blocks += _loss_note(run)
+    if kl_state != "measured" and metric_series(run.metrics, "kl")[1]:
+        blocks.append(Para(f"KL to the reference model: {kl_state}, so it is not plotted; the trainer logs 0 "
+                           "when it does not compute it.", style="note"))
     blocks += _zero_advantage_notes(run, warning=False)
     for key, (title, ylabel, _) in TRAIN_PLOTS.items():
         if (key == "kl" and kl_state != "measured") or (key == "retry_success" and one_panel):
@@ -246,9 +249,6 @@ def _training_blocks(run: RunData) -> list[Block]:
                 title = "Mean reflection reward = retry success rate"
             fig = plots.metric_curve(xs, ys, title=title, ylabel=ylabel)
             blocks.append(Image(key, f"{title} ({key}) over optimizer steps", plots.png_bytes(fig)))
-    if kl_state != "measured" and metric_series(run.metrics, "kl")[1]:
-        blocks.append(Para(f"KL to the reference model: {kl_state}, so it is not plotted; the trainer logs 0 "
-                           "when it does not compute it.", style="note"))
     eval_series = {k: v for k in EVAL_METRIC_KEYS if (v := metric_series(run.metrics, k))[1]}
     if eval_series:
         blocks.append(Image("eval_accuracy", "Periodic eval accuracy during training",
