@@ -426,3 +426,15 @@ def test_cli_report_on_an_empty_folder_prints_one_sentence(tmp_path: Path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"r3rl report: error: {tmp_path} holds no run to report on")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_templates_ship_in_the_wheel() -> None:
+    import ast  # tomllib is Python 3.11+, and the project supports 3.10
+
+    section = (Path(__file__).parents[1] / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    globs = ast.literal_eval(re.search(r"^r3rl\s*=\s*(\[.*?\])", section, re.M | re.S).group(1))
+    templates = sorted((Path(__file__).parents[1] / "r3rl" / "reporting" / "templates").glob("*"))
+    assert {t.name for t in templates} == {"report.md.j2", "report.html.j2"}
+    for t in templates:
+        rel = t.relative_to(Path(__file__).parents[1] / "r3rl")
+        assert any(rel.match(g) for g in globs), f"{rel} is not in [tool.setuptools.package-data]"
