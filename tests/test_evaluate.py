@@ -109,17 +109,17 @@ def test_trial_statistics_clusters_several_samples_per_example():
     assert out["retry_fix_rate_ci"][0] < 0.5 < out["retry_fix_rate_ci"][1]
 
 
+def _apple_at_once(prompt, j):
+    """'apple' passes its first attempt; the others fail, and their reflection makes the retry pass."""
+    first_turn = prompt.count("<|im_start|>user") == 1
+    return "apple" if "Say the word apple" in prompt and first_turn else script(prompt, j)
+
+
 def test_evaluate_writes_the_paired_comparison(tmp_path):
-    tok = build_tokenizer()
     cfg = Config()
     cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
-
-    def scr(prompt, j):
-        if "Say the word apple" in prompt and prompt.count("<|im_start|>user") == 1:
-            return "apple"
-        return script(prompt, j)
-
-    res = evaluate(ScriptedEngine(tok, scr), EchoTask(), cfg, output_dir=tmp_path, show_progress=False)
+    engine = ScriptedEngine(build_tokenizer(), _apple_at_once)
+    res = evaluate(engine, EchoTask(), cfg, output_dir=tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     cmp = saved["comparisons"]["acc@2_vs_no_reflection"]
     # two failing examples, each with both samples fixed by the reflection and not by the control:
