@@ -65,7 +65,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from r3rl.evaluation.accuracy import evaluate, results_table
+    from r3rl.evaluation.accuracy import evaluate, group_table, results_table
     from r3rl.progress import print_table
     from r3rl.tasks import load_task
 
@@ -75,6 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate(_engine(cfg), load_task(cfg.task.name, **cfg.task.options), cfg,
                    output_dir=args.output or cfg.eval.output_dir, model_name=cfg.model.name_or_path)
     print_table(results_table(res))
+    if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
+        print_table(by_group)
     print(f"wrote {args.output or cfg.eval.output_dir}/results.json and episodes.jsonl")
     return 0
 

@@ -332,3 +332,38 @@ def test_verdicts_agree_with_bfcls_own_checker():
                 disagreements.append((ex["id"], text[:200], theirs, ours.reason))
     assert checked > 15_000 and 2_000 < passed < checked - 5_000
     assert not disagreements, disagreements[:5]
+
+
+# ------------------------------------------------------------------ through r3rl eval
+def test_evaluate_reports_bfcl_categories(tmp_path, task):
+    """evaluate() with a scripted model: right answers for the simple rows only; results.json has BFCL's figures."""
+    from r3rl.config import Config
+    from r3rl.demo.tiny import build_tokenizer
+    from r3rl.engine.scripted import ScriptedEngine
+    from r3rl.evaluation.accuracy import evaluate, group_table
+
+    right = {"Find the area of a triangle": py("calculate_triangle_area(base=10, height=5)"),
+             "Calculate the factorial of 5": py("math.factorial(number=5)"),
+             "hypotenuse of a right triangle": py("math.hypot(x=4, y=5)")}
+
+    def scr(prompt, j):
+        user_turns = prompt.count("<|im_start|>user")
+        for question, answer in right.items():
+            if question in prompt and user_turns == 1:
+                return answer
+        return "I am not sure." if user_turns == 1 else "I should call the tool."
+
+    cfg = Config()
+    cfg.task.name = "bfcl"
+    cfg.eval.num_examples, cfg.eval.samples_per_example = 100, 1
+    res = evaluate(ScriptedEngine(build_tokenizer(), scr), task, cfg, output_dir=tmp_path, show_progress=False)
+    assert res["trials"] == 13 and res["acc@1"] == pytest.approx(3 / 13)
+    by_group = json.loads((tmp_path / "results.json").read_text())["by_group"]
+    assert by_group["groups"]["simple"] == {"n": 3, "acc@1": 1.0, "acc@2": 1.0}
+    assert by_group["groups"]["live_parallel"] == {"n": 1, "acc@1": 0.0, "acc@2": 0.0}
+    assert by_group["non_live_ast"] == {"acc@1": 0.25, "acc@2": 0.25, "n": 9, "complete": True}  # (1 + 0 + 0 + 0) / 4
+    assert by_group["live_ast"]["acc@1"] == 0.0 and by_group["live_ast"]["n"] == 4
+    episodes = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert {e["group"] for e in episodes} == set(by_group["groups"])
+    table = group_table(res)
+    assert table is not None and table.row_count == 8 + 2

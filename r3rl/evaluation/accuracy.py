@@ -84,6 +84,9 @@ def evaluate(
                     "no_reflection_retry_text": ctrl[0] if ctrl else "",
                     "no_reflection_retry_ok": bool(ctrl and ctrl[1].ok),
                 }
+                group = task.breakdown(a.example)  # per-group results (BFCL categories); see Task.summarize
+                if group is not None:
+                    rec["group"] = group
                 if rounds > 1:
                     rec["rounds"] = [
                         {"reflection_text": e.reflection_text, "retry_text": e.retry_text, "retry_ok": e.retry_ok}
@@ -105,6 +108,8 @@ def evaluate(
         results.update(_acc(f"acc@{k + 1}", hits, n))
     n_fail = n - ok1
     results["retry_fix_rate"] = sum(r["retry_ok"] for r in records if not r["attempt_ok"]) / n_fail if n_fail else 0.0
+    if any("group" in r for r in records):
+        results["by_group"] = task.summarize(records)
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -129,3 +134,23 @@ def results_table(results: dict[str, Any], title: str = "evaluation"):
 
 def _metric_order(key: str) -> tuple[int, str]:
     return (int(key[4]) if key[4].isdigit() else 9, key)
+
+
+def group_table(results: dict[str, Any]):
+    """A rich table of results["by_group"] (Task.breakdown / Task.summarize), or None when there is none."""
+    from rich.table import Table
+
+    by_group = results.get("by_group") or {}
+    groups = by_group.get("groups") or {}
+    if not groups:
+        return None
+    table = Table(title=f"by group: {results.get('task')}")
+    for column in ("group", "n", "acc@1", "acc@2"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for name, g in groups.items():
+        table.add_row(name, str(g["n"]), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
+    for name, g in by_group.items():  # task-level summaries, e.g. BFCL's non_live_ast / live_ast
+        if name != "groups" and isinstance(g, dict) and "acc@1" in g:
+            partial = "" if g.get("complete", True) else " (partial)"
+            table.add_row(f"{name}{partial}", str(g.get("n", "")), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
+    return table
