@@ -40,7 +40,7 @@ def test_tasks_lists_builtins(capsys):
         ("train.learnig_rate=1", "Did you mean: learning_rate"),
         ("train.steps=abc", "train.steps: expected an integer"),
         ("rollout.group_size=0", "rollout.group_size: must be at least 1"),
-        ("train.advantage=ppo", "train.advantage: 'ppo' is not one of grpo, dr_grpo"),
+        ("train.advantage=ppo", "train.advantage: 'ppo' is not one of normalized, mean_only"),
     ],
 )
 def test_config_errors_name_the_field(override, message, capsys):
@@ -63,8 +63,8 @@ def test_every_preset_loads(capsys):
 
 def test_mine_from_the_cli(model_dir, tmp_path, capsys):
     out = tmp_path / "failures.jsonl"
-    args = ["mine", f"model.name_or_path={model_dir}", "task.name=countdown", "mine.num_examples=6",
-            "mine.attempts_per_example=2", f"mine.output={out}", *SMALL]
+    args = ["mine", f"model.name_or_path={model_dir}", "task.name=countdown", "failures.num_examples=6",
+            "failures.attempts_per_example=2", f"failures.path={out}", *SMALL]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["examples"] == 6 and out.exists()

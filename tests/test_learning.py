@@ -26,8 +26,7 @@ def test_reward_rises_within_bounded_steps(tmp_path):
     run = tmp_path / "learn"
     cfg = demo_config(run, overrides=[
         "train.steps=24", "train.batch_size=16", "train.micro_batch_size=16", "train.save_every=0",
-        "train.episodes_per_step=128", "mine.num_examples=256",
-        "train.failures=",  # mine first, inside train()
+        "train.log_episodes_per_step=128", "failures.num_examples=256",
     ])
     train(cfg, show_progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
