@@ -158,11 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before, between or after options (`eval -c F a=1 -o DIR b=2`): argparse hands
+    # the ones after an option back as unknown, and they join the others in order.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from r3rl.config import ConfigError
+    from r3rl.rollout import VerifierError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, VerifierError) as e:
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2

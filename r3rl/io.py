@@ -76,7 +76,7 @@ def iter_jsonl(path: str | Path, tolerate_truncated_tail: bool = False) -> Itera
         except json.JSONDecodeError as e:
             if tolerate_truncated_tail and n == len(lines) and not line.endswith("\n"):
                 return
-            raise ValueError(f"{path}, line {n}: invalid JSON ({e.msg})") from None
+            raise ValueError(f"{path}, line {n}, column {e.colno}: invalid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
         yield obj

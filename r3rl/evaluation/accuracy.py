@@ -102,6 +102,7 @@ def evaluate_model(
         hits = sum(r["attempt_ok"] or any(x["retry_ok"] for x in r.get("rounds", [])[:k]) for r in records)
         results.update(_acc(f"acc@{k + 1}", hits, n))
     n_fail = n - ok1
+    results["verifier_errors"] = roll.verify_errors
     results["retry_fix_rate"] = sum(r["retry_ok"] for r in records if not r["attempt_ok"]) / n_fail if n_fail else 0.0
     if output_dir is not None:
         out = Path(output_dir)

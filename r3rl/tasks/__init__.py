@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -56,6 +58,10 @@ def _import(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"task import path {path!r} must look like 'package.module:ClassName'")
+    # The working directory is importable, as under `python -m`: the `r3rl` console script alone
+    # would not find `examples.custom_task.my_task` run from the folder the example names.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -35,7 +35,8 @@ def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = No
 
     return load_model(
         resolve_model_name(mcfg.name_or_path), dtype=mcfg.dtype, device=device,
-        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code,
+        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
+        attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs,
     )
 
 
