@@ -86,5 +86,16 @@ def test_json_lines_saved_as_json_load_and_a_bad_line_names_line_and_column(tmp_
     assert [r["target"] for r in load_records(f)] == [3, 4]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1}\n{"a": 1,, "b": 2}\n')
-    with pytest.raises(DataError, match=r"line 2 of .*bad.jsonl.*\(column 9\)"):
+    with pytest.raises(DataError, match=r"line 2 of .*bad.jsonl.*\(at column 9\)"):
         load_records(bad)
+
+
+def test_a_record_cut_short_is_reported_at_its_line_not_the_next(tmp_path):
+    from r3rl.io import iter_jsonl
+
+    f = tmp_path / "cut.jsonl"
+    f.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(ValueError, match=r"cut.jsonl, line 2: invalid JSON at the end of the line"):
+        list(iter_jsonl(f))
+    with pytest.raises(DataError, match=r"line 2 of .*cut.jsonl: Expecting value \(at the end of the line"):
+        load_records(f)

@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Hashable, TypeVar
 
+from r3rl.io import json_error_place
+
 __all__ = ["DataError", "load_records", "row_error", "holdout_split", "sample"]
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -57,7 +59,7 @@ def _load_jsonl(path: Path) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON on line {lineno} of {path}: {e.msg} (column {e.colno})") from None
+                raise DataError(f"invalid JSON on line {lineno} of {path}: {e.msg} ({json_error_place(e, line)})") from None
             if not isinstance(rows[-1], dict):
                 raise DataError(f"line {lineno} of {path}: expected a JSON object, got {type(rows[-1]).__name__}")
     return rows
