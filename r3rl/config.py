@@ -26,8 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "demo"
-    """Hugging Face hub id or local folder (a LoRA adapter folder loads its base too); "demo" = the built-in offline model."""
+    name_or_path: str = ""
+    """Hugging Face hub id, local folder (a LoRA adapter folder loads its base too), or a registered model alias."""
     base: str | None = None
     """Base model for an adapter folder, overriding adapter_config.json's base_model_name_or_path."""
     dtype: str = "auto"
@@ -44,8 +44,8 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "addition"
-    """Registered task name or import path 'package.module:TaskClass'."""
+    name: str = ""
+    """Registered task name (`r3rl tasks`) or import path 'package.module:TaskClass'."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options passed to the task (e.g. path, digits, num_range)."""
 

@@ -68,6 +68,37 @@ def hub_error_hint(name: str, kind: str, error: BaseException) -> str:
     return f"cannot load {kind} {name!r}: {fix}."
 
 
+_ALIASES: dict[str, str] = {}
+
+
+def register_model_alias(name: str, path: str | os.PathLike[str]) -> None:
+    """Let `name` stand for a model folder anywhere a model is named (config, --model)."""
+    _ALIASES[name] = str(path)
+
+
+def resolve_model_name(name: str) -> str:
+    """An alias (registered, or from the `r3rl.models` entry-point group) -> its folder; else `name`.
+
+    A package names its models the way it names tasks:
+
+        [project.entry-points."r3rl.models"]
+        mymodel = "mypkg.models:folder"      # a path string, or a function returning one
+
+    A local folder of the same name wins over an alias.
+    """
+    if name in _ALIASES:
+        return _ALIASES[name]
+    if not name or Path(name).expanduser().exists():
+        return name
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="r3rl.models"):
+        if ep.name == name:
+            target = ep.load()
+            return str(target() if callable(target) else target)
+    return name
+
+
 def _adapter_base(adapter_dir: Path) -> str:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
@@ -100,6 +131,10 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not name_or_path:
+        raise ValueError("no model given: set model.name_or_path (a hub id or a folder), or pass --model")
+    name_or_path = resolve_model_name(name_or_path)
+    base = resolve_model_name(base) if base else base
     device_t = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device_t)
 

@@ -27,7 +27,6 @@ __all__ = ["Task", "Example", "Verdict", "load_task", "register_task", "availabl
 _BUILTIN: dict[str, str] = {
     "countdown": "r3rl.tasks.countdown:CountdownTask",
     "function_calling": "r3rl.tasks.function_calling:FunctionCallingTask",
-    "addition": "r3rl.tasks.addition:AdditionTask",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 
@@ -74,6 +73,8 @@ def _import(path: str) -> Any:
 
 def load_task(name_or_path: str, **options: Any) -> Task:
     """Instantiate a task by registered name, entry-point name, or `module:Class` path."""
+    if not name_or_path:
+        raise ValueError("no task given: set task.name (see `r3rl tasks`) or an import path 'mypkg.module:MyTask'")
     if name_or_path in _REGISTERED:
         cls: Any = _REGISTERED[name_or_path]
     elif name_or_path in _BUILTIN:
