@@ -336,11 +336,12 @@ def test_verdicts_agree_with_bfcls_own_checker():
 
 # ------------------------------------------------------------------ through r3rl eval
 def test_evaluate_reports_bfcl_categories(tmp_path, task):
-    """evaluate() with a scripted model: right answers for the simple rows only; results.json has BFCL's figures."""
+    """evaluate_model() with a scripted model: right answers for the simple rows only; results.json has BFCL's figures."""
     from r3rl.config import Config
     from r3rl.demo.tiny import build_tokenizer
     from r3rl.engine.scripted import ScriptedEngine
-    from r3rl.evaluation.accuracy import evaluate, group_table
+    from r3rl.evaluation.accuracy import evaluate_model, group_table
+    from r3rl.rollout import Rollout
 
     right = {"Find the area of a triangle": py("calculate_triangle_area(base=10, height=5)"),
              "Calculate the factorial of 5": py("math.factorial(number=5)"),
@@ -356,7 +357,8 @@ def test_evaluate_reports_bfcl_categories(tmp_path, task):
     cfg = Config()
     cfg.task.name = "bfcl"
     cfg.eval.num_examples, cfg.eval.samples_per_example = 100, 1
-    res = evaluate(ScriptedEngine(build_tokenizer(), scr), task, cfg, output_dir=tmp_path, show_progress=False)
+    roll = Rollout(ScriptedEngine(build_tokenizer(), scr), task, cfg.generation, cfg.rollout)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
     assert res["trials"] == 13 and res["acc@1"] == pytest.approx(3 / 13)
     by_group = json.loads((tmp_path / "results.json").read_text())["by_group"]
     assert by_group["groups"]["simple"] == {"n": 3, "acc@1": 1.0, "acc@2": 1.0}
