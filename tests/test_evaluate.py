@@ -7,7 +7,8 @@ import pytest
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.evaluation import stats
-from r3rl.evaluation.accuracy import evaluate, results_table, trial_statistics
+from r3rl.evaluation.accuracy import evaluate_model, results_table, trial_statistics
+from r3rl.rollout import Rollout
 from r3rl.evaluation.stats import wilson_interval
 from r3rl.demo.tiny import build_tokenizer
 
@@ -48,7 +49,7 @@ def test_evaluate_counts_and_files(tmp_path):
             return "apple"
         return script(prompt, j)
 
-    res = evaluate(ScriptedEngine(tok, scr), EchoTask(), cfg, output_dir=tmp_path, model_name="scripted", show_progress=False)
+    res = evaluate_model(Rollout(ScriptedEngine(tok, scr), EchoTask(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
     # 6 trials: 2 pass at once; of the 4 failures, the reflection of each failure is sampled with
     # j = 0 (group of one), so every retry passes; the control never passes.
     assert res["trials"] == 6 and res["acc@1"] == pytest.approx(2 / 6)
@@ -118,8 +119,8 @@ def _apple_at_once(prompt, j):
 def test_evaluate_writes_the_paired_comparison(tmp_path):
     cfg = Config()
     cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
-    engine = ScriptedEngine(build_tokenizer(), _apple_at_once)
-    res = evaluate(engine, EchoTask(), cfg, output_dir=tmp_path, show_progress=False)
+    roll = Rollout(ScriptedEngine(build_tokenizer(), _apple_at_once), EchoTask(), cfg.generation, cfg.rollout)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     cmp = saved["comparisons"]["acc@2_vs_no_reflection"]
     # two failing examples, each with both samples fixed by the reflection and not by the control:
