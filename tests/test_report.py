@@ -438,3 +438,11 @@ def test_templates_ship_in_the_wheel() -> None:
     for t in templates:
         rel = t.relative_to(Path(__file__).parents[1] / "r3rl")
         assert any(rel.match(g) for g in globs), f"{rel} is not in [tool.setuptools.package-data]"
+
+
+def test_a_difference_reads_the_same_in_every_table() -> None:
+    # 0.5225 - 0.495 is 0.027499999... in floating point, 11/400 is 0.0275: both are +2.75 points
+    from r3rl.reporting.run import Accuracy
+    from r3rl.reporting.wording import fmt_change, fmt_pts
+
+    assert fmt_change(Accuracy(0.495, None), Accuracy(0.5225, None)) == fmt_pts(11 / 400) == "+2.8 pts"

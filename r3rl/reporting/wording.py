@@ -19,12 +19,15 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
 
 
 def fmt_pts(x: float) -> str:
-    """A difference of fractions in percentage points: 0.181 -> '+18.1 pts'."""
-    return f"{100.0 * x:+.1f} pts"
+    """A difference of fractions in percentage points: 0.181 -> '+18.1 pts'.
+
+    Rounded to 1e-9 first, so 0.5225 - 0.495 (0.027499999...) reads as 11/400 does: '+2.8 pts'.
+    """
+    return f"{round(100.0 * x, 9):+.1f} pts"
 
 
 def fmt_pts_ci(ci: tuple[float, float]) -> str:
-    return f"[{100.0 * ci[0]:+.1f}, {100.0 * ci[1]:+.1f}] pts"
+    return f"[{round(100.0 * ci[0], 9):+.1f}, {round(100.0 * ci[1], 9):+.1f}] pts"
 
 
 def fmt_change(before: Accuracy | None, after: Accuracy | None) -> str:
