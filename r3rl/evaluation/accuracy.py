@@ -92,6 +92,9 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, chunk: list, seed: int, progres
                 "no_reflection_retry_text": ctrl[0] if ctrl else "",
                 "no_reflection_retry_ok": bool(ctrl and ctrl[1].ok),
             }
+            group = task.breakdown(a.example)  # per-group results (BFCL categories); see Task.summarize
+            if group is not None:
+                rec["group"] = group
             if roll.cfg.rounds > 1:
                 rec["rounds"] = [
                     {"reflection_text": e.reflection_text, "retry_text": e.retry_text, "retry_ok": e.retry_ok}
@@ -114,8 +117,8 @@ class _EpisodeLog:
         self.fingerprint = fingerprint
         out.mkdir(parents=True, exist_ok=True)
 
-    def resume(self) -> tuple[int, list[dict[str, Any]], str]:
-        """(chunks already done, their records, a note for the user)."""
+    def resume(self) -> tuple[int, list[dict[str, Any]], int, str]:
+        """(chunks already done, their records, their verifier errors, a note for the user)."""
         state = json.loads(self.state_path.read_text()) if self.state_path.exists() else None
         if state and not state.get("complete") and state.get("fingerprint") == self.fingerprint and self.episodes.exists():
             truncate_partial_tail(self.episodes)
@@ -123,22 +126,23 @@ class _EpisodeLog:
             if len(records) >= state["records"]:
                 records = records[: state["records"]]  # lines of a chunk cut short are sampled again
                 atomic_write_text(self.episodes, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                return state["chunks_done"], records, f"resuming: {state['chunks_done']} chunk(s) already evaluated"
+                return (state["chunks_done"], records, state.get("verifier_errors", 0),
+                        f"resuming: {state['chunks_done']} chunk(s) already evaluated")
         atomic_write_text(self.episodes, "")
-        self._save(0, 0, complete=False)
-        return 0, [], ""
+        self._save(0, 0, 0, complete=False)
+        return 0, [], 0, ""
 
-    def append(self, records: list[dict[str, Any]], chunks_done: int, total_records: int) -> None:
+    def append(self, records: list[dict[str, Any]], chunks_done: int, total_records: int, errors: int) -> None:
         with JsonlWriter(self.episodes) as w:
             w.write_many(records)
-        self._save(chunks_done, total_records, complete=False)
+        self._save(chunks_done, total_records, errors, complete=False)
 
-    def finish(self, chunks_done: int, total_records: int) -> None:
-        self._save(chunks_done, total_records, complete=True)
+    def finish(self, chunks_done: int, total_records: int, errors: int) -> None:
+        self._save(chunks_done, total_records, errors, complete=True)
 
-    def _save(self, chunks_done: int, records: int, complete: bool) -> None:
+    def _save(self, chunks_done: int, records: int, errors: int, complete: bool) -> None:
         write_json(self.state_path, {"fingerprint": self.fingerprint, "chunks_done": chunks_done,
-                                     "records": records, "complete": complete})
+                                     "records": records, "verifier_errors": errors, "complete": complete})
 
 
 def evaluate_model(
@@ -170,7 +174,7 @@ def evaluate_model(
     chunk_size = chunk_size or ecfg.chunk_size
     chunks = chunk_ranges(len(examples), chunk_size)
     log = None
-    done, records = 0, []
+    done, records, errors = 0, [], 0
     with eval_sampling(roll, ecfg):
         if output_dir is not None and procs.is_main:
             fingerprint = {
@@ -180,7 +184,7 @@ def evaluate_model(
                 "generation": to_dict(roll.gen), "rollout": to_dict(roll.cfg),
             }
             log = _EpisodeLog(Path(output_dir), fingerprint)
-            done, records, note = log.resume()
+            done, records, errors, note = log.resume()
             if note and show_progress:
                 print(f"eval: {note} in {output_dir}", file=sys.stderr, flush=True)
         done = procs.broadcast(done)
@@ -188,26 +192,29 @@ def evaluate_model(
                                       desc=f"eval {ecfg.split}", disable=not (show_progress and procs.is_main))
         with progress:
             for batch, mine in procs.rounds(list(range(done, len(chunks)))):
-                mine_records = []
+                mine_records, errors_before = [], roll.verify_errors
                 if mine is not None:
                     c = chunks[mine]
                     # the chunk's offset in the example list seeds it: the same on any rank, in any run
                     mine_records = _eval_chunk(roll, ecfg, examples[c.start : c.stop], derive_seed(seed, seed_tag, c.start), progress)
-                new = [r for part in procs.gather(mine_records) for r in part]  # rank order = chunk order
+                parts = procs.gather((mine_records, roll.verify_errors - errors_before))  # rank order = chunk order
+                new = [r for part, _ in parts for r in part]
                 records += new
+                errors += sum(e for _, e in parts)
                 done += len(batch)
                 if log is not None:
-                    log.append(new, done, len(records))
+                    log.append(new, done, len(records), errors)
                 progress.update(sum(len(chunks[k]) for k in batch))
-    results = _results(task.name, model_name, len(examples), ecfg, roll.cfg.rounds, records) if procs.is_main else None
+    results = (_results(task.name, model_name, len(examples), ecfg, roll.cfg.rounds, records, errors, task.summarize)
+               if procs.is_main else None)
     if log is not None:
         write_json(Path(output_dir) / "results.json", results)
-        log.finish(done, len(records))
+        log.finish(done, len(records), errors)
     return procs.broadcast(results)
 
 
 def _results(task: str, model: str, n_examples: int, ecfg: EvalConfig, rounds: int,
-             records: list[dict[str, Any]]) -> dict[str, Any]:
+             records: list[dict[str, Any]], verifier_errors: int, summarize: Any) -> dict[str, Any]:
     n = len(records)
     results: dict[str, Any] = {"task": task, "model": model, "n": n_examples, "samples": ecfg.samples_per_example,
                                "trials": n}
@@ -220,7 +227,10 @@ def _results(task: str, model: str, n_examples: int, ecfg: EvalConfig, rounds: i
         hits = sum(r["attempt_ok"] or any(x["retry_ok"] for x in r.get("rounds", [])[:k]) for r in records)
         results.update(_acc(f"acc@{k + 1}", hits, n))
     n_fail = n - ok1
+    results["verifier_errors"] = verifier_errors
     results["retry_fix_rate"] = sum(r["retry_ok"] for r in records if not r["attempt_ok"]) / n_fail if n_fail else 0.0
+    if any("group" in r for r in records):
+        results["by_group"] = summarize(records)
     return results
 
 
@@ -240,3 +250,23 @@ def results_table(results: dict[str, Any], title: str = "evaluation"):
 
 def _metric_order(key: str) -> tuple[int, str]:
     return (int(key[4]) if key[4].isdigit() else 9, key)
+
+
+def group_table(results: dict[str, Any]):
+    """A rich table of results["by_group"] (Task.breakdown / Task.summarize), or None when there is none."""
+    from rich.table import Table
+
+    by_group = results.get("by_group") or {}
+    groups = by_group.get("groups") or {}
+    if not groups:
+        return None
+    table = Table(title=f"by group: {results.get('task')}")
+    for column in ("group", "n", "acc@1", "acc@2"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for name, g in groups.items():
+        table.add_row(name, str(g["n"]), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
+    for name, g in by_group.items():  # task-level summaries, e.g. BFCL's non_live_ast / live_ast
+        if name != "groups" and isinstance(g, dict) and "acc@1" in g:
+            partial = "" if g.get("complete", True) else " (partial)"
+            table.add_row(f"{name}{partial}", str(g.get("n", "")), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
+    return table
