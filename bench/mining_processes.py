@@ -7,7 +7,7 @@ the ideal ratio is 2. Timed: `mine()` alone, between two barriers (process start
 model loading excluded, the gather of records and the main process's writes included).
 The script also checks that both runs wrote the same failure set, line for line.
 
-    PYTHONPATH=. python bench/mining_processes.py                 # 256 examples, 3 repeats
+    PYTHONPATH=. python bench/mining_processes.py                 # 2048 examples, 3 repeats
     PYTHONPATH=. python bench/mining_processes.py --examples 512 --repeats 5
 
 Figures are medians over repeats; each repeat starts fresh processes and an empty failure set.
@@ -72,7 +72,7 @@ def run(procs: int, examples: int, chunk: int, output: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--examples", type=int, default=2048)
     p.add_argument("--chunk", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
