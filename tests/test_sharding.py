@@ -86,3 +86,21 @@ def test_two_processes_mine_and_evaluate_like_one(model_dir, tmp_path):
     r1, r2 = (json.loads((d / "eval" / "results.json").read_text()) for d in (one, two))
     assert r1 == r2 and r1["trials"] == 20
     assert _lines(one / "eval" / "episodes.jsonl") == _lines(two / "eval" / "episodes.jsonl")
+
+
+@pytest.mark.slow
+def test_two_process_training_mines_on_every_rank(model_dir, tmp_path):
+    """`r3rl train` on 2 processes with no failure set mines it with both ranks (the same file as
+    `r3rl mine` on 1 process) and runs its periodic evaluation on both ranks."""
+    cfg = tiny_config(model_dir, tmp_path / "one", steps=1, save_every=0, eval_every=1, eval_examples=5)
+    cfg.failures.num_examples, cfg.failures.chunk_size, cfg.eval.chunk_size = 14, 4, 2
+    from r3rl.cli import main
+
+    assert main(["mine", *cli_overrides(cfg)]) == 0
+    cfg.train.output_dir = str(tmp_path / "two")
+    cfg.failures.path = str(tmp_path / "two" / "failures.jsonl")
+    res = _run(["train", *cli_overrides(cfg)], 2)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert _lines(tmp_path / "two" / "failures.jsonl") == _lines(tmp_path / "one" / "failures.jsonl")
+    row = _lines(tmp_path / "two" / "metrics.jsonl")[0]
+    assert 0.0 <= row["eval/acc@1"] <= row["eval/acc@2"] <= 1.0
