@@ -125,7 +125,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     try:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
-        _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got))
+        _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got), file=sys.stderr)  # stdout stays the JSON summary
         summary = mine(roll, cfg.failures, cfg.seed)
     except KeyboardInterrupt:
         done = sum(_count_lines(p) for p in (path, passed_path(path)))
@@ -154,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
-        _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got))
+        _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
         res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
     except KeyboardInterrupt:
         state = out / "eval_state.json"

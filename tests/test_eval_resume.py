@@ -209,3 +209,19 @@ def test_ctrl_c_in_train_names_the_checkpoint(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and err == (f"interrupted: the latest checkpoint is {tmp_path}/run/checkpoints/step-0000002; resume with: "
                    f"r3rl train --resume train.output_dir={tmp_path}/run")
+
+
+def test_split_line_says_how_a_small_file_was_split(tmp_path):
+    """A 5-row file: the hash-based 10% test split holds 1 row, and the output says so."""
+    from r3rl.cli import _split_line
+    from r3rl.tasks import load_task
+
+    rows = [{"nums": [i, i + 1, 3], "target": 2 * i + 4} for i in range(1, 6)]
+    path = tmp_path / "cd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = load_task("countdown", path=str(path))
+    got = len(task.load_examples("test", 200))
+    line = _split_line(task, "test", 200, got)
+    assert got == 1
+    assert line.startswith(f"countdown: 1 example(s) from split 'test' (asked for 200); {path} gives 4 train / 1 test")
+    assert "hash-based test_fraction=0.1" in line
