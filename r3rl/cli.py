@@ -53,7 +53,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollout(cfg):
+def _rollout(cfg, device=None):
     """The model behind an engine, and the rollout over the configured task."""
     from r3rl.engine.hf import HFEngine
     from r3rl.rollout import Rollout
@@ -61,40 +61,130 @@ def _rollout(cfg):
     from r3rl.training.policy import load_for_inference
 
     task = load_task(cfg.task.name, **cfg.task.options)
-    model, tok = load_for_inference(cfg.model)
+    model, tok = load_for_inference(cfg.model, device=device)
     return Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
 
 
+def _launched_rollout(cfg):
+    """Under `accelerate launch` every process loads the model on its own device and takes its share
+    of the chunks (r3rl/distributed.py); a plain run is one process."""
+    from r3rl.distributed import launched_state
+
+    state = launched_state()
+    return _rollout(cfg, device=state.device if state is not None else None)
+
+
+def _say(msg: str, file=None) -> None:
+    """Print once, from the main process of a launched run."""
+    from r3rl.distributed import launch_rank
+
+    if launch_rank() == 0:
+        print(msg, file=file or sys.stdout, flush=True)
+
+
+def _split_line(task, split: str, asked: int, got: int) -> str:
+    """How many examples the split gave, and, for a task read from a file, how the file was split:
+    a 5-row file held out 10% by hash otherwise evaluates 1 row without a word."""
+    line = f"{task.name}: {got} example(s) from split '{split}' (asked for {asked})"
+    path = getattr(task, "path", None)
+    if path:
+        counts = {s: len(task.load_examples(s, None)) for s in ("train", "test")}
+        line += f"; {path} gives {counts['train']} train / {counts['test']} test"
+        if getattr(task, "test_path", None) is None and hasattr(task, "test_fraction"):
+            line += (f" (a hash-based test_fraction={task.test_fraction} of its rows is the test split; "
+                     "set task.options.test_path or test_fraction to change it)")
+    return line
+
+
+def _resume_command(args: argparse.Namespace, extra: str = "") -> str:
+    import shlex
+
+    argv = list(args.argv)
+    if extra == "--resume" and "--resume-from" in argv:  # the run's own latest checkpoint is newer
+        i = argv.index("--resume-from")
+        del argv[i : i + 2]
+    if extra and extra not in argv:
+        argv.insert(1, extra)
+    cmd = "r3rl " + shlex.join(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cmd += "   (under your same `accelerate launch ...` prefix)"
+    return cmd
+
+
+def _interrupted(args: argparse.Namespace, saved: str, extra: str = "") -> int:
+    """Ctrl-C: one line saying what is on disk and the command that continues, no traceback."""
+    _say(f"\ninterrupted: {saved}; resume with: {_resume_command(args, extra)}", file=sys.stderr)
+    return 130
+
+
 def cmd_mine(args: argparse.Namespace) -> int:
-    from r3rl.mining import mine
+    from r3rl.mining import mine, passed_path
 
     cfg = _config(args)
-    summary = mine(_rollout(cfg), cfg.failures, cfg.seed)
-    print(json.dumps(summary, indent=2))
+    path = cfg.failures.path
+    try:
+        roll = _launched_rollout(cfg)
+        got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
+        _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got), file=sys.stderr)  # stdout stays the JSON summary
+        summary = mine(roll, cfg.failures, cfg.seed)
+    except KeyboardInterrupt:
+        done = sum(_count_lines(p) for p in (path, passed_path(path)))
+        return _interrupted(args, f"{done} mined example(s) are saved in {path} (failures) and {passed_path(path)} (all passed)")
+    _say(json.dumps(summary, indent=2))
     return 0
 
 
+def _count_lines(path) -> int:
+    from pathlib import Path
+
+    path = Path(path)
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.exists() else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from r3rl.evaluation.accuracy import evaluate_model, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
     if args.model:
         cfg.model.name_or_path = args.model
-    res = evaluate_model(_rollout(cfg), cfg.eval, cfg.seed, output_dir=args.output or cfg.eval.output_dir,
-                         model_name=cfg.model.name_or_path)
-    print_table(results_table(res))
-    if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
-        print_table(by_group)
-    print(f"wrote {args.output or cfg.eval.output_dir}/results.json and episodes.jsonl")
+    out = Path(args.output or cfg.eval.output_dir)
+    try:
+        roll = _launched_rollout(cfg)
+        got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
+        _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
+        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
+    except KeyboardInterrupt:
+        state = out / "eval_state.json"
+        chunks = json.loads(state.read_text()).get("chunks_done", 0) if state.exists() else 0
+        return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
+                                  f"(the same command into the same folder goes on from there)")
+    from r3rl.distributed import launch_rank
+
+    if launch_rank() == 0:
+        print_table(results_table(res))
+        if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
+            print_table(by_group)
+    _say(f"wrote {out}/results.json and episodes.jsonl")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from r3rl.training.checkpoint import latest_checkpoint
     from r3rl.training.trainer import train
 
-    final = train(_config(args), resume=args.resume_from or args.resume)
-    print(f"final model: {final}")
+    cfg = _config(args)
+    try:
+        final = train(cfg, resume=args.resume_from or args.resume)
+    except KeyboardInterrupt:
+        ckpt = latest_checkpoint(cfg.train.output_dir)
+        if ckpt is None:
+            return _interrupted(args, f"no checkpoint yet in {cfg.train.output_dir} (train.save_every="
+                                      f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}")
+        return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
+    _say(f"final model: {final}")
     return 0
 
 
@@ -160,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Overrides may come before, between or after options (`eval -c F a=1 -o DIR b=2`): argparse hands
     # the ones after an option back as unknown, and they join the others in order.
@@ -169,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.argv = argv  # the exact arguments, for the resume hint after Ctrl-C
     from r3rl.config import ConfigError
     from r3rl.rollout import VerifierError
 

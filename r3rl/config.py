@@ -70,6 +70,8 @@ class GenerationConfig:
     """Top-k sampling for every stage (0 = off)."""
     max_batch_size: int = 64
     """Rows (prompts x samples) generated at once; lower it if generation runs out of memory."""
+    max_prompt_tokens: int = 0
+    """Longest first-attempt prompt (chat template + task + tool schemas) in tokens, checked in mining, evaluation and online training; a longer one stops the run with an error naming the example (0 = no limit)."""
 
 
 @dataclass
@@ -107,6 +109,8 @@ class FailuresConfig:
     """Failed attempts kept per example (each becomes one GRPO group)."""
     split: str = "train"
     """Task split failures come from."""
+    chunk_size: int = 64
+    """Examples per unit of mining work: each chunk is seeded by itself and processes take chunks in turn (keep it fixed to resume a run)."""
 
 
 @dataclass
@@ -191,6 +195,18 @@ class EvalConfig:
     """Where results.json and episodes.jsonl go."""
     no_reflection_control: bool = True
     """Also measure a second try without reflection (only told to try again)."""
+    chunk_size: int = 64
+    """Examples per unit of evaluation work (seeded by its offset; processes take chunks in turn; episodes are saved per chunk)."""
+    temperature: float | None = None
+    """Sampling temperature of every evaluation stage (0 = greedy); unset = the generation section's per-stage temperatures. The paper states no evaluation sampling settings."""
+    top_p: float | None = None
+    """Nucleus threshold during evaluation; unset = generation.top_p."""
+    max_attempt_tokens: int | None = None
+    """Token limit of an evaluated first attempt; unset = generation.max_attempt_tokens."""
+    max_reflection_tokens: int | None = None
+    """Token limit of an evaluated reflection; unset = generation.max_reflection_tokens."""
+    max_retry_tokens: int | None = None
+    """Token limit of an evaluated retry (and of the control's retry); unset = generation.max_retry_tokens."""
 
 
 @dataclass
@@ -216,7 +232,7 @@ _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
     "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",
     "generation.max_attempt_tokens", "generation.max_reflection_tokens", "generation.max_retry_tokens",
-    "generation.max_batch_size", "train.updates_per_batch", "train.logit_chunk_size", "failures.max_per_example", "failures.num_examples",
+    "generation.max_batch_size", "train.updates_per_batch", "failures.chunk_size", "eval.chunk_size", "train.logit_chunk_size", "failures.max_per_example", "failures.num_examples",
 }
 
 
@@ -389,6 +405,17 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"generation.{stage}_temperature: must be >= 0")
     if not 0 < cfg.generation.top_p <= 1:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
+    if cfg.generation.max_prompt_tokens < 0:
+        raise ConfigError(f"generation.max_prompt_tokens: must be >= 0 (0 = no limit), got {cfg.generation.max_prompt_tokens}")
+    ev = cfg.eval
+    if ev.temperature is not None and ev.temperature < 0:
+        raise ConfigError(f"eval.temperature: must be >= 0, got {ev.temperature}")
+    if ev.top_p is not None and not 0 < ev.top_p <= 1:
+        raise ConfigError(f"eval.top_p: must be in (0, 1], got {ev.top_p}")
+    for stage in ("attempt", "reflection", "retry"):
+        limit = getattr(ev, f"max_{stage}_tokens")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"eval.max_{stage}_tokens: must be at least 1 (or unset), got {limit}")
     return cfg
 
 

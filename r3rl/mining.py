@@ -4,7 +4,9 @@ For each example, sample k first attempts; an example with at least one failure 
 kept with its failed attempt(s) and its pass rate. Records are appended as they are
 made, so an interrupted run keeps its work; examples that never failed are listed in
 a sidecar `<output>.passed` file. On restart, every example found in either file is
-skipped: resuming never duplicates or loses an example.
+skipped: resuming never duplicates or loses an example. The work is cut into fixed chunks of
+examples, each seeded by its first example id, and shared over all processes (see
+r3rl/distributed.py): 1 or N processes, or a resumed run, write the same records.
 
 Record format (one JSON object per line):
     {"example_id": str, "example": {...}, "failed_attempts": [str, ...], "reasons": [str, ...],
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.config import FailuresConfig
+from r3rl.distributed import chunk_ranges, processes
 from r3rl.io import JsonlWriter, iter_jsonl, truncate_partial_tail
-from r3rl.progress import progress_bar
+from r3rl.progress import GenerationProgress
 from r3rl.rollout import Failure, Rollout, derive_seed
 
 REQUIRED = ("example_id", "example", "failed_attempts")
@@ -37,57 +40,90 @@ def _seen_ids(output: Path) -> set[str]:
     return seen
 
 
+def _mine_chunk(roll: Rollout, fcfg: FailuresConfig, examples: list, ids: list[str], chunk: range,
+                base_seed: int) -> list[dict[str, Any]]:
+    """Records of one chunk (failed and all-passed examples alike; "failed_attempts" marks the first)."""
+    # The seed depends on the chunk's first example id, never on the rank or on what was mined
+    # before, so 1 or N processes, and a resumed run, sample alike.
+    seed = derive_seed(base_seed, "mine", ids[chunk.start])
+    part = [examples[i] for i in chunk]
+    records = []
+    for i, ex, row in zip(chunk, part, roll.attempts(part, n=fcfg.attempts_per_example, seed=seed)):
+        fails = [a for a in row if not a.verdict.ok][: fcfg.max_per_example]
+        ok = sum(a.verdict.ok for a in row)
+        rec: dict[str, Any] = {"example_id": ids[i], "attempts": len(row), "pass_rate": ok / len(row)}
+        if fails:
+            rec.update(example=ex, failed_attempts=[a.text for a in fails], reasons=[a.verdict.reason for a in fails])
+        records.append(rec)
+    return records
+
+
 def mine(
     roll: Rollout,
     fcfg: FailuresConfig,
     seed: int,
     output: str | Path | None = None,
     show_progress: bool = True,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
+    accelerator: Any = None,
 ) -> dict[str, Any]:
-    """Mine failures of `fcfg.split` into `output` (default `fcfg.path`, JSONL); returns a summary."""
+    """Mine failures of `fcfg.split` into `output` (default `fcfg.path`, JSONL); returns a summary.
+
+    Every process calls it (under `accelerate launch`: pass the Accelerator, or let
+    torch.distributed tell the rank): chunk k of the unfinished chunks goes to rank
+    k % world, the main process writes the records of each round of chunks in chunk
+    order, and every rank returns the same summary. A chunk interrupted half-written is
+    sampled again whole (same seed) and only its missing records are written.
+    """
+    procs = processes(accelerator)
     task = roll.task
     output = Path(output or fcfg.path)
-    output.parent.mkdir(parents=True, exist_ok=True)
     examples = task.load_examples(fcfg.split, fcfg.num_examples, seed=seed)
-    seen = _seen_ids(output)
-    todo = [ex for ex in examples if task.example_id(ex) not in seen]
-    k = fcfg.attempts_per_example
-    base_seed = seed
+    ids = [task.example_id(ex) for ex in examples]
+    if procs.is_main:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    seen = procs.broadcast(_seen_ids(output) if procs.is_main else None)
+    todo = [c for c in chunk_ranges(len(examples), chunk_size or fcfg.chunk_size) if any(ids[i] not in seen for i in c)]
+    skipped = sum(i in seen for i in ids)
     new_failed = new_passed = attempts_total = attempts_ok = 0
-    bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="mine", disable=not show_progress)
-    with JsonlWriter(output) as fail_w, JsonlWriter(passed_path(output)) as pass_w:
-        for c in range(0, len(todo), chunk_size):
-            chunk = todo[c : c + chunk_size]
-            # the seed depends on the example ids, not on the position, so a resumed run samples alike
-            seed = derive_seed(base_seed, "mine", task.example_id(chunk[0]))
-            for ex, row in zip(chunk, roll.attempts(chunk, n=k, seed=seed)):
-                fails = [a for a in row if not a.verdict.ok]
-                ok = len(row) - len(fails)
-                attempts_total += len(row)
-                attempts_ok += ok
-                rec = {"example_id": task.example_id(ex), "attempts": len(row), "pass_rate": ok / len(row)}
-                if fails:
-                    fails = fails[: fcfg.max_per_example]
-                    rec.update(example=ex, failed_attempts=[a.text for a in fails], reasons=[a.verdict.reason for a in fails])
-                    fail_w.write(rec)
-                    new_failed += 1
-                else:
-                    pass_w.write(rec)
-                    new_passed += 1
-            bar.update(len(chunk))
-            bar.set_postfix(failed=new_failed, passed=new_passed)
-    bar.close()
-    total_failed = sum(1 for _ in iter_jsonl(output))
-    return {
+    progress = GenerationProgress(roll.engine, total=len(examples), initial=len(examples) - sum(map(len, todo)),
+                                  desc=f"mine {fcfg.split}", disable=not (show_progress and procs.is_main))
+    fail_w = JsonlWriter(output) if procs.is_main else None
+    pass_w = JsonlWriter(passed_path(output)) if procs.is_main else None
+    try:
+        with progress:
+            progress.stage("attempts")
+            for batch, mine_chunk in procs.rounds(todo):
+                mine_records = _mine_chunk(roll, fcfg, examples, ids, mine_chunk, seed) if mine_chunk is not None else []
+                for records in procs.gather(mine_records):  # rank order = chunk order of this round
+                    for rec in records:
+                        if rec["example_id"] in seen:  # written before an interruption
+                            continue
+                        attempts_total += rec["attempts"]
+                        attempts_ok += round(rec["pass_rate"] * rec["attempts"])
+                        failed = "failed_attempts" in rec
+                        new_failed += failed
+                        new_passed += not failed
+                        if procs.is_main:
+                            (fail_w if failed else pass_w).write(rec)
+                progress.update(sum(map(len, batch)), failed=new_failed, passed=new_passed)
+    finally:
+        for w in (fail_w, pass_w):
+            if w is not None:
+                w.close()
+    summary = {
         "output": str(output),
+        "split": fcfg.split,
         "examples": len(examples),
-        "skipped_already_mined": len(examples) - len(todo),
+        "processes": procs.world,
+        "skipped_already_mined": skipped,
         "new_with_failure": new_failed,
         "new_all_passed": new_passed,
-        "failure_set_size": total_failed,
+        "failure_set_size": sum(1 for _ in iter_jsonl(output)) if procs.is_main else None,
         "attempt_pass_rate": attempts_ok / attempts_total if attempts_total else None,
     }
+    # the main process counted the file; the broadcast also keeps other ranks from reading it early
+    return procs.broadcast(summary)
 
 
 def load_failures(path: str | Path, max_per_example: int | None = None) -> list[Failure]:

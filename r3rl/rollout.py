@@ -114,11 +114,22 @@ class Rollout:
     def attempts(self, examples: list[Example], n: int, seed: int) -> list[list[Attempt]]:
         """n first attempts per example, verified."""
         prompt_ids = [prompts.encode(self.tokenizer, self.task.messages(ex), self.task.tools(ex)) for ex in examples]
+        self._check_prompt_lengths(examples, prompt_ids)
         gens = self.engine.generate(prompt_ids, self._params("attempt", seed), n=n)
         return [
             [Attempt(ex, g.text, self.verify(ex, g.text), g.token_ids) for g in row]
             for ex, row in zip(examples, gens)
         ]
+
+    def _check_prompt_lengths(self, examples: list[Example], prompt_ids: list[list[int]]) -> None:
+        """generation.max_prompt_tokens: a clear stop before a long tool schema exhausts memory."""
+        limit = self.gen.max_prompt_tokens
+        for ex, ids in zip(examples, prompt_ids):
+            if limit and len(ids) > limit:
+                raise ValueError(
+                    f"example {self.task.example_id(ex)} of task {self.task.name!r}: its prompt has {len(ids)} tokens, "
+                    f"more than generation.max_prompt_tokens={limit}; raise the limit or leave the example out of the data"
+                )
 
     # ---------------------------------------------------------------- conversations
     def _conversation(self, failure: Failure) -> list[dict[str, Any]]:

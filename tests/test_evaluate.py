@@ -1,8 +1,11 @@
 """Interval maths against hand-computed values, and the evaluation of acc@1 / acc@2 / control."""
 
 import json
+import re
 
 import pytest
+
+from r3rl import prompts
 
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
@@ -38,33 +41,56 @@ def test_wilson_edge_cases():
         wilson_interval(3, 2)
 
 
+# (word, sample) trials whose reflection is the useful one, so the retry passes; and the one trial whose
+# no-reflection control passes. Outcomes differ per trial, so records mapped to the wrong trial show.
+USEFUL = {("pear", 1), ("plum", 0)}
+CONTROL_PASSES = {("plum", 1)}
+
+
+def per_trial_script(prompt: str, j: int) -> str:
+    word = re.search(r"Say the word (\w+)", prompt).group(1)
+    users = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, flags=re.S)
+    if len(users) == 1:  # first attempt: apple passes on sample 0 only; the attempt text names its sample
+        return "apple" if word == "apple" and j == 0 else f"banana {j}"
+    sample = int(re.search(r"banana (\d)", prompt).group(1))  # the failed attempt in the conversation
+    if "Reflect on what went wrong" in users[-1]:
+        return "I should say the word." if (word, sample) in USEFUL else "No idea."
+    if users[-1] == prompts.DEFAULT_RETRY_NO_REFLECTION:
+        return word if (word, sample) in CONTROL_PASSES else "cherry"
+    reflection = re.findall(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", prompt, flags=re.S)[-1]
+    return word if reflection == "I should say the word." else "cherry"
+
+
 def test_evaluate_counts_and_files(tmp_path):
     tok = build_tokenizer()
     cfg = Config()
     cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
-
-    def scr(prompt, j):
-        # example 'apple' passes at once; the others fail, and sample 0's reflection is the useful one
-        if "Say the word apple" in prompt and prompt.count("<|im_start|>user") == 1:
-            return "apple"
-        return script(prompt, j)
-
-    res = evaluate_model(Rollout(ScriptedEngine(tok, scr), EchoTask(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
-    # 6 trials: 2 pass at once; of the 4 failures, the reflection of each failure is sampled with
-    # j = 0 (group of one), so every retry passes; the control never passes.
-    assert res["trials"] == 6 and res["acc@1"] == pytest.approx(2 / 6)
-    assert res["acc@2"] == 1.0 and res["acc@2_no_reflection"] == pytest.approx(2 / 6)
-    # 2 samples per example: a bootstrap over the 3 examples (1 passes both samples), whose resamples
-    # hold 0 or 3 copies of it with probability (2/3)^3 and (1/3)^3, both above 2.5%
-    assert res["acc@1_ci"] == [0.0, 1.0]
+    roll = Rollout(ScriptedEngine(tok, per_trial_script), EchoTask(), cfg.generation, cfg.rollout)
+    # chunks of 2 examples: a trial's records must also survive the chunk boundary
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False,
+                         chunk_size=2)
+    # 6 trials: 1 passes at once; of the 5 failures, 2 retries pass after a useful reflection, 1 control passes
+    assert res["trials"] == 6 and res["acc@1"] == pytest.approx(1 / 6)
+    assert res["acc@2"] == pytest.approx(3 / 6) and res["acc@2_no_reflection"] == pytest.approx(2 / 6)
+    assert res["retry_fix_rate"] == pytest.approx(2 / 5)
+    # 2 samples per example: a bootstrap over the 3 examples (only apple passes, 1 sample of 2), whose
+    # resamples hold 0 or 3 copies of apple with probability (2/3)^3 and (1/3)^3, both above 2.5%
+    assert res["acc@1_ci"] == pytest.approx([0.0, 0.5])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["acc@2"] == 1.0 and saved["model"] == "scripted" and saved["task"] == "echo"
+    assert saved == res and saved["model"] == "scripted" and saved["task"] == "echo"
     lines = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
-    assert len(lines) == 6
-    failed = [r for r in lines if not r["attempt_ok"]]
-    assert all(r["reflection_text"] == "I should say the word." and r["retry_ok"] for r in failed)
-    assert all(r["no_reflection_retry_text"] == "cherry" and not r["no_reflection_retry_ok"] for r in failed)
-    assert all(r["reflection_text"] == "" for r in lines if r["attempt_ok"])
+    words = {"w0": "apple", "w1": "pear", "w2": "plum"}
+    assert [(r["example_id"], r["sample"]) for r in lines] == [(f"w{i}", j) for i in range(3) for j in range(2)]
+    for r in lines:
+        trial = (words[r["example_id"]], r["sample"])
+        if trial == ("apple", 0):
+            assert r["attempt_ok"] and r["reflection_text"] == "" and not r["retry_ok"], r
+            continue
+        assert not r["attempt_ok"] and r["attempt_text"] == f"banana {r['sample']}", r
+        useful = trial in USEFUL
+        assert r["reflection_text"] == ("I should say the word." if useful else "No idea."), r
+        assert r["retry_ok"] == useful and r["retry_text"] == (trial[0] if useful else "cherry"), r
+        assert r["no_reflection_retry_ok"] == (trial in CONTROL_PASSES), r
     assert results_table(res).row_count == 3
 
 

@@ -89,3 +89,36 @@ def test_load_failures_errors_name_file_and_record(tmp_path):
     p.write_text("{not json\n")
     with pytest.raises(ValueError, match="bad.jsonl, line 1: invalid JSON"):
         load_failures(p)
+
+
+class SeededEngine(ScriptedEngine):
+    """Answers depend on the call's seed and the sample index, as a sampling model's would."""
+
+    def _one(self, prompt_ids, params, j):
+        self.script = lambda prompt, jj: "odd" if (params.seed + jj) % 3 else f"even {params.seed % 97}"
+        return super()._one(prompt_ids, params, j)
+
+
+def test_half_written_chunk_is_sampled_again_whole_with_its_own_seed(tok, tmp_path):
+    """A kill while a chunk's records were being written: the resumed run samples that chunk again
+    with the same seed and writes only the missing records, so every record equals an unbroken run's."""
+    straight = cfg_for(tmp_path / "a", n=40)
+    mine(Rollout(SeededEngine(tok, None), ParityTask(), straight.generation, straight.rollout), straight.failures,
+         straight.seed, show_progress=False, chunk_size=8)
+    want = {r["example_id"]: r for p in (straight.failures.path, passed_path(straight.failures.path)) for r in iter_jsonl(p)}
+    assert len(want) == 40 and len({a for r in want.values() for a in r.get("failed_attempts", [])}) > 1
+
+    cfg = cfg_for(tmp_path / "b", n=40)
+    (tmp_path / "b").mkdir()
+    for src, dst in ((straight.failures.path, cfg.failures.path),
+                     (passed_path(straight.failures.path), passed_path(cfg.failures.path))):
+        kept = [r for r in iter_jsonl(src) if int(r["example_id"]) < 12]  # chunk 0 and half of chunk 1
+        with open(dst, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+    engine = SeededEngine(tok, None)
+    summary = mine(Rollout(engine, ParityTask(), cfg.generation, cfg.rollout), cfg.failures, cfg.seed,
+                   show_progress=False, chunk_size=8)
+    got = {r["example_id"]: r for p in (cfg.failures.path, passed_path(cfg.failures.path)) for r in iter_jsonl(p)}
+    assert got == want
+    assert summary["skipped_already_mined"] == 12 and summary["new_with_failure"] + summary["new_all_passed"] == 28
+    assert len(engine.calls) == (40 - 8) * 3  # chunk 1 again in whole, never chunk 0

@@ -40,6 +40,8 @@ class Engine(ABC):
     """A generation backend. `tokenizer` is a Hugging Face tokenizer."""
 
     tokenizer: Any
+    #: called with the number of tokens generated at each decoding step (progress display), if set
+    on_tokens: Callable[[int], None] | None = None
 
     @abstractmethod
     def generate(

@@ -302,6 +302,8 @@ class HFEngine(Engine):
             step_tokens.append(tokens)
             step_logprobs.append(logprobs)
             generated = generated + active.long()
+            if self.on_tokens is not None:
+                self.on_tokens(int(active.sum()))
             done = done | (active & torch.isin(tokens, call.stop)) | (generated >= max_new)
             last_active = active
             if bool(done.all()):

@@ -32,6 +32,8 @@ class ScriptedEngine(Engine):
             ids, finish = ids[: params.max_new_tokens], "length"
         else:
             ids = ids + [self.tokenizer.eos_token_id]
+        if self.on_tokens is not None:
+            self.on_tokens(len(ids))
         return Generation(
             prompt_ids=list(prompt_ids),
             token_ids=ids,

@@ -110,12 +110,11 @@ class Trainer:
 
     def _failure_set(self) -> list[Failure]:
         fcfg = self.cfg.failures
-        if self.acc.is_main_process:
-            # Mining resumes: on a complete failure set it only checks ids, after an interruption it
-            # finishes the job, so `r3rl mine` first and `r3rl train` alone give the same set.
-            summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress)
-            self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
-        self.acc.wait_for_everyone()
+        # Mining resumes: on a complete failure set it only checks ids, after an interruption it
+        # finishes the job, so `r3rl mine` first and `r3rl train` alone give the same set. Every rank
+        # mines its share of the chunks; the main process writes the file before mine() returns.
+        summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress, accelerator=self.acc)
+        self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
         return load_failures(fcfg.path, fcfg.max_per_example)
 
     def _stream(self, items: list[Any], start: int, count: int, tag: str) -> list[Any]:
@@ -293,15 +292,12 @@ class Trainer:
             raise RuntimeError(f"ranks hold different weights after training: checksums {sums}")
 
     def _periodic_eval(self, step: int) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.acc.is_main_process:
-            from r3rl.evaluation.accuracy import evaluate_model
+        from r3rl.evaluation.accuracy import evaluate_model
 
-            res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
-                                 show_progress=False, seed_tag=("periodic", step))
-            out = {f"eval/{k}": res[k] for k in ("acc@1", "acc@2") if k in res}
-        self.acc.wait_for_everyone()
-        return out
+        # every rank evaluates its share of the chunks and receives the same results
+        res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
+                             show_progress=False, seed_tag=("periodic", step), accelerator=self.acc)
+        return {f"eval/{k}": res[k] for k in ("acc@1", "acc@2") if k in res}
 
 
 @lru_cache(maxsize=4)
