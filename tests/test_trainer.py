@@ -183,3 +183,51 @@ def test_online_mode_with_several_updates_and_options(model_dir, tmp_path):
     assert all(0 < r["episodes"] <= 16 for r in rows)
     base = weights(model_dir)
     assert any(not torch.equal(base[k], v) for k, v in weights(final).items() if k in base)
+
+
+def test_accumulation_steps_once_per_step_with_the_full_batch_gradient(model_dir, tmp_path):
+    """batch 4 / micro 1 on one process: accelerate accumulates 4 micro-batches per optimizer step. Exactly
+    train.steps optimizer steps run, and the first one sees the gradient of the whole batch's loss,
+    -(1/(batch x G)) sum_seq A_seq mean_t grad log p_t (ratio 1, nothing clipped), computed here by hand
+    on a fresh copy of the model from the same micro-batches."""
+    from transformers import AutoModelForCausalLM
+
+    from r3rl.training.logprobs import completion_logprobs
+
+    cfg = tiny_config(model_dir, tmp_path / "acc", steps=3, batch_size=4, micro_batch_size=1, save_every=0,
+                      max_grad_norm=0.0)
+    trainer = Trainer(cfg, show_progress=False)
+    assert trainer.acc.gradient_accumulation_steps == 4
+    inner = trainer.opt.optimizer
+    steps, first_grads, micros = [], {}, []
+    original_step, original_micro = inner.step, trainer._micro
+
+    def counting_step(*args, **kwargs):
+        if not steps:
+            first_grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        steps.append(1)
+        return original_step(*args, **kwargs)
+
+    def recording_micro(episodes):
+        m = original_micro(episodes)
+        micros.append(m)
+        return m
+
+    inner.step, trainer._micro = counting_step, recording_micro
+    trainer.train()
+    assert len(steps) == cfg.train.steps
+    first = [m for m in micros[:4] if m.batch is not None]
+    assert first, "the first step had no group with signal; pick another seed"
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    total = cfg.train.batch_size * cfg.rollout.group_size
+    loss = 0.0
+    for m in first:
+        input_ids, attn, cmask = m.batch
+        logp = completion_logprobs(ref, input_ids, attn, cmask)  # [B, T]
+        seq_mean = logp.sum(1) / cmask.sum(1)  # [B]
+        loss = loss - (m.advantages * seq_mean).sum() / total
+    loss.backward()
+    expected = dict(ref.named_parameters())
+    assert first_grads.keys() <= expected.keys()
+    for name, grad in first_grads.items():
+        torch.testing.assert_close(grad, expected[name].grad, rtol=1e-4, atol=1e-7, msg=name)

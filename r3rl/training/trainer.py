@@ -89,6 +89,16 @@ def _check_launcher_env(accum: int) -> None:
         )
 
 
+def _forget_accelerator_state() -> None:
+    """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    mixed precision; a Trainer owns its process's training state, so a later Trainer in the same process
+    (tests, notebooks, the demo) starts from a clean one. The process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 class _AutocastEngine(HFEngine):
     """HFEngine over the training model, generating under the training forward's autocast."""
 
@@ -128,6 +138,7 @@ class Trainer:
         prepare_output_dir(self.out, bool(resume), tcfg.overwrite_output_dir, state.is_main_process)
         state.wait_for_everyone()
         trackers = tcfg.report_to or None
+        _forget_accelerator_state()
         self.acc = Accelerator(log_with=trackers, project_dir=str(self.out), mixed_precision=self.precision,
                                gradient_accumulation_steps=accum)
         set_seed(cfg.seed)
