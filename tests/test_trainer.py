@@ -49,9 +49,13 @@ def test_train_writes_run_folder(model_dir, tmp_path):
     eps = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
     assert eps and {"step", "reflection_text", "retry_text", "reward", "advantage"} <= set(eps[0])
     assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == ["step-0000002", "step-0000004"]
-    # the weights moved (the CoinTask gives groups with signal)
-    base = weights(model_dir)
-    assert any(not torch.equal(base[k], v) for k, v in weights(final).items() if k in base)
+    # the update's size: AdamW moves an entry by about lr per step (exactly lr * |g| / (|g| + eps) at step 1,
+    # see test_accumulation_...), so after 4 steps at lr 1e-2 no entry moved by more than ~4 lr and most (87% measured) by > lr / 2
+    base, after = weights(model_dir), weights(final)
+    delta = torch.cat([(after[k] - base[k]).abs().flatten() for k in after if k in base])
+    lr = cfg.train.learning_rate
+    assert float(delta.max()) <= 4 * lr * 1.05, float(delta.max())
+    assert float((delta > lr / 2).float().mean()) > 0.75
 
 
 def test_resume_reaches_the_same_weights(model_dir, tmp_path, monkeypatch):
@@ -93,12 +97,26 @@ def test_lora_run_saves_an_adapter_and_merged_weights(model_dir, tmp_path):
     merged = final.parent / "final-merged"
     assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["kl"] >= 0.0
-    # the adapter folder loads for evaluation like any model
+    # LoRA's B matrices start at zero, so at step 1 the policy IS the reference (adapters off): KL exactly 0;
+    # after one update at lr 5e-2 it has moved: KL > 0
+    assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 1e-6
+    # the adapter folder loads for evaluation and computes what the trained model computes
     from r3rl.engine import load_engine
+    from r3rl.types import SamplingParams
 
     engine = load_engine(str(final))
-    assert engine.generate([[1, 2, 3]], __import__("r3rl.types", fromlist=["SamplingParams"]).SamplingParams(max_new_tokens=2, temperature=0))[0][0].token_ids
+    merged_engine = load_engine(str(merged))
+    base_engine = load_engine(str(model_dir))
+    prompt = [[1, 2, 3, 4, 5]]
+    ids = torch.tensor(prompt)
+    with torch.no_grad():
+        adapter_logits = engine.model(input_ids=ids).logits[0, -1]
+        merged_logits = merged_engine.model(input_ids=ids).logits[0, -1]
+        base_logits = base_engine.model(input_ids=ids).logits[0, -1]
+    torch.testing.assert_close(adapter_logits, merged_logits, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(adapter_logits, base_logits, atol=1e-4)  # the adapter is not a no-op
+    greedy = SamplingParams(max_new_tokens=4, temperature=0)
+    assert engine.generate(prompt, greedy)[0][0].token_ids == merged_engine.generate(prompt, greedy)[0][0].token_ids
 
 
 def _launch(args: list[str], cwd: Path, procs: int | None = None) -> subprocess.CompletedProcess:
@@ -170,19 +188,50 @@ def test_cli_train_survives_a_kill(model_dir, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_online_mode_with_several_updates_and_options(model_dir, tmp_path):
-    """Failures drawn from the current policy each step; two optimizer passes per rollout batch
-    (sampling-time log-probs as the old policy); Dr. GRPO options; gradient checkpointing."""
+def test_online_mode_with_several_updates_and_options(model_dir, tmp_path, monkeypatch):
+    """Failures drawn from the current policy each step; two optimizer passes per rollout batch, whose
+    "old" log-probs come from the training forward before the first update (at the sampling temperature),
+    so the first pass has ratio exactly 1 and nothing clipped; Dr. GRPO options (advantage r - mean,
+    token-sum loss); gradient checkpointing."""
+    from r3rl.training import grpo
+
+    calls = []
+    original = grpo.policy_loss
+
+    def recording(logp, logp_old, *args, **kwargs):
+        calls.append((logp.detach().clone(), logp_old.clone()))
+        return original(logp, logp_old, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "policy_loss", recording)
     cfg = tiny_config(model_dir, tmp_path / "online", steps=2, online=True, updates_per_batch=2,
-                      advantage="mean_only", loss_aggregation="token_sum", gradient_checkpointing=True, save_every=0)
-    final = train(cfg, show_progress=False)
+                      advantage="mean_only", loss_aggregation="token_sum", gradient_checkpointing=True, save_every=0,
+                      log_episodes_per_step=16)
+    cfg.generation.reflection_temperature = 0.7
+    train(cfg, show_progress=False)
     run = tmp_path / "online"
     assert not (run / "failures.jsonl").exists()  # nothing mined up front
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0 < r["episodes"] <= 16 for r in rows)
-    base = weights(model_dir)
-    assert any(not torch.equal(base[k], v) for k, v in weights(final).items() if k in base)
+    assert all(r["clip_frac"] == 0.0 for r in rows)  # metrics are the first pass's
+    # step 1: micro-batches 0, 1 (first pass), then 0, 1 again (second pass, after one optimizer step)
+    assert len(calls) >= 4
+    for logp, old in calls[:2]:
+        assert torch.equal(logp, old)  # ratio exactly 1
+    assert any(not torch.equal(logp, old) for logp, old in calls[2:4])  # the policy moved between passes
+    torch.testing.assert_close(calls[2][1], calls[0][1], rtol=0, atol=0)  # the same old log-probs in pass two
+    # mean_only: advantage = reward - group mean, without the std division (which would give e.g. 1.5, not 0.75)
+    eps = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
+    groups: dict = {}
+    for e in eps:
+        groups.setdefault((e["step"], e["group_id"]), []).append(e)
+    with_signal = 0
+    for members in groups.values():
+        mean = sum(e["reward"] for e in members) / len(members)
+        for e in members:
+            assert e["advantage"] == pytest.approx(e["reward"] - mean, abs=1e-9)
+        with_signal += len({e["reward"] for e in members}) > 1
+    assert with_signal > 0
 
 
 def test_accumulation_steps_once_per_step_with_the_full_batch_gradient(model_dir, tmp_path):
@@ -199,14 +248,19 @@ def test_accumulation_steps_once_per_step_with_the_full_batch_gradient(model_dir
     trainer = Trainer(cfg, show_progress=False)
     assert trainer.acc.gradient_accumulation_steps == 4
     inner = trainer.opt.optimizer
-    steps, first_grads, micros = [], {}, []
+    steps, first_grads, micros, before, after = [], {}, [], {}, {}
     original_step, original_micro = inner.step, trainer._micro
 
     def counting_step(*args, **kwargs):
-        if not steps:
+        first = not steps
+        if first:
             first_grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            before.update({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
         steps.append(1)
-        return original_step(*args, **kwargs)
+        out = original_step(*args, **kwargs)
+        if first:
+            after.update({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        return out
 
     def recording_micro(episodes):
         m = original_micro(episodes)
@@ -231,3 +285,7 @@ def test_accumulation_steps_once_per_step_with_the_full_batch_gradient(model_dir
     assert first_grads.keys() <= expected.keys()
     for name, grad in first_grads.items():
         torch.testing.assert_close(grad, expected[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+    # the first AdamW step (bias-corrected m = g, v = g^2): delta = -lr * g / (|g| + eps), direction and size
+    lr, eps = cfg.train.learning_rate, 1e-8
+    for name, g in first_grads.items():
+        torch.testing.assert_close(after[name] - before[name], -lr * g / (g.abs() + eps), rtol=1e-3, atol=1e-8, msg=name)
