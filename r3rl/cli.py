@@ -1,7 +1,7 @@
 """The `r3rl` command: thin wrappers over the library.
 
     r3rl mine   --config FILE [section.field=value ...]
-    r3rl train  --config FILE [--resume] [overrides]
+    r3rl train  --config FILE [--resume | --overwrite] [overrides]
     r3rl eval   --config FILE [--model PATH] [overrides]
     r3rl report RUN_DIR
     r3rl demo   [--quick]
@@ -91,7 +91,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.training.trainer import train
 
-    final = train(_config(args), resume=args.resume_from or args.resume)
+    cfg = _config(args)
+    if args.overwrite:
+        cfg.train.overwrite_output_dir = True
+    final = train(cfg, resume=args.resume_from or args.resume)
     print(f"final model: {final}")
     return 0
 
@@ -128,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.output_dir")
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an older run's checkpoints and logs in train.output_dir and start again")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="acc@1, acc@2 and the no-reflection control, with 95%% intervals")

@@ -129,9 +129,12 @@ def adapter_only_state_hooks(accelerator, is_adapter_model) -> None:
                 continue
             name = "model.safetensors" if i == 0 else f"model_{i}.safetensors"
             state = load_file(str(Path(input_dir) / name), device=str(next(model.parameters()).device))
-            result = model.load_state_dict(state, strict=False)
-            frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-            frozen |= {n for n, _ in model.named_buffers()}
+            try:
+                result = model.load_state_dict(state, strict=False)
+            except RuntimeError as e:  # shapes differ: another rank r or other target modules
+                raise ValueError(f"{input_dir}/{name} does not match this LoRA model (another train.lora_r or "
+                                 f"lora_target_modules?): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+            frozen = set(model.state_dict()) - trainable(model)  # tied weights and buffers included
             if result.unexpected_keys or set(result.missing_keys) - frozen:
                 raise ValueError(
                     f"{input_dir}/{name} does not match this LoRA model: unexpected keys "
