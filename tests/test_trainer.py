@@ -289,3 +289,77 @@ def test_accumulation_steps_once_per_step_with_the_full_batch_gradient(model_dir
     lr, eps = cfg.train.learning_rate, 1e-8
     for name, g in first_grads.items():
         torch.testing.assert_close(after[name] - before[name], -lr * g / (g.abs() + eps), rtol=1e-3, atol=1e-8, msg=name)
+
+
+def _episode(group: str, reflection: list[int], reward: float):
+    from r3rl.types import Episode
+
+    return Episode(example_id="0", group_id=group, context_ids=[1, 2, 3], attempt_text="", attempt_ok=False,
+                   reflection_ids=reflection, reflection_text="", reflection_logprobs=[0.0] * len(reflection),
+                   retry_text="", retry_ok=reward > 0, reward=reward)
+
+
+def test_zero_signal_group_keeps_its_kl_term(model_dir, tmp_path):
+    """A group with equal rewards has advantage 0, so its policy term is 0, but with beta > 0 its KL term
+    still pulls the moved policy back to the reference: loss = beta * sum_seq mean_t k3 / (batch x G)."""
+    from r3rl.training.logprobs import completion_logprobs
+
+    beta = 0.5
+    cfg = tiny_config(model_dir, tmp_path / "kl", beta=beta, batch_size=2, micro_batch_size=2)
+    cfg.rollout.group_size = 2
+    trainer = Trainer(cfg, show_progress=False)
+    with torch.no_grad():  # move the policy away from the frozen reference
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    micro = trainer._micro([_episode("g", [4, 5, 6], 1.0), _episode("g", [7, 8], 1.0)])
+    assert micro.batch is not None and micro.advantages.tolist() == [0.0, 0.0]
+    with trainer.acc.accumulate(trainer.policy):
+        stats = trainer._backward(micro, None)
+    with torch.no_grad():
+        logp = completion_logprobs(trainer.model, *micro.batch)  # [2, T]
+        ref = completion_logprobs(trainer.ref, *micro.batch)  # [2, T]
+    mask = micro.batch[2].bool()
+    # k3 = exp(ref - logp) - (ref - logp) - 1 per reflection token, by hand, row by row
+    expected = 0.0
+    for row in range(2):
+        d = (ref[row][mask[row]] - logp[row][mask[row]]).double()
+        expected += float((d.exp() - d - 1).mean())
+    expected *= beta / (cfg.train.batch_size * cfg.rollout.group_size)
+    assert expected > 1e-4
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainer.model.parameters())
+    # without a KL term the same group carries nothing and is left out of the backward
+    trainer.cfg.train.beta = 0.0
+    assert trainer._micro([_episode("g", [4, 5, 6], 1.0), _episode("g", [7, 8], 1.0)]).batch is None
+
+
+def test_a_run_without_learning_signal_warns_once(model_dir, tmp_path):
+    cfg = tiny_config(model_dir, tmp_path / "flat", steps=4, save_every=0)
+    cfg.task.name = "tests.trainer_fixtures:NeverTask"
+    with pytest.warns(Warning) as record:
+        train(cfg, show_progress=False)
+    from r3rl.training.trainer import NoLearningSignalWarning
+
+    ours = [w for w in record if issubclass(w.category, NoLearningSignalWarning)]
+    assert len(ours) == 1
+    assert "rollout.group_size" in str(ours[0].message) and "reflection_temperature" in str(ours[0].message)
+    rows = [json.loads(x) for x in (tmp_path / "flat" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["zero_adv_frac"] == 1.0 for r in rows)
+
+
+def test_training_logprobs_are_those_of_the_sampling_temperature(model_dir, tmp_path):
+    """The trainer's policy forward gives log softmax(logits / T) at the reflection temperature T."""
+    from r3rl.training.grpo import build_completion_batch
+    from r3rl.training.logprobs import full_logits_logprobs
+
+    cfg = tiny_config(model_dir, tmp_path / "t")
+    cfg.generation.reflection_temperature = 0.5
+    trainer = Trainer(cfg, show_progress=False)
+    batch = build_completion_batch([[1, 2, 3]], [[4, 5]], trainer.tok.pad_token_id)
+    with torch.no_grad():
+        got = trainer.policy(*batch)  # [1, T]
+        logits = trainer.model(input_ids=batch[0]).logits[0, 2:4].float() / 0.5  # [2, V] predicting tokens 4, 5
+        by_hand = torch.log_softmax(logits, -1)[torch.arange(2), torch.tensor([4, 5])]  # [2]
+        untempered = full_logits_logprobs(trainer.model, *batch)[0, 3:5]
+    torch.testing.assert_close(got[0, 3:5], by_hand, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0, 3:5], untempered)
