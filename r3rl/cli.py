@@ -3,6 +3,7 @@
     r3rl mine   --config FILE [section.field=value ...]
     r3rl train  --config FILE [--resume | --overwrite] [overrides]
     r3rl eval   --config FILE [--model PATH] [overrides]
+    r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl demo   [--quick]
     r3rl tasks
@@ -99,6 +100,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from r3rl.plan import format_plan, load_model_shape
+
+    cfg = _config(args)
+    shape, source = load_model_shape(cfg, args.model_config)
+    print(format_plan(cfg, shape, source, processes=args.processes, gpu_memory_gb=args.gpu_memory_gb,
+                      tokens_per_s=args.tokens_per_s, prompt_tokens=args.prompt_tokens))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
     from r3rl.reporting.report import build_report, summary_table
@@ -140,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model to evaluate (hub id, folder, LoRA adapter folder); overrides model.name_or_path")
     p.add_argument("--output", "-o", help="output folder (default eval.output_dir)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="memory per device and generated tokens / wall time of a preset, offline")
+    _add_config_args(p)
+    p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run will use")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one device in GB (default 80)")
+    p.add_argument("--tokens-per-s", type=float, help="measured generation speed per device (else an assumption, labelled)")
+    p.add_argument("--prompt-tokens", type=int, help="templated task prompt length (else an assumption, labelled)")
+    p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, offline)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="turn a run folder into report.md / report.html with plots")
     p.add_argument("run_dir")
