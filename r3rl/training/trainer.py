@@ -141,6 +141,12 @@ class Trainer:
         _forget_accelerator_state()
         self.acc = Accelerator(log_with=trackers, project_dir=str(self.out), mixed_precision=self.precision,
                                gradient_accumulation_steps=accum)
+        if self._sharded():
+            raise ValueError(
+                "FSDP and DeepSpeed ZeRO-3 shard the parameters, but r3rl generates on each rank with whole weights "
+                "(ranks decoding different lengths would hang in the per-layer all-gathers); use "
+                "configs/accelerate/ddp.yaml or deepspeed-zero2.yaml, with LoRA for models that do not fit one GPU"
+            )
         set_seed(cfg.seed)
         if tcfg.deterministic:
             torch.use_deterministic_algorithms(True)
