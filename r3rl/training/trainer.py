@@ -129,7 +129,11 @@ class Trainer:
         self.cfg = cfg
         tcfg = cfg.train
         self.out = Path(tcfg.output_dir)
-        state = PartialState()  # the process group; the Accelerator below reuses it
+        from accelerate.utils import parse_flag_from_env
+
+        # The process group, which the Accelerator below reuses; ACCELERATE_USE_CPU must reach it as it
+        # would through AcceleratorState, or `accelerate launch` CPU ranks each start a group of one.
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         self.world = state.num_processes
         accum = accumulation_steps(tcfg.batch_size, tcfg.micro_batch_size, self.world)
         self.micro_per_step = accum * self.world
