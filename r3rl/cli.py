@@ -76,7 +76,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from r3rl.evaluation.accuracy import evaluate_model, results_table
+    from r3rl.evaluation.accuracy import evaluate_model, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
@@ -85,6 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_model(_rollout(cfg), cfg.eval, cfg.seed, output_dir=args.output or cfg.eval.output_dir,
                          model_name=cfg.model.name_or_path)
     print_table(results_table(res))
+    if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
+        print_table(by_group)
     print(f"wrote {args.output or cfg.eval.output_dir}/results.json and episodes.jsonl")
     return 0
 
@@ -183,11 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before, between or after options (`eval -c F a=1 -o DIR b=2`): argparse hands
+    # the ones after an option back as unknown, and they join the others in order.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from r3rl.config import ConfigError
+    from r3rl.rollout import VerifierError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, VerifierError) as e:
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2

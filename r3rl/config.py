@@ -7,6 +7,7 @@ names; a wrong type or value fails naming the field.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -25,20 +26,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "demo"
-    """Hugging Face hub id or local folder (a LoRA adapter folder loads its base too); "demo" = the built-in offline model."""
+    name_or_path: str = ""
+    """Hugging Face hub id, local folder (a LoRA adapter folder loads its base too), or a registered model alias."""
     base: str | None = None
     """Base model for an adapter folder, overriding adapter_config.json's base_model_name_or_path."""
     dtype: str = "auto"
     """auto (inference: bfloat16 on GPU, float32 on CPU; training: float32 trainable weights, a LoRA base in the mixed-precision dtype), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
+    revision: str = ""
+    """Hub revision (branch, tag or commit) of the model; empty = the default branch."""
+    attn_implementation: str = ""
+    """transformers attention kernel (eager, sdpa, flash_attention_2); empty = transformers' choice."""
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for from_pretrained (e.g. low_cpu_mem_usage: true)."""
 
 
 @dataclass
 class TaskConfig:
-    name: str = "addition"
-    """Registered task name or import path 'package.module:TaskClass'."""
+    name: str = ""
+    """Registered task name (`r3rl tasks`) or import path 'package.module:TaskClass'."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options passed to the task (e.g. path, digits, num_range)."""
 
@@ -79,6 +86,8 @@ class RolloutConfig:
     """Reflect prompt; empty = r3rl.prompts.DEFAULT_REFLECT. '{reason}' is replaced by the verifier's reason."""
     retry_instruction: str = ""
     """Retry prompt after a reflection; empty = r3rl.prompts.DEFAULT_RETRY."""
+    max_verifier_errors: int = 10
+    """Verifier exceptions tolerated (each scored as a failure, counted and logged) before the run stops."""
     retry_no_reflection_instruction: str = ""
     """Retry prompt of the no-reflection control; empty = r3rl.prompts.DEFAULT_RETRY_NO_REFLECTION."""
 
@@ -447,14 +456,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     data = _upgrade(data)
+    if path:
+        try:  # blame the file only for what the file says
+            _build(Config, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for text in overrides or []:
         key, value = _rename_key(*parse_override(text))
         if key:
-            _set_dotted(data, key, value)
+            try:
+                _set_dotted(data, key, value)
+                _build(Config, copy.deepcopy(data))
+            except ConfigError as e:
+                raise ConfigError(f"command-line override {text!r}: {e}") from None
     try:
         return validate(_build(Config, data))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        where = f"{path} with the command-line overrides" if path and overrides else (path or "")
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def dump_config(cfg: Config) -> str:

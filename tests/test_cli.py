@@ -93,3 +93,31 @@ def test_eval_on_a_lora_adapter_folder(model_dir, tmp_path, capsys):
         assert key in res
     assert res["model"] == str(adapter) and res["n"] == 4
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["config", "train.steps=3", "-c", str(ROOT / "r3rl/demo/demo.yaml"), "seed=5", "--docs"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("train.steps = 3 ") for line in out.splitlines())
+    assert any(line.startswith("seed = 5 ") for line in out.splitlines())
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(capsys):
+    assert main(["config", "-c", str(ROOT / "r3rl/demo/demo.yaml"), "train.steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "command-line override 'train.steps=abc': train.steps: expected an integer" in err
+    assert "demo.yaml" not in err
+
+
+def test_a_task_by_import_path_loads_with_the_console_script_from_the_repo_root(tmp_path):
+    """The example README runs `r3rl ... task.name=examples.custom_task.my_task:MyTask` from the repo root."""
+    script = Path(sys.executable).with_name("r3rl")
+    if not script.exists():
+        pytest.skip("the r3rl console script is not installed next to this interpreter")
+    code = ("import sys; sys.argv = ['r3rl', 'config']; sys.path = [p for p in sys.path if p not in ('', '.')]\n"
+            "from r3rl.tasks import load_task; print(type(load_task('examples.custom_task.my_task:MyTask')).__name__)")
+    # what the console script does: no '' on sys.path, cwd = the repo root
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**__import__("os").environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "MyTask"

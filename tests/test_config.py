@@ -96,3 +96,33 @@ def test_every_preset_builds_the_policy_it_selects(preset, model_dir):
             assert not any(p.requires_grad for p in ref.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     assert cfg.train.batch_size % cfg.train.micro_batch_size == 0
+
+
+def test_the_core_defaults_name_no_model_or_task_and_say_what_to_set(capsys):
+    cfg = Config()
+    assert cfg.model.name_or_path == "" and cfg.task.name == ""
+    assert main(["mine"]) == 2
+    assert "no task given: set task.name" in capsys.readouterr().err
+    assert main(["eval", "task.name=countdown"]) == 2
+    assert "no model given: set model.name_or_path" in capsys.readouterr().err
+
+
+def test_the_demo_registers_its_model_and_task_through_the_public_entry_points():
+    from importlib.metadata import entry_points
+
+    from r3rl.demo import model_path
+    from r3rl.engine.loading import register_model_alias, resolve_model_name
+    from r3rl.tasks import available_tasks
+
+    assert {ep.name: ep.value for ep in entry_points(group="r3rl.models")}["demo"] == "r3rl.demo:model_path"
+    assert available_tasks()["addition"] == "r3rl.demo.addition:AdditionTask"
+    assert resolve_model_name("demo") == model_path() and Path(model_path(), "config.json").is_file()
+    register_model_alias("my-model", "/models/mine")
+    assert resolve_model_name("my-model") == "/models/mine"
+    assert resolve_model_name("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def test_no_core_module_imports_the_demo():
+    core = [p for p in (ROOT / "r3rl").rglob("*.py") if "demo" not in p.relative_to(ROOT / "r3rl").parts]
+    offenders = [str(p) for p in core if p.name != "cli.py" and "r3rl.demo" in p.read_text()]
+    assert offenders == []

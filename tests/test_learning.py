@@ -1,6 +1,6 @@
 """Learning, not just parameter motion: GRPO on reflection tokens makes retries succeed more often.
 
-The built-in demo model (r3rl/assets/demo-model) solves `addition` problems sloppily at once and,
+The built-in demo model (r3rl/demo/model) solves `addition` problems sloppily at once and,
 after a failure, usually reflects generically ("I should be more careful") and sometimes works the
 sum out column by column; only a worked-out reflection makes the retry reliably right. So the retry
 can pass (reliably) only when the reflection carries the right information, and the reward can rise

@@ -7,7 +7,7 @@
     5. write the report                                                  -> RUN/report.html, RUN/report.md
 
 Settings: r3rl/demo/demo.yaml (their only source). The model and how its starting
-behaviour was made: r3rl/assets/demo-model/README.md.
+behaviour was made: r3rl/demo/model/README.md.
 """
 
 from __future__ import annotations

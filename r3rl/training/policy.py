@@ -23,25 +23,14 @@ from torch import nn
 from r3rl.config import ModelConfig, TrainConfig
 from r3rl.training.logprobs import completion_logprobs
 
-DEMO_MODEL = "demo"
-
-
-def demo_model_path() -> Path:
-    """The built-in offline model shipped with the package (see r3rl/assets/demo-model/README.md)."""
-    return Path(__file__).parent.parent / "assets" / "demo-model"
-
-
-def resolve_model_name(name: str) -> str:
-    return str(demo_model_path()) if name == DEMO_MODEL else name
-
-
 def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
     """Model + tokenizer for mining / evaluation (a LoRA adapter folder loads on top of its base)."""
     from r3rl.engine import load_model
 
     return load_model(
-        resolve_model_name(mcfg.name_or_path), dtype=mcfg.dtype, device=device,
-        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code,
+        mcfg.name_or_path, dtype=mcfg.dtype, device=device,
+        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
+        attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs,
     )
 
 
