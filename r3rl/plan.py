@@ -86,7 +86,7 @@ class ModelShape:
 
 def load_model_shape(cfg: Config, model_config: str | None = None) -> tuple[ModelShape, str]:
     """The model's shape from --model-config (a folder or a config.json), the model folder, or the local HF cache."""
-    from r3rl.training.policy import resolve_model_name
+    from r3rl.engine.loading import resolve_model_name
 
     where = model_config or resolve_model_name(cfg.model.name_or_path)
     path = Path(where).expanduser()

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from r3rl.config import ModelConfig, TrainConfig
+from r3rl.engine.loading import resolve_model_name
 from r3rl.training.logprobs import completion_logprobs
+
 
 def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
     """Model + tokenizer for mining / evaluation (a LoRA adapter folder loads on top of its base)."""
@@ -79,8 +81,9 @@ def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
         warnings.warn(f"model.dtype={dtype} with full fine-tuning: AdamW updates {dtype} weights in place and small "
                       f"updates round away (at lr 5e-7 almost none land); use model.dtype=auto and "
                       f"train.mixed_precision=bf16 instead", stacklevel=2)
-    model, tok = load_model(resolve_model_name(mcfg.name_or_path), dtype=dtype, device=device, base=mcfg.base,
-                            trust_remote_code=mcfg.trust_remote_code)
+    model, tok = load_model(mcfg.name_or_path, dtype=dtype, device=device, base=mcfg.base,
+                            trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
+                            attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs)
     if isinstance(model, PeftModel):
         # continuing from an adapter folder: train that adapter (in float32 over a half-precision base)
         for name, p in model.named_parameters():
