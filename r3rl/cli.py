@@ -1,8 +1,9 @@
 """The `r3rl` command: thin wrappers over the library.
 
     r3rl mine   --config FILE [section.field=value ...]
-    r3rl train  --config FILE [--resume] [overrides]
+    r3rl train  --config FILE [--resume | --overwrite] [overrides]
     r3rl eval   --config FILE [--model PATH] [overrides]
+    r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl demo   [--quick]
     r3rl tasks
@@ -176,6 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.training.trainer import train
 
     cfg = _config(args)
+    if args.overwrite:
+        cfg.train.overwrite_output_dir = True
     try:
         final = train(cfg, resume=args.resume_from or args.resume)
     except KeyboardInterrupt:
@@ -185,6 +188,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
     _say(f"final model: {final}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from r3rl.plan import format_plan, load_model_shape
+
+    cfg = _config(args)
+    shape, source = load_model_shape(cfg, args.model_config)
+    print(format_plan(cfg, shape, source, processes=args.processes, gpu_memory_gb=args.gpu_memory_gb,
+                      tokens_per_s=args.tokens_per_s, prompt_tokens=args.prompt_tokens))
     return 0
 
 
@@ -220,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.output_dir")
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an older run's checkpoints and logs in train.output_dir and start again")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="acc@1, acc@2 and the no-reflection control, with 95%% intervals")
@@ -227,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model to evaluate (hub id, folder, LoRA adapter folder); overrides model.name_or_path")
     p.add_argument("--output", "-o", help="output folder (default eval.output_dir)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plan", help="memory per device and generated tokens / wall time of a preset, offline")
+    _add_config_args(p)
+    p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run will use")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one device in GB (default 80)")
+    p.add_argument("--tokens-per-s", type=float, help="measured generation speed per device (else an assumption, labelled)")
+    p.add_argument("--prompt-tokens", type=int, help="templated task prompt length (else an assumption, labelled)")
+    p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, offline)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="turn a run folder into report.md / report.html with plots")
     p.add_argument("run_dir")

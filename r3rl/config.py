@@ -31,7 +31,7 @@ class ModelConfig:
     base: str | None = None
     """Base model for an adapter folder, overriding adapter_config.json's base_model_name_or_path."""
     dtype: str = "auto"
-    """auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16."""
+    """auto (inference: bfloat16 on GPU, float32 on CPU; training: float32 trainable weights, a LoRA base in the mixed-precision dtype), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
     revision: str = ""
@@ -181,6 +181,10 @@ class TrainConfig:
     """accelerate trackers: tensorboard, wandb."""
     deterministic: bool = False
     """torch deterministic algorithms (for exact resume tests; slower)."""
+    mixed_precision: str = "auto"
+    """no, bf16, fp16 or auto (bf16 on CUDA, no elsewhere): forward passes under autocast; trainable weights and optimizer state stay float32."""
+    overwrite_output_dir: bool = False
+    """Start a fresh run in an output_dir that holds an older run's checkpoints or metrics (deleting them); else that stops with an error."""
 
 
 @dataclass
@@ -226,6 +230,7 @@ _CHOICES = {
     "train.advantage": ("normalized", "mean_only"),
     "train.loss_aggregation": ("sequence_mean", "token_sum"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 _POSITIVE = {

@@ -49,9 +49,13 @@ def test_train_writes_run_folder(model_dir, tmp_path):
     eps = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
     assert eps and {"step", "reflection_text", "retry_text", "reward", "advantage"} <= set(eps[0])
     assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == ["step-0000002", "step-0000004"]
-    # the weights moved (the CoinTask gives groups with signal)
-    base = weights(model_dir)
-    assert any(not torch.equal(base[k], v) for k, v in weights(final).items() if k in base)
+    # the update's size: AdamW moves an entry by about lr per step (exactly lr * |g| / (|g| + eps) at step 1,
+    # see test_accumulation_...), so after 4 steps at lr 1e-2 no entry moved by more than ~4 lr and most (87% measured) by > lr / 2
+    base, after = weights(model_dir), weights(final)
+    delta = torch.cat([(after[k] - base[k]).abs().flatten() for k in after if k in base])
+    lr = cfg.train.learning_rate
+    assert float(delta.max()) <= 4 * lr * 1.05, float(delta.max())
+    assert float((delta > lr / 2).float().mean()) > 0.75
 
 
 def test_resume_reaches_the_same_weights(model_dir, tmp_path, monkeypatch):
@@ -93,12 +97,26 @@ def test_lora_run_saves_an_adapter_and_merged_weights(model_dir, tmp_path):
     merged = final.parent / "final-merged"
     assert (merged / "config.json").exists() and not (merged / "adapter_config.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["kl"] >= 0.0
-    # the adapter folder loads for evaluation like any model
+    # LoRA's B matrices start at zero, so at step 1 the policy IS the reference (adapters off): KL exactly 0;
+    # after one update at lr 5e-2 it has moved: KL > 0
+    assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 1e-6
+    # the adapter folder loads for evaluation and computes what the trained model computes
     from r3rl.engine import load_engine
+    from r3rl.types import SamplingParams
 
     engine = load_engine(str(final))
-    assert engine.generate([[1, 2, 3]], __import__("r3rl.types", fromlist=["SamplingParams"]).SamplingParams(max_new_tokens=2, temperature=0))[0][0].token_ids
+    merged_engine = load_engine(str(merged))
+    base_engine = load_engine(str(model_dir))
+    prompt = [[1, 2, 3, 4, 5]]
+    ids = torch.tensor(prompt)
+    with torch.no_grad():
+        adapter_logits = engine.model(input_ids=ids).logits[0, -1]
+        merged_logits = merged_engine.model(input_ids=ids).logits[0, -1]
+        base_logits = base_engine.model(input_ids=ids).logits[0, -1]
+    torch.testing.assert_close(adapter_logits, merged_logits, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(adapter_logits, base_logits, atol=1e-4)  # the adapter is not a no-op
+    greedy = SamplingParams(max_new_tokens=4, temperature=0)
+    assert engine.generate(prompt, greedy)[0][0].token_ids == merged_engine.generate(prompt, greedy)[0][0].token_ids
 
 
 def _launch(args: list[str], cwd: Path, procs: int | None = None) -> subprocess.CompletedProcess:
@@ -170,16 +188,178 @@ def test_cli_train_survives_a_kill(model_dir, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_online_mode_with_several_updates_and_options(model_dir, tmp_path):
-    """Failures drawn from the current policy each step; two optimizer passes per rollout batch
-    (sampling-time log-probs as the old policy); Dr. GRPO options; gradient checkpointing."""
+def test_online_mode_with_several_updates_and_options(model_dir, tmp_path, monkeypatch):
+    """Failures drawn from the current policy each step; two optimizer passes per rollout batch, whose
+    "old" log-probs come from the training forward before the first update (at the sampling temperature),
+    so the first pass has ratio exactly 1 and nothing clipped; Dr. GRPO options (advantage r - mean,
+    token-sum loss); gradient checkpointing."""
+    from r3rl.training import grpo
+
+    calls = []
+    original = grpo.policy_loss
+
+    def recording(logp, logp_old, *args, **kwargs):
+        calls.append((logp.detach().clone(), logp_old.clone()))
+        return original(logp, logp_old, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "policy_loss", recording)
     cfg = tiny_config(model_dir, tmp_path / "online", steps=2, online=True, updates_per_batch=2,
-                      advantage="mean_only", loss_aggregation="token_sum", gradient_checkpointing=True, save_every=0)
-    final = train(cfg, show_progress=False)
+                      advantage="mean_only", loss_aggregation="token_sum", gradient_checkpointing=True, save_every=0,
+                      log_episodes_per_step=16)
+    cfg.generation.reflection_temperature = 0.7
+    train(cfg, show_progress=False)
     run = tmp_path / "online"
     assert not (run / "failures.jsonl").exists()  # nothing mined up front
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0 < r["episodes"] <= 16 for r in rows)
-    base = weights(model_dir)
-    assert any(not torch.equal(base[k], v) for k, v in weights(final).items() if k in base)
+    assert all(r["clip_frac"] == 0.0 for r in rows)  # metrics are the first pass's
+    # step 1: micro-batches 0, 1 (first pass), then 0, 1 again (second pass, after one optimizer step)
+    assert len(calls) >= 4
+    for logp, old in calls[:2]:
+        assert torch.equal(logp, old)  # ratio exactly 1
+    assert any(not torch.equal(logp, old) for logp, old in calls[2:4])  # the policy moved between passes
+    torch.testing.assert_close(calls[2][1], calls[0][1], rtol=0, atol=0)  # the same old log-probs in pass two
+    # mean_only: advantage = reward - group mean, without the std division (which would give e.g. 1.5, not 0.75)
+    eps = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
+    groups: dict = {}
+    for e in eps:
+        groups.setdefault((e["step"], e["group_id"]), []).append(e)
+    with_signal = 0
+    for members in groups.values():
+        mean = sum(e["reward"] for e in members) / len(members)
+        for e in members:
+            assert e["advantage"] == pytest.approx(e["reward"] - mean, abs=1e-9)
+        with_signal += len({e["reward"] for e in members}) > 1
+    assert with_signal > 0
+
+
+def test_accumulation_steps_once_per_step_with_the_full_batch_gradient(model_dir, tmp_path):
+    """batch 4 / micro 1 on one process: accelerate accumulates 4 micro-batches per optimizer step. Exactly
+    train.steps optimizer steps run, and the first one sees the gradient of the whole batch's loss,
+    -(1/(batch x G)) sum_seq A_seq mean_t grad log p_t (ratio 1, nothing clipped), computed here by hand
+    on a fresh copy of the model from the same micro-batches."""
+    from transformers import AutoModelForCausalLM
+
+    from r3rl.training.logprobs import completion_logprobs
+
+    cfg = tiny_config(model_dir, tmp_path / "acc", steps=3, batch_size=4, micro_batch_size=1, save_every=0,
+                      max_grad_norm=0.0)
+    trainer = Trainer(cfg, show_progress=False)
+    assert trainer.acc.gradient_accumulation_steps == 4
+    inner = trainer.opt.optimizer
+    steps, first_grads, micros, before, after = [], {}, [], {}, {}
+    original_step, original_micro = inner.step, trainer._micro
+
+    def counting_step(*args, **kwargs):
+        first = not steps
+        if first:
+            first_grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            before.update({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        steps.append(1)
+        out = original_step(*args, **kwargs)
+        if first:
+            after.update({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        return out
+
+    def recording_micro(episodes):
+        m = original_micro(episodes)
+        micros.append(m)
+        return m
+
+    inner.step, trainer._micro = counting_step, recording_micro
+    trainer.train()
+    assert len(steps) == cfg.train.steps
+    first = [m for m in micros[:4] if m.batch is not None]
+    assert first, "the first step had no group with signal; pick another seed"
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    total = cfg.train.batch_size * cfg.rollout.group_size
+    loss = 0.0
+    for m in first:
+        input_ids, attn, cmask = m.batch
+        logp = completion_logprobs(ref, input_ids, attn, cmask)  # [B, T]
+        seq_mean = logp.sum(1) / cmask.sum(1)  # [B]
+        loss = loss - (m.advantages * seq_mean).sum() / total
+    loss.backward()
+    expected = dict(ref.named_parameters())
+    assert first_grads.keys() <= expected.keys()
+    for name, grad in first_grads.items():
+        torch.testing.assert_close(grad, expected[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+    # the first AdamW step (bias-corrected m = g, v = g^2): delta = -lr * g / (|g| + eps), direction and size
+    lr, eps = cfg.train.learning_rate, 1e-8
+    for name, g in first_grads.items():
+        torch.testing.assert_close(after[name] - before[name], -lr * g / (g.abs() + eps), rtol=1e-3, atol=1e-8, msg=name)
+
+
+def _episode(group: str, reflection: list[int], reward: float):
+    from r3rl.types import Episode
+
+    return Episode(example_id="0", group_id=group, context_ids=[1, 2, 3], attempt_text="", attempt_ok=False,
+                   reflection_ids=reflection, reflection_text="", reflection_logprobs=[0.0] * len(reflection),
+                   retry_text="", retry_ok=reward > 0, reward=reward)
+
+
+def test_zero_signal_group_keeps_its_kl_term(model_dir, tmp_path):
+    """A group with equal rewards has advantage 0, so its policy term is 0, but with beta > 0 its KL term
+    still pulls the moved policy back to the reference: loss = beta * sum_seq mean_t k3 / (batch x G)."""
+    from r3rl.training.logprobs import completion_logprobs
+
+    beta = 0.5
+    cfg = tiny_config(model_dir, tmp_path / "kl", beta=beta, batch_size=2, micro_batch_size=2)
+    cfg.rollout.group_size = 2
+    trainer = Trainer(cfg, show_progress=False)
+    with torch.no_grad():  # move the policy away from the frozen reference
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    micro = trainer._micro([_episode("g", [4, 5, 6], 1.0), _episode("g", [7, 8], 1.0)])
+    assert micro.batch is not None and micro.advantages.tolist() == [0.0, 0.0]
+    with trainer.acc.accumulate(trainer.policy):
+        stats = trainer._backward(micro, None)
+    with torch.no_grad():
+        logp = completion_logprobs(trainer.model, *micro.batch)  # [2, T]
+        ref = completion_logprobs(trainer.ref, *micro.batch)  # [2, T]
+    mask = micro.batch[2].bool()
+    # k3 = exp(ref - logp) - (ref - logp) - 1 per reflection token, by hand, row by row
+    expected = 0.0
+    for row in range(2):
+        d = (ref[row][mask[row]] - logp[row][mask[row]]).double()
+        expected += float((d.exp() - d - 1).mean())
+    expected *= beta / (cfg.train.batch_size * cfg.rollout.group_size)
+    assert expected > 1e-4
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainer.model.parameters())
+    # without a KL term the same group carries nothing and is left out of the backward
+    trainer.cfg.train.beta = 0.0
+    assert trainer._micro([_episode("g", [4, 5, 6], 1.0), _episode("g", [7, 8], 1.0)]).batch is None
+
+
+def test_a_run_without_learning_signal_warns_once(model_dir, tmp_path):
+    cfg = tiny_config(model_dir, tmp_path / "flat", steps=4, save_every=0)
+    cfg.task.name = "tests.trainer_fixtures:NeverTask"
+    with pytest.warns(Warning) as record:
+        train(cfg, show_progress=False)
+    from r3rl.training.trainer import NoLearningSignalWarning
+
+    ours = [w for w in record if issubclass(w.category, NoLearningSignalWarning)]
+    assert len(ours) == 1
+    assert "rollout.group_size" in str(ours[0].message) and "reflection_temperature" in str(ours[0].message)
+    rows = [json.loads(x) for x in (tmp_path / "flat" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["zero_adv_frac"] == 1.0 for r in rows)
+
+
+def test_training_logprobs_are_those_of_the_sampling_temperature(model_dir, tmp_path):
+    """The trainer's policy forward gives log softmax(logits / T) at the reflection temperature T."""
+    from r3rl.training.grpo import build_completion_batch
+    from r3rl.training.logprobs import full_logits_logprobs
+
+    cfg = tiny_config(model_dir, tmp_path / "t")
+    cfg.generation.reflection_temperature = 0.5
+    trainer = Trainer(cfg, show_progress=False)
+    batch = build_completion_batch([[1, 2, 3]], [[4, 5]], trainer.tok.pad_token_id)
+    with torch.no_grad():
+        got = trainer.policy(*batch)  # [1, T]
+        logits = trainer.model(input_ids=batch[0]).logits[0, 2:4].float() / 0.5  # [2, V] predicting tokens 4, 5
+        by_hand = torch.log_softmax(logits, -1)[torch.arange(2), torch.tensor([4, 5])]  # [2]
+        untempered = full_logits_logprobs(trainer.model, *batch)[0, 3:5]
+    torch.testing.assert_close(got[0, 3:5], by_hand, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0, 3:5], untempered)

@@ -66,3 +66,12 @@ def cli_overrides(cfg: Config) -> list[str]:
                 continue
             out.append(f"{section}.{k}={v}")
     return out
+
+
+class NeverTask(CoinTask):
+    """Nothing ever passes: every group's rewards are equal, so there is no learning signal."""
+
+    name = "never"
+
+    def verify(self, ex, completion):
+        return Verdict(False, "never")

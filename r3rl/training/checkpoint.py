@@ -1,9 +1,15 @@
-"""Checkpoints that a kill never breaks, and resume.
+"""Checkpoints that a kill never breaks, resume, and the guard against mixing two runs in one folder.
 
 A checkpoint is accelerate's `save_state` (model, optimizer, scheduler, every
 rank's RNG states) plus `trainer_state.json` (step; the data position follows from
 it), written into a hidden temporary folder and renamed into place when complete.
 Only folders holding trainer_state.json count, so a half-written one is ignored.
+
+With LoRA only the trainable (adapter) weights go into a checkpoint: the frozen
+base is the model the run started from and is loaded from there on resume
+(`adapter_only_state_hooks`). A fresh run refuses an output folder that holds
+another run's checkpoints or metrics (`prepare_output_dir`), so `--resume` can
+never pick up a step of an older run.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.io import atomic_write_text
+
+# What marks a folder as holding a run: a later --resume would read these.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged")
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -62,3 +71,76 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is not a complete r3rl checkpoint (no trainer_state.json)")
     accelerator.load_state(str(path))
     return json.loads(state_file.read_text())
+
+
+def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Stop a fresh run from writing into an older run's folder, unless told to resume or overwrite.
+
+    A mined failure set or a config.yaml alone do not count (`r3rl mine` may write into the run folder
+    first); checkpoints, metrics, episodes or a final model do. With `overwrite` they are deleted, so
+    nothing of the older run can be resumed or mixed into the new run's logs.
+    """
+    root = Path(run_dir)
+    found = [name for name in RUN_FILES if _non_empty(root / name)]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{root} already holds a training run ({', '.join(found)}): pass --resume to continue it, or "
+            f"--overwrite (train.overwrite_output_dir=true) to delete it and start again, or choose another train.output_dir"
+        )
+    if is_main:
+        for name in found:
+            path = root / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _non_empty(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.exists()
+
+
+def adapter_only_state_hooks(accelerator, is_adapter_model) -> None:
+    """Make accelerate's save_state / load_state keep only the trainable weights of LoRA models.
+
+    accelerate hands these hooks the prepared models and, on save, their state dicts before they are
+    written; a LoRA model's entry is cut to its trainable (adapter) tensors. On load, that model is
+    restored here (non-strict, then checked: the missing keys must be exactly the frozen ones) and
+    taken off accelerate's list, whose strict load would miss the base. The optimizer, scheduler and
+    RNG states are saved and loaded by accelerate as usual.
+    """
+    from safetensors.torch import load_file
+
+    def trainable(model) -> set[str]:
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def save_hook(models, weights, output_dir) -> None:
+        if len(weights) != len(models):
+            return  # FSDP / DeepSpeed save their models themselves
+        for i, model in enumerate(models):
+            if is_adapter_model(model):
+                keep = trainable(model)
+                weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+
+    def load_hook(models, input_dir) -> None:
+        for i, model in enumerate(list(models)):
+            if not is_adapter_model(model):
+                continue
+            name = "model.safetensors" if i == 0 else f"model_{i}.safetensors"
+            state = load_file(str(Path(input_dir) / name), device=str(next(model.parameters()).device))
+            try:
+                result = model.load_state_dict(state, strict=False)
+            except RuntimeError as e:  # shapes differ: another rank r or other target modules
+                raise ValueError(f"{input_dir}/{name} does not match this LoRA model (another train.lora_r or "
+                                 f"lora_target_modules?): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+            frozen = set(model.state_dict()) - trainable(model)  # tied weights and buffers included
+            if result.unexpected_keys or set(result.missing_keys) - frozen:
+                raise ValueError(
+                    f"{input_dir}/{name} does not match this LoRA model: unexpected keys "
+                    f"{result.unexpected_keys[:3]}, missing trainable keys {sorted(set(result.missing_keys) - frozen)[:3]}"
+                )
+            models.remove(model)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

@@ -11,8 +11,9 @@ Deliberate choices (each one a place where GRPO implementations differ):
   the advantages +-0.707. A group whose rewards are all equal (a group of one
   included) gets an advantage of exactly 0.0, never NaN, and is flagged by
   `zero_signal_mask` so the trainer may drop it from the backward pass.
-* Log-probabilities are those of the raw model distribution (no temperature), the
-  same distribution the engine reports sampling log-probs under.
+* Log-probabilities are those of the distribution the reflections were sampled
+  from, softmax(logits / T) at the reflection temperature T (as TRL's GRPO), for
+  the current, the "old" and the reference policy alike (logprobs.py computes them).
 * The KL penalty is the k3 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman,
   "Approximating KL divergence"), unbiased for KL(pi || ref) and always >= 0.
 

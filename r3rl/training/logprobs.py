@@ -79,13 +79,15 @@ class _TargetLogProb(torch.autograd.Function):
 
 
 def _chunk_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor, scale: float,
-                    softcap: float | None) -> Tensor:
-    """log p(target | hidden) for a chunk of positions, in float32."""
+                    softcap: float | None, temperature: float = 1.0) -> Tensor:
+    """log p(target | hidden) for a chunk of positions, in float32, of softmax(logits / temperature)."""
     logits = head(hidden).float()  # [n, V]
     if scale != 1.0:
         logits = logits * scale  # [n, V]
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap  # [n, V]
+    if temperature != 1.0:
+        logits = logits / temperature  # [n, V] the distribution the engine samples from (sampling.py)
     return _TargetLogProb.apply(logits, targets)  # [n]
 
 
@@ -109,6 +111,7 @@ def completion_logprobs(
     completion_mask: Tensor,
     chunk_size: int = 1024,
     checkpoint_chunks: bool = True,
+    temperature: float = 1.0,
 ) -> Tensor:
     """log p(token_t | tokens_<t) at completion positions, computing the LM head there only.
 
@@ -129,6 +132,8 @@ def completion_logprobs(
         input_ids: [B, T] token ids, left or right padded.
         attention_mask: [B, T] 1 on real tokens.
         completion_mask: [B, T] 1 on completion tokens; column 0 must be 0.
+        temperature: log-probs of softmax(logits / temperature), the distribution the engine samples
+            from at that temperature (as TRL's GRPO); 0 (greedy) counts as 1.
     Returns:
         [B, T] float32 log-probs, 0.0 where completion_mask is 0.
     """
@@ -137,6 +142,7 @@ def completion_logprobs(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     body, head, config = _body_and_head(model)
     scale, softcap = _logit_transform(config)
+    temperature = float(temperature) if temperature > 0 else 1.0
     bsz, seq_len = input_ids.shape
 
     hidden = body(
@@ -152,9 +158,9 @@ def completion_logprobs(
         h = hidden_sel[start:start + chunk_size]  # [n, H]
         t = targets[start:start + chunk_size]  # [n]
         if use_ckpt:
-            pieces.append(checkpoint(_chunk_logprobs, head, h, t, scale, softcap, use_reentrant=False))  # [n]
+            pieces.append(checkpoint(_chunk_logprobs, head, h, t, scale, softcap, temperature, use_reentrant=False))  # [n]
         else:
-            pieces.append(_chunk_logprobs(head, h, t, scale, softcap))  # [n]
+            pieces.append(_chunk_logprobs(head, h, t, scale, softcap, temperature))  # [n]
     logp = torch.cat(pieces) if pieces else hidden_sel.new_zeros(0, dtype=torch.float32)  # [N]
     out = logp.new_zeros(bsz, seq_len)  # [B, T]
     return out.index_put((rows, cols + 1), logp)  # [B, T]

@@ -2,6 +2,12 @@
 
 With LoRA the reference model is the base with adapters disabled (no second copy);
 with full fine-tuning a frozen copy is kept only when the KL weight is non-zero.
+
+Precision, as the Hugging Face Trainer and TRL do it: trainable weights (and so the
+optimizer state) are float32 and the forward passes run under autocast
+(`train.mixed_precision`). AdamW stepping bf16 weights in place rounds the paper's
+5e-7 updates away (measured in tests/test_mixed_precision.py). A LoRA base is frozen,
+so it may sit in the half-precision compute dtype; its adapters stay float32.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import torch
 from torch import nn
 
 from r3rl.config import ModelConfig, TrainConfig
+from r3rl.engine.loading import resolve_model_name
 from r3rl.training.logprobs import completion_logprobs
+
 
 def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
     """Model + tokenizer for mining / evaluation (a LoRA adapter folder loads on top of its base)."""
@@ -31,25 +39,57 @@ def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = No
 class LogprobModel(nn.Module):
     """forward() = reflection-token log-probs, so DDP / FSDP / DeepSpeed see the whole computation."""
 
-    def __init__(self, model: nn.Module, chunk_size: int):
+    def __init__(self, model: nn.Module, chunk_size: int, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.temperature = temperature  # the reflections' sampling temperature: log-probs of softmax(logits / T)
 
     def forward(self, input_ids, attention_mask, completion_mask):  # [B, T] each -> [B, T]
-        return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, chunk_size=self.chunk_size)
+        return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, chunk_size=self.chunk_size,
+                                   temperature=self.temperature)
 
 
-def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any, nn.Module | None]:
+def training_dtype(mcfg: ModelConfig, tcfg: TrainConfig, mixed_precision: str, device: torch.device) -> str:
+    """The dtype the trained model loads in. `auto`: float32 for full fine-tuning (the master weights
+    AdamW steps; autocast does the half-precision compute), and for LoRA the frozen base in the
+    mixed-precision dtype (its float32 adapters are created by peft). An explicit dtype is kept."""
+    if mcfg.dtype != "auto":
+        return mcfg.dtype
+    lora = tcfg.lora or _is_adapter_folder(mcfg.name_or_path)
+    if lora and device.type != "cpu":
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision, "float32")
+    return "float32"
+
+
+def _is_adapter_folder(name: str) -> bool:
+    return (Path(resolve_model_name(name)).expanduser() / "adapter_config.json").is_file()
+
+
+def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
+                 mixed_precision: str = "no") -> tuple[nn.Module, Any, nn.Module | None]:
     """(trainable model, tokenizer, frozen reference or None). LoRA -> the reference is the model itself
-    with adapters disabled, returned as None here (see `reference_context`)."""
+    with adapters disabled, returned as None here (see `reference_logprobs`)."""
+    import warnings
+
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    model, tok = load_for_inference(mcfg, device=device)
+    from r3rl.engine import load_model
+
+    dtype = training_dtype(mcfg, tcfg, mixed_precision, device)
+    if dtype != "float32" and not tcfg.lora and not _is_adapter_folder(mcfg.name_or_path):
+        warnings.warn(f"model.dtype={dtype} with full fine-tuning: AdamW updates {dtype} weights in place and small "
+                      f"updates round away (at lr 5e-7 almost none land); use model.dtype=auto and "
+                      f"train.mixed_precision=bf16 instead", stacklevel=2)
+    model, tok = load_model(mcfg.name_or_path, dtype=dtype, device=device, base=mcfg.base,
+                            trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
+                            attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs)
     if isinstance(model, PeftModel):
-        # continuing from an adapter folder: train that adapter
+        # continuing from an adapter folder: train that adapter (in float32 over a half-precision base)
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
+            if p.requires_grad:
+                p.data = p.data.float()
     elif tcfg.lora:
         targets: Any = tcfg.lora_target_modules
         if targets != "all-linear":
@@ -74,22 +114,29 @@ def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-def reference_logprobs(model: nn.Module, ref: nn.Module | None, chunk_size: int, *batch: torch.Tensor) -> torch.Tensor:
-    """Reference log-probs [B, T]: the frozen copy, or the LoRA model with adapters disabled."""
+def reference_logprobs(model: nn.Module, ref: nn.Module | None, chunk_size: int, *batch: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Reference log-probs [B, T] at the sampling temperature: the frozen copy, or the LoRA model with
+    adapters disabled. Call under the same autocast as the policy's forward."""
     target = ref if ref is not None else model
     ctx = model.disable_adapter() if ref is None and is_peft(model) else nullcontext()
     with torch.no_grad(), ctx:
-        return completion_logprobs(target, *batch, chunk_size=chunk_size)
+        return completion_logprobs(target, *batch, chunk_size=chunk_size, temperature=temperature)
 
 
-def save_final(model: nn.Module, tokenizer: Any, folder: Path, merge: bool = False) -> list[Path]:
+def save_final(model: nn.Module, tokenizer: Any, folder: Path, merge: bool = False,
+               state_dict: dict[str, torch.Tensor] | None = None) -> list[Path]:
     """Save the Hugging Face way (atomically): an adapter folder for LoRA (and merged weights on
-    request), full weights otherwise. Returns the folders written."""
+    request), full weights otherwise. Returns the folders written.
+
+    state_dict: the full (gathered) weights when the model's own parameters are shards (ZeRO-3, FSDP);
+    the trainer gets it from `accelerator.get_state_dict` on every rank. Keys as in model.state_dict().
+    """
     from r3rl.io import replace_dir
 
     written = []
     with replace_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     written.append(folder)
     if merge and is_peft(model):

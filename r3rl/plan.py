@@ -1,0 +1,204 @@
+"""`r3rl plan`: before launching a preset, what it needs per device and how long its generation takes.
+
+Everything is computed offline from the preset and the model's config.json (hidden size, layers,
+heads, kv heads, head dim, intermediate size, vocabulary, tied embeddings), so a researcher can size
+a run without a GPU. Memory is for one process under data parallelism (configs/accelerate/ddp.yaml:
+every device holds the whole model) with float32 trainable weights and bf16 compute
+(train.mixed_precision); a ZeRO-2 line shows the sharded optimizer state and gradients.
+Activation and sequence-length figures are upper-bound estimates (every generation at its token
+limit); token counts are upper bounds for the same reason. Wall time is generated tokens divided by
+the generation speed, which r3rl has not measured on a GPU: pass --tokens-per-s (per device) from
+your own `bench/rollout.py` run, otherwise a clearly labelled assumption is used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r3rl.config import Config
+
+GIB = 1024 ** 3
+# Labelled assumptions (printed with every plan that uses them).
+ASSUMED_TOKENS_PER_S = 1000.0  # per device; not a measurement (see the module docstring)
+ASSUMED_PROMPT_TOKENS = 150  # the task prompt, templated; an instruction turn (reflect / retry) adds INSTRUCTION_TOKENS
+INSTRUCTION_TOKENS = 40
+HALF = 2  # bytes of a bf16 / fp16 element
+FP32 = 4
+
+
+@dataclass
+class ModelShape:
+    """The numbers of a decoder-only transformer that size its memory."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> "ModelShape":
+        try:
+            hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+            return cls(hidden=hidden, layers=int(c["num_hidden_layers"]), heads=heads,
+                       kv_heads=int(c.get("num_key_value_heads") or heads),
+                       head_dim=int(c.get("head_dim") or hidden // heads),
+                       intermediate=int(c["intermediate_size"]), vocab=int(c["vocab_size"]),
+                       tied=bool(c.get("tie_word_embeddings", False)),
+                       qkv_bias=bool(c.get("attention_bias", c.get("model_type") == "qwen2")))
+        except KeyError as e:
+            raise ValueError(f"the model's config.json has no {e.args[0]}; r3rl plan needs a decoder-only transformer config") from None
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def layer_params(self) -> int:
+        q, kv = self.heads * self.head_dim, self.kv_dim
+        attn = self.hidden * q + 2 * self.hidden * kv + q * self.hidden + ((q + 2 * kv) if self.qkv_bias else 0)
+        mlp = 3 * self.hidden * self.intermediate  # gate, up, down (SwiGLU)
+        return attn + mlp + 2 * self.hidden  # two RMSNorm weights
+
+    def params(self) -> int:
+        embed = self.vocab * self.hidden
+        return embed * (1 if self.tied else 2) + self.layers * self.layer_params() + self.hidden  # + final norm
+
+    def lora_params(self, r: int) -> int:
+        """Adapter parameters of rank r on every linear layer of the blocks (peft's all-linear; not lm_head)."""
+        q, kv, h, i = self.heads * self.head_dim, self.kv_dim, self.hidden, self.intermediate
+        shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+        return self.layers * sum(r * (a + b) for a, b in shapes)
+
+    def activation_bytes_per_token_layer(self) -> int:
+        """Tensors one block keeps for backward per token, bf16 compute: attention (normed input, q, k, v,
+        attention output, o input) + MLP (normed input, gate, up, act, product) + two float32 norm inputs."""
+        elems = 4 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate
+        return elems * HALF + 2 * self.hidden * FP32
+
+
+def load_model_shape(cfg: Config, model_config: str | None = None) -> tuple[ModelShape, str]:
+    """The model's shape from --model-config (a folder or a config.json), the model folder, or the local HF cache."""
+    from r3rl.engine.loading import resolve_model_name
+
+    where = model_config or resolve_model_name(cfg.model.name_or_path)
+    path = Path(where).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        return ModelShape.from_config(json.loads(path.read_text())), str(path)
+    try:
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(where, local_files_only=True)
+    except Exception:
+        raise ValueError(f"no config.json for {where} on this machine (offline); pass --model-config with a folder "
+                         f"or config.json of the model") from None
+    return ModelShape.from_config(conf.to_dict()), f"{where} (local Hugging Face cache)"
+
+
+def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tokens: int) -> dict[str, float]:
+    """Bytes per device under data parallelism (every device holds the model), by part."""
+    t, g = cfg.train, cfg.generation
+    p = shape.params()
+    out: dict[str, float] = {}
+    if t.lora:
+        a = shape.lora_params(t.lora_r)
+        out["weights (frozen base, bf16)"] = HALF * p
+        out["trainable weights (LoRA adapters, float32)"] = FP32 * a
+        trainable = a
+    else:
+        out["weights = float32 master copy (trained)"] = FP32 * p
+        if t.beta > 0:
+            out["reference model (frozen float32 copy, beta > 0)"] = FP32 * p
+        trainable = p
+    out["gradients (float32)"] = FP32 * trainable
+    out["optimizer (AdamW, 2 x float32)"] = 2 * FP32 * trainable
+    rows = t.micro_batch_size * cfg.rollout.group_size  # reflections back-propagated at once
+    seq = prompt_tokens + g.max_attempt_tokens + INSTRUCTION_TOKENS + g.max_reflection_tokens
+    per_token_layer = shape.activation_bytes_per_token_layer()
+    logits = t.logit_chunk_size * shape.vocab * (2 * FP32 + HALF)  # one chunk: float32 logits + grad buffer + bf16 head out
+    full = rows * seq * (shape.layers * per_token_layer) + logits
+    ckpt = rows * seq * (shape.layers * shape.hidden * HALF + per_token_layer) + logits
+    out["activations without gradient checkpointing"] = full
+    out["activations with gradient checkpointing"] = ckpt
+    gen_len = (prompt_tokens + g.max_attempt_tokens + g.max_reflection_tokens + g.max_retry_tokens
+               + 2 * INSTRUCTION_TOKENS)
+    out["KV cache at generation.max_batch_size"] = 2 * shape.layers * shape.kv_dim * HALF * g.max_batch_size * gen_len
+    out["_rows"], out["_seq"], out["_gen_len"] = rows, seq, gen_len
+    return out
+
+
+def generated_tokens(cfg: Config) -> dict[str, int]:
+    """Upper bounds on generated tokens (every generation at its limit) of each stage."""
+    g, r, t, f, e = cfg.generation, cfg.rollout, cfg.train, cfg.failures, cfg.eval
+    per_reflection = r.rounds * (g.max_reflection_tokens + r.retries_per_reflection * g.max_retry_tokens)
+    train = t.steps * t.batch_size * r.group_size * per_reflection
+    if t.online:
+        train += t.steps * t.batch_size * f.attempts_per_example * g.max_attempt_tokens
+    per_eval = e.samples_per_example * (g.max_attempt_tokens + g.max_reflection_tokens + g.max_retry_tokens
+                                        + (g.max_retry_tokens if e.no_reflection_control else 0))
+    evals = math.ceil(t.steps / t.eval_every) if t.eval_every else 0
+    return {
+        "mining": 0 if t.online else f.num_examples * f.attempts_per_example * g.max_attempt_tokens,
+        "training": train,
+        "periodic evaluation": evals * t.eval_examples * per_eval,
+        "evaluation (r3rl eval, once)": e.num_examples * per_eval,
+    }
+
+
+def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1, gpu_memory_gb: float = 80.0,
+                tokens_per_s: float | None = None, prompt_tokens: int | None = None) -> str:
+    assumptions = []
+    if prompt_tokens is None:
+        prompt_tokens = ASSUMED_PROMPT_TOKENS
+        assumptions.append(f"the templated task prompt is {ASSUMED_PROMPT_TOKENS} tokens (pass --prompt-tokens)")
+    speed_note = ""
+    if tokens_per_s is None:
+        tokens_per_s = ASSUMED_TOKENS_PER_S
+        speed_note = " (ASSUMED)"
+        assumptions.append(f"{ASSUMED_TOKENS_PER_S:,.0f} generated tokens/s per device: a placeholder, not a measurement "
+                           f"(r3rl's engine has not been timed on a GPU); measure with bench/rollout.py and pass --tokens-per-s")
+    mem = memory_per_device(cfg, shape, processes, prompt_tokens)
+    rows, seq, gen_len = int(mem.pop("_rows")), int(mem.pop("_seq")), int(mem.pop("_gen_len"))
+    t = cfg.train
+    lines = [f"r3rl plan: {cfg.model.name_or_path} ({source})",
+             f"parameters: {shape.params() / 1e9:.2f}B ({shape.params():,}); {shape.layers} layers, hidden {shape.hidden}, "
+             f"{shape.heads} heads / {shape.kv_heads} kv heads, intermediate {shape.intermediate}, vocab {shape.vocab}"
+             f"{', tied embeddings' if shape.tied else ''}",
+             f"{processes} process(es), {gpu_memory_gb:g} GB per device; {'LoRA r=' + str(t.lora_r) if t.lora else 'full fine-tuning'}, "
+             f"bf16 autocast over float32 trainable weights",
+             "", "memory per device (data parallel: every device holds the model)"]
+    for name, b in mem.items():
+        lines.append(f"  {name:52s} {b / GIB:8.2f} GiB")
+    static = sum(b for k, b in mem.items() if not k.startswith(("activations", "KV")))
+    act_key = "activations with gradient checkpointing" if t.gradient_checkpointing else "activations without gradient checkpointing"
+    peak = static + max(mem[act_key], mem["KV cache at generation.max_batch_size"])
+    fits = "fits" if peak <= gpu_memory_gb * 1e9 else "does NOT fit"
+    lines.append(f"  peak (static + the larger of training activations ({'with' if t.gradient_checkpointing else 'without'} "
+                 f"checkpointing, as configured) and the KV cache): {peak / GIB:.2f} GiB -> {fits} in {gpu_memory_gb:g} GB")
+    if not t.lora and processes > 1:
+        z2 = static - (mem["gradients (float32)"] + mem["optimizer (AdamW, 2 x float32)"]) * (1 - 1 / processes)
+        lines.append(f"  with deepspeed-zero2 (gradients and optimizer sharded over {processes}): static {z2 / GIB:.2f} GiB")
+    lines.append(f"  (training forward: micro_batch_size x group_size = {rows} reflections of up to {seq} tokens; "
+                 f"generation: {cfg.generation.max_batch_size} rows of up to {gen_len} tokens)")
+    lines += ["", f"generated tokens (upper bounds) and wall time at {tokens_per_s:,.0f} tokens/s per device{speed_note} x {processes}"]
+    total_tokens = 0
+    for name, n in generated_tokens(cfg).items():
+        total_tokens += n
+        lines.append(f"  {name:32s} {n / 1e9:9.3f}B tokens  {_hours(n, tokens_per_s * processes)}")
+    lines.append(f"  {'total':32s} {total_tokens / 1e9:9.3f}B tokens  {_hours(total_tokens, tokens_per_s * processes)}")
+    if assumptions:
+        lines += ["", "assumptions:"] + [f"  - {a}" for a in assumptions]
+    return "\n".join(lines)
+
+
+def _hours(tokens: int, per_s: float) -> str:
+    return f"{tokens / per_s / 3600:10.1f} h"

@@ -1,0 +1,84 @@
+"""`r3rl plan` on the paper's Countdown preset with Qwen2.5-1.5B's real config.json (public numbers:
+hidden 1536, 28 layers, 12 heads, 2 kv heads, intermediate 8960, vocab 151936, tied embeddings),
+checked against numbers worked out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from r3rl.config import load_config
+from r3rl.plan import GIB, ModelShape, format_plan, generated_tokens, load_model_shape, memory_per_device
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "qwen2.5-1.5b-config"
+PRESET = ROOT / "configs" / "qwen2.5-1.5b-countdown.yaml"
+
+
+@pytest.fixture()
+def cfg():
+    return load_config(PRESET)
+
+
+def test_parameter_count_of_qwen2_5_1_5b(cfg):
+    shape, _ = load_model_shape(cfg, str(FIXTURE))
+    # per layer: q 1536^2 + bias 1536, k and v 1536 x 256 + bias 256 each, o 1536^2, MLP 3 x 1536 x 8960,
+    # two norms 2 x 1536 = 46,797,824; x 28 + tied embedding 151936 x 1536 + final norm 1536
+    assert shape.layer_params() == 46_797_824
+    assert shape.params() == 1_543_714_304  # the published "1.54B"
+    # peft all-linear LoRA r=16: 16 x (3072 + 2 x 1792 + 3072 + 2 x 10496 + 10496) x 28
+    assert shape.lora_params(16) == 18_464_768
+
+
+def test_memory_per_device(cfg):
+    shape, _ = load_model_shape(cfg, str(FIXTURE))
+    mem = memory_per_device(cfg, shape, processes=8, prompt_tokens=150)
+    p = 1_543_714_304
+    assert mem["weights = float32 master copy (trained)"] == 4 * p
+    assert mem["reference model (frozen float32 copy, beta > 0)"] == 4 * p  # beta 0.001 in the preset
+    assert mem["gradients (float32)"] == 4 * p
+    assert mem["optimizer (AdamW, 2 x float32)"] == 8 * p
+    # KV cache: 2 (k, v) x 28 layers x 256 (2 kv heads x 128) x 2 bytes = 28,672 bytes per token;
+    # 128 rows (generation.max_batch_size) x (150 + 512 + 512 + 512 + 2 x 40) = 1766 tokens
+    assert mem["KV cache at generation.max_batch_size"] == 28_672 * 128 * 1766
+    # checkpointing keeps one bf16 hidden state per layer instead of every block's tensors
+    assert mem["activations with gradient checkpointing"] < mem["activations without gradient checkpointing"] / 10
+    # 16 failures x G 8 = 128 reflections of 150 + 512 + 40 + 512 = 1214 tokens; layer inputs alone: 28 x 1536 x 2 bytes
+    assert mem["activations with gradient checkpointing"] > 128 * 1214 * 28 * 1536 * 2
+
+
+def test_generated_tokens(cfg):
+    tokens = generated_tokens(cfg)
+    assert tokens["mining"] == 20_000 * 64 * 512
+    assert tokens["training"] == 1750 * 256 * 8 * (512 + 512)
+    assert tokens["evaluation (r3rl eval, once)"] == 2000 * (512 + 512 + 512 + 512)  # + no-reflection control
+    assert tokens["periodic evaluation"] == 18 * 500 * 2048  # every 100 of 1750 steps and at the end
+
+
+def test_cli_prints_the_plan_with_and_without_a_measured_speed(capsys):
+    from r3rl.cli import main
+
+    args = ["plan", "--config", str(PRESET), "--model-config", str(FIXTURE), "--processes", "8"]
+    assert main(args + ["--tokens-per-s", "2000", "--prompt-tokens", "150"]) == 0
+    out = capsys.readouterr().out
+    assert "1.54B" in out and "fits in 80 GB" in out and "ASSUMED" not in out and "assumptions:" not in out
+    # training: 3,670,016,000 tokens / (2000 x 8 tokens/s) = 63.7 h
+    assert "63.7 h" in out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(ASSUMED)" in out and "not a measurement" in out and "--tokens-per-s" in out
+
+
+def test_too_small_a_device_is_reported(cfg):
+    shape = ModelShape.from_config({"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12,
+                                    "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936,
+                                    "tie_word_embeddings": True, "model_type": "qwen2"})
+    assert "does NOT fit in 24 GB" in format_plan(cfg, shape, "inline", gpu_memory_gb=24, tokens_per_s=1000, prompt_tokens=150)
+    assert GIB == 2 ** 30
+
+
+def test_missing_model_config_is_one_sentence(cfg, tmp_path):
+    cfg.model.name_or_path = "nobody/no-such-model"
+    with pytest.raises(ValueError, match="pass --model-config"):
+        load_model_shape(cfg)
