@@ -47,9 +47,9 @@ def base_config(work: Path, failures: int, group: int, steps: int) -> Config:
     cfg.generation.max_reflection_tokens = LIMIT
     cfg.generation.max_retry_tokens = LIMIT
     cfg.rollout.group_size = group
-    cfg.mine.num_examples = 4 * failures
-    cfg.mine.attempts_per_example = 1
-    cfg.mine.output = str(work / "failures.jsonl")
+    cfg.failures.num_examples = 4 * failures
+    cfg.failures.attempts_per_example = 1
+    cfg.failures.path = str(work / "failures.jsonl")
     cfg.train.steps = steps
     cfg.train.batch_size = failures
     cfg.train.micro_batch_size = failures
@@ -63,12 +63,14 @@ def base_config(work: Path, failures: int, group: int, steps: int) -> Config:
 def mine_failures(cfg: Config) -> Path:
     from r3rl.engine.hf import HFEngine
     from r3rl.mining import mine
+    from r3rl.rollout import Rollout
     from r3rl.tasks import load_task
     from r3rl.training.policy import load_for_inference
 
-    model, tok = load_for_inference(cfg)
-    mine(HFEngine(model, tok), load_task("addition"), cfg, show_progress=False)
-    return Path(cfg.mine.output)
+    model, tok = load_for_inference(cfg.model)
+    roll = Rollout(HFEngine(model, tok), load_task("addition"), cfg.generation, cfg.rollout)
+    mine(roll, cfg.failures, cfg.seed, show_progress=False)
+    return Path(cfg.failures.path)
 
 
 def run_r3rl(cfg: Config, out: Path) -> list[float]:
@@ -85,7 +87,7 @@ def run_trl(cfg: Config, failures: Path, out: Path, seed: int) -> list[float]:
 
     from r3rl.integrations.trl import ReflectionRollout, reflection_dataset, retry_reward
     from r3rl.tasks import load_task
-    from r3rl.training.policy import demo_model_path
+    from r3rl.demo import model_path as demo_model_path
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -140,7 +142,6 @@ def main() -> None:
         work = Path(tmp)
         cfg = base_config(work, args.failures, args.group, args.steps)
         failures = mine_failures(cfg)
-        cfg.train.failures = str(failures)
         n = sum(len(r["failed_attempts"]) for r in iter_jsonl(failures))
         print(f"failure set: {n} failed attempts mined from the demo model")
         for run in range(args.runs):

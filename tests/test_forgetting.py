@@ -85,7 +85,7 @@ def after_model(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r3rl.training.policy import demo_model_path
+    from r3rl.demo import model_path as demo_model_path
 
     model = AutoModelForCausalLM.from_pretrained(demo_model_path(), dtype=torch.float32)
     g = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ from r3rl.io import JsonlWriter  # noqa: E402
 from r3rl.rollout import Failure, Rollout  # noqa: E402
 from r3rl.config import GenerationConfig, RolloutConfig  # noqa: E402
 from r3rl.tasks import load_task  # noqa: E402
-from r3rl.training.policy import demo_model_path  # noqa: E402
+from r3rl.demo import model_path as demo_model_path  # noqa: E402
 
 G = 4  # reflections per failure
 

@@ -22,7 +22,7 @@ def _failure_set(path, n=4):
 def test_example_trains_and_saves(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    from r3rl.training.policy import demo_model_path
+    from r3rl.demo import model_path as demo_model_path
 
     _failure_set(tmp_path / "failures.jsonl")
     rc = main(["--failures", str(tmp_path / "failures.jsonl"), "--output-dir", str(tmp_path / "run"),

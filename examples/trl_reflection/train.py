@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from r3rl.integrations.trl import ReflectionRollout, reflection_dataset, retry_reward  # r3rl
     from r3rl.tasks import load_task  # r3rl
-    from r3rl.training.policy import demo_model_path
+    from r3rl.demo import model_path as demo_model_path
 
     try:
         task = load_task(args.task)  # r3rl

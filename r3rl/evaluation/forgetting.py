@@ -94,9 +94,8 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     from r3rl.engine import load_model
-    from r3rl.training.policy import resolve_model_name
 
-    net, tokenizer = load_model(resolve_model_name(model), dtype=dtype, device=device)
+    net, tokenizer = load_model(model, dtype=dtype, device=device)  # resolves aliases such as `demo`
     lm = HFLM(pretrained=net, tokenizer=tokenizer, batch_size=batch_size)
     out = simple_evaluate(
         model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
