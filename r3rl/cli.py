@@ -6,6 +6,7 @@
     r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl demo   [--quick]
+    r3rl forgetting --model BEFORE --model AFTER [--tasks T ...]   (lm-eval on both, differences)
     r3rl tasks
     r3rl config [--config FILE] [--docs] [overrides]   (the resolved config; --docs adds each field's doc)
 """
@@ -217,6 +218,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides)
 
 
+def cmd_forgetting(args: argparse.Namespace) -> int:
+    from r3rl.evaluation.forgetting import PAPER_TASKS, forgetting, forgetting_table
+    from r3rl.io import write_json
+    from r3rl.progress import print_table
+
+    if len(args.model) != 2:
+        raise ValueError(f"give --model twice (before, then after), got {len(args.model)}")
+    tasks = [t for item in (args.tasks or PAPER_TASKS) for t in item.split(",") if t]
+    limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
+    try:
+        result = forgetting(
+            args.model[0], args.model[1], tasks, include_path=args.include_path,
+            include_defaults=not args.only_include_path, limit=limit, num_fewshot=args.num_fewshot,
+            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+            apply_chat_template=args.apply_chat_template, seed=args.seed,
+        )
+    except ImportError as e:
+        print(f"r3rl forgetting: error: {e}", file=sys.stderr)
+        return 2
+    print_table(forgetting_table(result))
+    if args.output:
+        write_json(args.output, result)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r3rl",
@@ -261,6 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test, no significance)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("forgetting", help="lm-evaluation-harness on a model before and after training, with differences")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL",
+                   help="give twice: BEFORE then AFTER (hub id, folder, LoRA adapter folder, or demo)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="lm-eval task or group names (default: the paper's mmlu_pro gsm8k hellaswag minerva_math)")
+    p.add_argument("--include-path", metavar="DIR", help="folder of your own lm-eval task YAMLs")
+    p.add_argument("--only-include-path", action="store_true",
+                   help="index only --include-path, not lm-eval's built-in tasks (saves ~30 s)")
+    p.add_argument("--limit", type=float, help="documents per task (an integer, or a fraction below 1)")
+    p.add_argument("--num-fewshot", type=int, help="override each task's number of shots")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    p.add_argument("--apply-chat-template", action="store_true", help="wrap prompts in the model's chat template")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", "-o", metavar="FILE", help="write both runs and the differences as JSON")
+    p.set_defaults(func=cmd_forgetting)
 
     p = sub.add_parser("tasks", help="list registered tasks")
     p.set_defaults(func=cmd_tasks)
