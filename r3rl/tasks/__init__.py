@@ -26,6 +26,7 @@ _BUILTIN: dict[str, str] = {
     "countdown": "r3rl.tasks.countdown:CountdownTask",
     "function_calling": "r3rl.tasks.function_calling:FunctionCallingTask",
     "addition": "r3rl.tasks.addition:AdditionTask",
+    "math": "r3rl.tasks.math_task:MathTask",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 
