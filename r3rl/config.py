@@ -164,6 +164,10 @@ class TrainConfig:
     """Also save merged full weights at the end of a LoRA run."""
     report_to: list[str] = field(default_factory=list)
     """accelerate trackers: tensorboard, wandb."""
+    push_to_hub: bool = False
+    """Upload the final model folder (with its model card) to the Hugging Face Hub as train.hub_model_id."""
+    hub_model_id: str = ""
+    """Hub repo for push_to_hub, 'user/model-name' (created if missing; credentials from `hf auth login` or HF_TOKEN)."""
     deterministic: bool = False
     """torch deterministic algorithms (for exact resume tests; slower)."""
 
@@ -327,6 +331,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"generation.{stage}_temperature: must be >= 0")
     if not 0 < cfg.generation.top_p <= 1:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
+    if cfg.train.push_to_hub and not cfg.train.hub_model_id:
+        raise ConfigError("train.push_to_hub needs train.hub_model_id (the Hub repo, e.g. 'user/model-name')")
     return cfg
 
 

@@ -33,6 +33,7 @@ from r3rl.training.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from r3rl.config import Config, dump_config
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail
 from r3rl.mining import load_failures, mine
+from r3rl.training.model_card import publish_final
 from r3rl.training.policy import LogprobModel, build_policy, reference_logprobs, save_final
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
@@ -274,6 +275,7 @@ class Trainer:
                 w.close()
             written = save_final(self.acc.unwrap_model(self.policy).model, self.tok, final, merge=tcfg.merge_adapter)
             self.log("saved " + ", ".join(map(str, written)))
+            publish_final(self.out, written, tcfg.push_to_hub, tcfg.hub_model_id)  # model cards; Hub push if asked
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return final
