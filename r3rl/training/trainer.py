@@ -34,6 +34,7 @@ from r3rl.config import Config, dump_config
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail
 from r3rl.mining import load_failures, mine
 from r3rl.training.model_card import publish_final
+from r3rl.training.tracking import log_episode_texts
 from r3rl.training.policy import LogprobModel, build_policy, reference_logprobs, save_final
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
@@ -261,6 +262,7 @@ class Trainer:
                 for e in logged:
                     episodes_w.write({"step": done, **e.to_json()})
                 self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
+                log_episode_texts(self.acc, logged, done)  # the same few episodes as episodes.jsonl, as text
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", zero_adv=f"{row['zero_adv_frac']:.2f}",
                             len=f"{row['reflection_len']:.0f}", loss=f"{row['loss']:.4f}")
