@@ -144,8 +144,35 @@ def test_each_tracker_gets_its_kind_of_text():
 
 
 # ------------------------------------------------------------------------ Weights & Biases
-def test_wandb_offline_run_holds_every_metric(model_dir, tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
+def wandb_records(path: Path):
+    """The protobuf records of an offline run's .wandb file.
+
+    wandb ships no reader for it, and the file is a LevelDB-style log: a 7-byte
+    header (":W&B", magic, version), then 32 KiB blocks of chunks, each with a
+    4-byte checksum, a 2-byte little-endian length and a type (1 whole record,
+    2 first / 3 middle / 4 last piece of one).
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a wandb run file"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_offline_run_holds_every_metric_and_the_episode_tables(model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
     from r3rl.training.trainer import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -153,25 +180,29 @@ def test_wandb_offline_run_holds_every_metric(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "wandb").mkdir()
     run = tmp_path / "run"
-    train(tiny_config(model_dir, run, steps=2, save_every=0, report_to=["wandb"]), show_progress=False)
+    train(tiny_config(model_dir, run, steps=2, save_every=0, report_to=["wandb"], episodes_per_step=2),
+          show_progress=False)
 
     [run_file] = list((tmp_path / "wandb").rglob("*.wandb"))
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
-
-    store = datastore.DataStore()
-    store.open_for_scan(str(run_file))
     history: dict[int, dict[str, object]] = {}
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    for record in wandb_records(run_file):
         if record.WhichOneof("record_type") == "history":
-            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            history.setdefault(int(items.get("_step", -1)), {}).update(items)
+            row = history.setdefault(int(record.history.step.num), {})
+            for item in record.history.item:  # a dict value arrives as one item per leaf, keyed by its path
+                *parents, leaf = [item.key] if item.key else list(item.nested_key)
+                node = row
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = json.loads(item.value_json)
     rows = read_jsonl(run / "metrics.jsonl")
+    episodes = read_jsonl(run / "episodes.jsonl")
     for row in rows:
         logged = history[row["step"]]
         for key, value in numeric(row).items():
             assert logged[key] == pytest.approx(value, rel=1e-12), key
-        assert TEXT_TAG in logged  # the episodes table
-    assert wandb.__version__
+        table = logged[TEXT_TAG]
+        assert table["_type"] == "table-file" and table["nrows"] == 2
+        [table_file] = list(run_file.parent.rglob(Path(table["path"]).name))
+        content = json.loads(table_file.read_text())
+        assert content["columns"] == TABLE_COLUMNS
+        assert [r[3] for r in content["data"]] == [e["reflection_text"] for e in episodes if e["step"] == row["step"]]
