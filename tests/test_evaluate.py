@@ -6,7 +6,8 @@ import pytest
 
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.evaluation.accuracy import evaluate, results_table
+from r3rl.evaluation.accuracy import evaluate_model, results_table
+from r3rl.rollout import Rollout
 from r3rl.evaluation.stats import intervals_overlap, wilson_interval
 from r3rl.demo.tiny import build_tokenizer
 
@@ -48,7 +49,7 @@ def test_evaluate_counts_and_files(tmp_path):
             return "apple"
         return script(prompt, j)
 
-    res = evaluate(ScriptedEngine(tok, scr), EchoTask(), cfg, output_dir=tmp_path, model_name="scripted", show_progress=False)
+    res = evaluate_model(Rollout(ScriptedEngine(tok, scr), EchoTask(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
     # 6 trials: 2 pass at once; of the 4 failures, the reflection of each failure is sampled with
     # j = 0 (group of one), so every retry passes; the control never passes.
     assert res["trials"] == 6 and res["acc@1"] == pytest.approx(2 / 6)

@@ -14,23 +14,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from r3rl.config import Config
-from r3rl.engine.base import Engine
+from r3rl.config import EvalConfig
 from r3rl.io import atomic_write_text, write_json
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
 from r3rl.evaluation.stats import wilson_interval
-from r3rl.tasks.base import Task
 
 
 def _acc(key: str, hits: int, n: int) -> dict[str, Any]:
     return {key: hits / n if n else 0.0, f"{key}_ci": list(wilson_interval(hits, n)), f"{key}_hits": hits}
 
 
-def evaluate(
-    engine: Engine,
-    task: Task,
-    cfg: Config,
+def evaluate_model(
+    roll: Rollout,
+    ecfg: EvalConfig,
+    seed: int,
     *,
     num_examples: int | None = None,
     output_dir: str | Path | None = None,
@@ -40,19 +38,19 @@ def evaluate(
     chunk_size: int = 64,
 ) -> dict[str, Any]:
     """Evaluate on the held-out split; writes results.json and episodes.jsonl when output_dir is given."""
-    ecfg = cfg.eval
+    task = roll.task
     n_ex = num_examples or ecfg.num_examples
-    examples = task.load_examples(ecfg.split, n_ex, seed=cfg.seed)
+    examples = task.load_examples(ecfg.split, n_ex, seed=seed)
     if not examples:
         raise ValueError(f"task {task.name!r} returned no examples for split {ecfg.split!r}")
-    roll = Rollout(engine, task, cfg.generation, cfg.rollout)
     samples = ecfg.samples_per_example
-    rounds = cfg.rollout.rounds
+    rounds = roll.cfg.rounds
+    base_seed = seed
     records: list[dict[str, Any]] = []
     bar = progress_bar(total=len(examples), desc="eval", disable=not show_progress)
     for c in range(0, len(examples), chunk_size):
         chunk = examples[c : c + chunk_size]
-        seed = derive_seed(cfg.seed, seed_tag, c)
+        seed = derive_seed(base_seed, seed_tag, c)
         attempts = roll.attempts(chunk, n=samples, seed=seed)
         failed = [(i, j, a) for i, row in enumerate(attempts) for j, a in enumerate(row) if not a.verdict.ok]
         failures = [Failure(a.example, a.text, a.verdict.reason) for _, _, a in failed]
@@ -104,6 +102,7 @@ def evaluate(
         hits = sum(r["attempt_ok"] or any(x["retry_ok"] for x in r.get("rounds", [])[:k]) for r in records)
         results.update(_acc(f"acc@{k + 1}", hits, n))
     n_fail = n - ok1
+    results["verifier_errors"] = roll.verify_errors
     results["retry_fix_rate"] = sum(r["retry_ok"] for r in records if not r["attempt_ok"]) / n_fail if n_fail else 0.0
     if output_dir is not None:
         out = Path(output_dir)

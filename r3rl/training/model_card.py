@@ -23,7 +23,7 @@ from typing import Any, Callable
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from r3rl.io import atomic_write_text
-from r3rl.training.policy import DEMO_MODEL, resolve_model_name
+from r3rl.engine.loading import resolve_model_name
 from r3rl.reporting.report import (
     ACC_KEYS, CONFIG_SUMMARY, EvalResults, RunData, fmt_change, fmt_ci, fmt_pct, load_run, significance_sentence,
 )
@@ -61,7 +61,9 @@ def hub_repo_id(name: str | None) -> str | None:
     Only Hub ids belong in `base_model`: the Hub links and validates it, and a
     local path would leak a machine's directory layout into a public card.
     """
-    if not name or name == DEMO_MODEL or os.path.exists(name) or not _valid_repo_id(name):
+    if not name or os.path.exists(name) or not _valid_repo_id(name):
+        return None
+    if resolve_model_name(name) != name:  # an alias of a local folder (e.g. "demo"), not a Hub repo
         return None
     return name
 
@@ -183,8 +185,9 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
         model_name=title if run.after is not None else None,
         eval_results=_eval_results(run, task) or None,
     )
+    alias_of = resolve_model_name(base) if base else base
     base_text = (f"[{base_id}](https://huggingface.co/{base_id})" if base_id
-                 else "the built-in r3rl demo model" if base == DEMO_MODEL else f"`{base}` (a local model)")
+                 else f"`{base}` (a local model)" if alias_of == base else f"`{base}` (a local model named by an alias)")
     what = "a LoRA adapter on" if adapter else "a fine-tune of"
     body = [
         f"# {title}",
