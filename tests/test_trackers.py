@@ -46,7 +46,7 @@ def test_tensorboard_holds_every_metric_and_the_episode_texts(model_dir, tmp_pat
 
     run = tmp_path / "run"
     cfg = tiny_config(model_dir, run, steps=3, save_every=0, eval_every=2, eval_examples=4,
-                      report_to=["tensorboard"], episodes_per_step=2)
+                      report_to=["tensorboard"], log_episodes_per_step=2)
     train(cfg, show_progress=False)
 
     # accelerate writes the scalars under run/r3rl and the hparams into a sub-folder: read them all
@@ -172,7 +172,7 @@ def wandb_records(path: Path):
 
 
 def test_wandb_offline_run_holds_every_metric_and_the_episode_tables(model_dir, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from r3rl.training.trainer import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -180,9 +180,10 @@ def test_wandb_offline_run_holds_every_metric_and_the_episode_tables(model_dir, 
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "wandb").mkdir()
     run = tmp_path / "run"
-    train(tiny_config(model_dir, run, steps=2, save_every=0, report_to=["wandb"], episodes_per_step=2),
+    train(tiny_config(model_dir, run, steps=2, save_every=0, report_to=["wandb"], log_episodes_per_step=2),
           show_progress=False)
 
+    wandb.teardown()  # the wandb service writes the run file asynchronously; this waits until it is complete
     [run_file] = list((tmp_path / "wandb").rglob("*.wandb"))
     history: dict[int, dict[str, object]] = {}
     for record in wandb_records(run_file):
@@ -197,6 +198,7 @@ def test_wandb_offline_run_holds_every_metric_and_the_episode_tables(model_dir, 
     rows = read_jsonl(run / "metrics.jsonl")
     episodes = read_jsonl(run / "episodes.jsonl")
     for row in rows:
+        assert row["step"] in history, f"step {row['step']} not in the W&B history (steps {sorted(history)})"
         logged = history[row["step"]]
         for key, value in numeric(row).items():
             assert logged[key] == pytest.approx(value, rel=1e-12), key
