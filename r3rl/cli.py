@@ -75,7 +75,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from r3rl.evaluation.accuracy import evaluate_model, results_table
+    from r3rl.evaluation.accuracy import evaluate_model, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
@@ -84,6 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_model(_rollout(cfg), cfg.eval, cfg.seed, output_dir=args.output or cfg.eval.output_dir,
                          model_name=cfg.model.name_or_path)
     print_table(results_table(res))
+    if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
+        print_table(by_group)
     print(f"wrote {args.output or cfg.eval.output_dir}/results.json and episodes.jsonl")
     return 0
 

@@ -49,8 +49,18 @@ def front_matter(text: str) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
+def write_episodes(eval_dir: Path, retry_ok: list[bool]) -> None:
+    """Per-trial records of an eval: every first attempt failed; retry_ok[i] says whether trial i's retry passed."""
+    eval_dir.joinpath("episodes.jsonl").write_text("".join(
+        json.dumps({"example_id": str(i), "sample": 0, "attempt_ok": False, "retry_ok": ok}) + "\n"
+        for i, ok in enumerate(retry_ok)))
+
+
 def test_card_with_before_and_after(tmp_path):
     run = make_run(tmp_path / "run", before=results(0.060, 0.102, 0.080), after=results(0.349, 0.450, 0.370))
+    # 20 paired trials: 2 pass before and after, 8 only after, none only before -> exact McNemar p = 2 * 0.5**8
+    write_episodes(run / "eval_before", [True] * 2 + [False] * 18)
+    write_episodes(run / "eval_after", [True] * 10 + [False] * 10)
     [path] = write_model_cards(run, repo_id="me/qwen-countdown-r3rl")
     assert path == run / "final" / "README.md"
     text = path.read_text()
@@ -72,6 +82,8 @@ def test_card_with_before_and_after(tmp_path):
     assert "| steps | 10 |" in text and "| failures per step | 256 |" in text and "| group size" in text
     assert "| learning rate | 5e-07 |" in text and "| fine-tuning | LoRA r=16, alpha=32 |" in text
     assert "AutoPeftModelForCausalLM.from_pretrained('me/qwen-countdown-r3rl')" in text
+    assert "8 of 20 paired trials passed only after training, 0 only before training" in text
+    assert "p = 0.00781" in text and "a significant improvement" in text
     assert "# qwen-countdown-r3rl" in text and "@article{bensal2025reflect" in text
 
 
@@ -99,6 +111,7 @@ def test_card_is_rewritten_when_the_after_evaluation_lands(tmp_path):
     paths = write_model_cards(run)
     assert paths == [run / "final" / "README.md", merged / "README.md"]
     assert "| — |" in paths[0].read_text() and "model-index" not in front_matter(paths[0].read_text())
+    assert "paired trials" not in paths[0].read_text()  # no pairs without episodes: the table says enough
     (run / "eval_after").mkdir()
     (run / "eval_after" / "results.json").write_text(json.dumps(results(0.5, 0.6, 0.55)))
     write_model_cards(run)

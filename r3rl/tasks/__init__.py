@@ -27,6 +27,7 @@ __all__ = ["Task", "Example", "Verdict", "load_task", "register_task", "availabl
 _BUILTIN: dict[str, str] = {
     "countdown": "r3rl.tasks.countdown:CountdownTask",
     "function_calling": "r3rl.tasks.function_calling:FunctionCallingTask",
+    "bfcl": "r3rl.tasks.bfcl:BFCLTask",
     "math": "r3rl.tasks.math_task:MathTask",
 }
 _REGISTERED: dict[str, type[Task]] = {}

@@ -24,9 +24,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from r3rl.io import atomic_write_text
 from r3rl.engine.loading import resolve_model_name
-from r3rl.reporting.report import (
-    ACC_KEYS, CONFIG_SUMMARY, EvalResults, RunData, fmt_change, fmt_ci, fmt_pct, load_run, significance_sentence,
-)
+from r3rl.reporting.compare import before_after
+from r3rl.reporting.document import CONFIG_SUMMARY
+from r3rl.reporting.run import ACC_KEYS, EvalResults, RunData, load_run, lookup
+from r3rl.reporting.wording import fmt_change, fmt_ci, fmt_pct, significance_sentence
 
 __all__ = ["build_model_card", "write_model_card", "write_model_cards", "push_folder", "publish_final", "hub_repo_id"]
 
@@ -39,15 +40,6 @@ CITATION = """@article{bensal2025reflect,
   journal = {arXiv preprint arXiv:2505.24726},
   year    = {2025}
 }"""
-
-
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _valid_repo_id(name: str) -> bool:
@@ -70,7 +62,7 @@ def hub_repo_id(name: str | None) -> str | None:
 
 def _base_model(config: dict[str, Any]) -> str | None:
     """The model training started from: model.base for an adapter folder, else model.name_or_path."""
-    return _lookup(config, "model.base") or _lookup(config, "model.name_or_path")
+    return lookup(config, "model.base") or lookup(config, "model.name_or_path")
 
 
 def _base_license(base: str | None) -> str | None:
@@ -100,19 +92,19 @@ def _settings_rows(run: RunData, steps_done: int | None) -> list[tuple[str, str]
     for label, paths in CONFIG_SUMMARY:
         if label in ("model", "task"):  # the card words these itself
             continue
-        value = next((v for p in paths if (v := _lookup(run.config, p)) is not None), None)
+        value = lookup(run.config, *paths)
         if label == "steps":
             planned = value
             value = f"{steps_done} of {planned}" if steps_done is not None and steps_done != planned else planned
         if value is not None:
             rows.append((label, str(value)))
     for label, path in (("loss aggregation", "train.loss_aggregation"), ("PPO clip range", "train.clip_eps")):
-        if (v := _lookup(run.config, path)) is not None:
+        if (v := lookup(run.config, path)) is not None:
             rows.append((label, str(v)))
-    lora = _lookup(run.config, "train.lora")
+    lora = lookup(run.config, "train.lora")
     if isinstance(lora, bool):
-        rows.append(("fine-tuning", (f"LoRA r={_lookup(run.config, 'train.lora_r')}, "
-                                     f"alpha={_lookup(run.config, 'train.lora_alpha')}") if lora else "all weights"))
+        rows.append(("fine-tuning", (f"LoRA r={lookup(run.config, 'train.lora_r')}, "
+                                     f"alpha={lookup(run.config, 'train.lora_alpha')}") if lora else "all weights"))
     return rows
 
 
@@ -131,9 +123,9 @@ def _eval_section(run: RunData) -> list[str]:
     lines.append("acc@1 is first-try accuracy; acc@2 is accuracy after one reflection and retry; the control retries "
                  "without a reflection (the model is only told to try again). Brackets are 95% intervals"
                  + (f"; {'; '.join(sizes)}." if sizes else "."))
-    if run.before is not None and run.after is not None:
-        b, a = run.before.acc.get("acc@2"), run.after.acc.get("acc@2")
-        lines += ["", significance_sentence("acc@2", b, a)]
+    paired = before_after("acc@2", run.before, run.after)
+    if paired.result is not None:  # needs both evals' episodes.jsonl; without them the table says enough
+        lines += ["", significance_sentence(paired)]
     return lines
 
 
@@ -170,7 +162,7 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
     run = load_run(run_dir)
     folder = Path(folder)
     adapter = _is_adapter(folder)
-    task = str(_lookup(run.config, "task.name") or "unknown task")
+    task = str(lookup(run.config, "task.name") or "unknown task")
     base = _base_model(run.config)
     base_id = hub_repo_id(base)
     steps_done = run.metrics[-1]["step"] if run.metrics else None
