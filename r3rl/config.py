@@ -179,6 +179,10 @@ class TrainConfig:
     """Also save merged full weights at the end of a LoRA run."""
     report_to: list[str] = field(default_factory=list)
     """accelerate trackers: tensorboard, wandb."""
+    push_to_hub: bool = False
+    """Upload the final model folder (with its model card) to the Hugging Face Hub as train.hub_model_id."""
+    hub_model_id: str = ""
+    """Hub repo for push_to_hub, 'user/model-name' (created if missing; credentials from `hf auth login` or HF_TOKEN)."""
     deterministic: bool = False
     """torch deterministic algorithms (for exact resume tests; slower)."""
     mixed_precision: str = "auto"
@@ -421,6 +425,8 @@ def validate(cfg: Config) -> Config:
         limit = getattr(ev, f"max_{stage}_tokens")
         if limit is not None and limit < 1:
             raise ConfigError(f"eval.max_{stage}_tokens: must be at least 1 (or unset), got {limit}")
+    if cfg.train.push_to_hub and not cfg.train.hub_model_id:
+        raise ConfigError("train.push_to_hub needs train.hub_model_id (the Hub repo, e.g. 'user/model-name')")
     return cfg
 
 

@@ -3,7 +3,7 @@
     1. evaluate the built-in model (acc@1, acc@2, no-reflection control) -> RUN/eval_before
     2. mine failures on the train split                                  -> RUN/failures.jsonl
     3. train reflections with GRPO (r3rl.training.trainer)        -> RUN/metrics.jsonl, RUN/final
-    4. evaluate the trained model, loaded from RUN/final                 -> RUN/eval_after
+    4. evaluate the trained model, loaded from RUN/final                 -> RUN/eval_after, RUN/final/README.md
     5. write the report                                                  -> RUN/report.html, RUN/report.md
 
 Settings: r3rl/demo/demo.yaml (their only source). The model and how its starting
@@ -44,6 +44,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     from r3rl.engine.hf import HFEngine
     from r3rl.evaluation.accuracy import evaluate_model, results_table
     from r3rl.mining import mine
+    from r3rl.training.model_card import push_folder, write_model_cards
     from r3rl.training.policy import load_for_inference
     from r3rl.progress import print_table
     from r3rl.reporting.report import build_report, summary_table
@@ -89,6 +90,10 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     roll = Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
     after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final))
     print_table(results_table(after, "after training"))
+    # The card written at the end of training had no "after" numbers yet.
+    write_model_cards(out, cfg.train.hub_model_id or None)
+    if cfg.train.push_to_hub:
+        push_folder(final, cfg.train.hub_model_id, allow_patterns=["README.md"], commit_message="Model card with evaluation")
     stage("evaluate after", t)
 
     t = time.perf_counter()

@@ -28,6 +28,7 @@ _BUILTIN: dict[str, str] = {
     "countdown": "r3rl.tasks.countdown:CountdownTask",
     "function_calling": "r3rl.tasks.function_calling:FunctionCallingTask",
     "bfcl": "r3rl.tasks.bfcl:BFCLTask",
+    "math": "r3rl.tasks.math_task:MathTask",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 

@@ -46,7 +46,9 @@ from r3rl.tasks import load_task
 from r3rl.training import grpo
 from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoint, load_checkpoint,
                                       prepare_output_dir, save_checkpoint)
+from r3rl.training.model_card import publish_final
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
+from r3rl.training.tracking import log_episode_texts
 from r3rl.types import Episode
 
 METRIC_KEYS = ("loss", "episodes", "reward", "retry_ok", "zero_adv", "kl_tokens", "tokens", "reflection_len",
@@ -386,6 +388,7 @@ class Trainer:
                 for e in logged:
                     episodes_w.write({"step": done, **e.to_json()})
                 self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
+                log_episode_texts(self.acc, logged, done)  # the same few episodes as episodes.jsonl, as text
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", zero_adv=f"{row['zero_adv_frac']:.2f}",
                             len=f"{row['reflection_len']:.0f}", loss=f"{row['loss']:.4f}")
@@ -403,6 +406,7 @@ class Trainer:
             written = save_final(self.acc.unwrap_model(self.policy).model, self.tok, final, merge=tcfg.merge_adapter,
                                  state_dict=full)
             self.log("saved " + ", ".join(map(str, written)))
+            publish_final(self.out, written, tcfg.push_to_hub, tcfg.hub_model_id)  # model cards; Hub push if asked
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return final

@@ -1,0 +1,169 @@
+"""Model cards of trained model folders (built offline from the run folder) and the push to the Hub (faked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from r3rl.config import Config, ConfigError, dump_config, load_config
+from r3rl.training import model_card
+from r3rl.training.model_card import build_model_card, hub_repo_id, push_folder, write_model_cards
+
+
+def results(acc1: float, acc2: float, control: float, n: int = 500) -> dict:
+    """An eval results.json with made-up but consistent intervals (the card copies them, it does not compute them)."""
+    return {"task": "countdown", "model": "m", "n": n, "samples": 1, "trials": n,
+            "acc@1": acc1, "acc@1_ci": [acc1 - 0.04, acc1 + 0.04],
+            "acc@2": acc2, "acc@2_ci": [acc2 - 0.04, acc2 + 0.04],
+            "acc@2_no_reflection": control, "acc@2_no_reflection_ci": [control - 0.04, control + 0.04]}
+
+
+def make_run(root: Path, *, base: str = "Qwen/Qwen2.5-1.5B-Instruct", steps_done: int = 10, lora: bool = True,
+             before: dict | None = None, after: dict | None = None) -> Path:
+    cfg = Config()
+    cfg.model.name_or_path = base
+    cfg.task.name = "countdown"
+    cfg.train.steps, cfg.train.batch_size, cfg.train.micro_batch_size = 10, 256, 8
+    cfg.train.learning_rate, cfg.train.lora, cfg.train.lora_r = 5e-7, lora, 16
+    cfg.rollout.group_size = 8
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text(dump_config(cfg))
+    (root / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.1}) + "\n"
+                                                for s in range(1, steps_done + 1)))
+    for name, res in (("eval_before", before), ("eval_after", after)):
+        if res is not None:
+            (root / name).mkdir()
+            (root / name / "results.json").write_text(json.dumps(res))
+    final = root / "final"
+    final.mkdir()
+    (final / ("adapter_config.json" if lora else "config.json")).write_text("{}")
+    return root
+
+
+def front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def write_episodes(eval_dir: Path, retry_ok: list[bool]) -> None:
+    """Per-trial records of an eval: every first attempt failed; retry_ok[i] says whether trial i's retry passed."""
+    eval_dir.joinpath("episodes.jsonl").write_text("".join(
+        json.dumps({"example_id": str(i), "sample": 0, "attempt_ok": False, "retry_ok": ok}) + "\n"
+        for i, ok in enumerate(retry_ok)))
+
+
+def test_card_with_before_and_after(tmp_path):
+    run = make_run(tmp_path / "run", before=results(0.060, 0.102, 0.080), after=results(0.349, 0.450, 0.370))
+    # 20 paired trials: 2 pass before and after, 8 only after, none only before -> exact McNemar p = 2 * 0.5**8
+    write_episodes(run / "eval_before", [True] * 2 + [False] * 18)
+    write_episodes(run / "eval_after", [True] * 10 + [False] * 10)
+    [path] = write_model_cards(run, repo_id="me/qwen-countdown-r3rl")
+    assert path == run / "final" / "README.md"
+    text = path.read_text()
+    meta = front_matter(text)
+    assert meta["base_model"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert meta["library_name"] == "peft"
+    assert {"r3rl", "grpo", "reflection", "countdown", "lora"} <= set(meta["tags"])
+    # the after-training accuracies as the Hub's model-index
+    index = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert index == {"acc@1 (first try)": 0.349, "acc@2 (retry after reflection)": 0.45,
+                     "acc@2 without reflection (control)": 0.37}
+    # the card round-trips through huggingface_hub (what the Hub itself parses)
+    assert ModelCard.load(path).data.base_model == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert "[arXiv 2505.24726](https://arxiv.org/abs/2505.24726)" in text
+    assert "| acc@1 (first try) | 6.0% [2.0%, 10.0%] | 34.9% [30.9%, 38.9%] | +28.9 pts |" in text
+    assert "| acc@2 (retry after reflection) | 10.2% [6.2%, 14.2%] | 45.0% [41.0%, 49.0%] | +34.8 pts |" in text
+    assert "| acc@2 without reflection (control) | 8.0% [4.0%, 12.0%] | 37.0% [33.0%, 41.0%] | +29.0 pts |" in text
+    assert "| task | `countdown` |" in text and "| base model | [Qwen/Qwen2.5-1.5B-Instruct](" in text
+    assert "| steps | 10 |" in text and "| failures per step | 256 |" in text and "| group size" in text
+    assert "| learning rate | 5e-07 |" in text and "| fine-tuning | LoRA r=16, alpha=32 |" in text
+    assert "AutoPeftModelForCausalLM.from_pretrained('me/qwen-countdown-r3rl')" in text
+    assert "8 of 20 paired trials passed only after training, 0 only before training" in text
+    assert "p = 0.00781" in text and "a significant improvement" in text
+    assert "# qwen-countdown-r3rl" in text and "@article{bensal2025reflect" in text
+
+
+def test_card_without_evaluation_and_with_a_local_base(tmp_path):
+    local_base = tmp_path / "my-base"
+    local_base.mkdir()
+    (local_base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# my base\n")
+    run = make_run(tmp_path / "run", base=str(local_base), steps_done=6, lora=False)
+    text = str(build_model_card(run, run / "final"))
+    meta = front_matter(text)
+    assert "base_model" not in meta  # a local path is no Hub id
+    assert meta["license"] == "apache-2.0"  # taken from the base model's own card
+    assert meta["library_name"] == "transformers" and "lora" not in meta["tags"]
+    assert "model-index" not in meta
+    assert f"`{local_base}` (a local model)" in text
+    assert "No evaluation was recorded" in text and "| steps | 6 of 10 |" in text
+    assert "| fine-tuning | all weights |" in text
+    assert "AutoModelForCausalLM.from_pretrained(" in text
+
+
+def test_card_is_rewritten_when_the_after_evaluation_lands(tmp_path):
+    run = make_run(tmp_path / "run", before=results(0.2, 0.3, 0.25))
+    merged = run / "final-merged"
+    merged.mkdir()
+    paths = write_model_cards(run)
+    assert paths == [run / "final" / "README.md", merged / "README.md"]
+    assert "| — |" in paths[0].read_text() and "model-index" not in front_matter(paths[0].read_text())
+    assert "paired trials" not in paths[0].read_text()  # no pairs without episodes: the table says enough
+    (run / "eval_after").mkdir()
+    (run / "eval_after" / "results.json").write_text(json.dumps(results(0.5, 0.6, 0.55)))
+    write_model_cards(run)
+    text = paths[0].read_text()
+    assert "| acc@2 (retry after reflection) | 30.0% [26.0%, 34.0%] | 60.0% [56.0%, 64.0%] | +30.0 pts |" in text
+    assert front_matter(paths[1].read_text())["library_name"] == "transformers"  # merged weights, no adapter
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"), ("gpt2", "gpt2"), ("demo", None),
+     ("/abs/path/model", None), ("a/b/c", None), ("../x", None), ("", None), (None, None)],
+)
+def test_hub_repo_id(name, expected):
+    assert hub_repo_id(name) == expected
+
+
+def test_push_folder_creates_the_repo_and_uploads(tmp_path):
+    calls = []
+    url = push_folder(tmp_path, "me/model", upload=lambda **kw: calls.append(("upload", kw)),
+                      create_repo=lambda repo_id, **kw: calls.append(("create", repo_id, kw)))
+    assert url == "https://huggingface.co/me/model"
+    assert calls[0] == ("create", "me/model", {"repo_type": "model", "private": None, "exist_ok": True})
+    assert calls[1][1]["repo_id"] == "me/model" and calls[1][1]["folder_path"] == str(tmp_path)
+    with pytest.raises(ValueError, match="not a Hub model id"):
+        push_folder(tmp_path, "a/b/c", upload=lambda **kw: None, create_repo=lambda *a, **kw: None)
+
+
+def test_push_needs_a_repo_id():
+    with pytest.raises(ConfigError, match="train.push_to_hub needs train.hub_model_id"):
+        load_config(None, ["train.push_to_hub=true"])
+    cfg = load_config(None, ["train.push_to_hub=true", "train.hub_model_id=me/model"])
+    assert cfg.train.push_to_hub and cfg.train.hub_model_id == "me/model"
+
+
+def test_training_writes_the_card_and_pushes_the_final_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from r3rl.demo.tiny import save_tiny_model
+    from r3rl.training.trainer import train
+    from tests.trainer_fixtures import tiny_config
+
+    uploads, created = [], []
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: uploads.append(kw))
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: created.append(repo_id))
+    model_dir = save_tiny_model(tmp_path / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
+    cfg = tiny_config(model_dir, tmp_path / "run", steps=2, save_every=0, push_to_hub=True, hub_model_id="me/tiny")
+    final = train(cfg, show_progress=False)
+    text = (final / "README.md").read_text()
+    meta = front_matter(text)
+    assert meta["library_name"] == "transformers" and "r3rl" in meta["tags"]
+    assert "| steps | 2 |" in text and "No evaluation was recorded" in text
+    assert created == ["me/tiny"]
+    assert [u["folder_path"] for u in uploads] == [str(final)] and uploads[0]["repo_id"] == "me/tiny"
+    assert model_card.hub_repo_id(str(model_dir)) is None
