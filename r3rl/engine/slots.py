@@ -91,6 +91,8 @@ class SlotCache:
         """Write the new [B, H, S, D] keys/values into their slot columns; return what attention reads."""
         step = self.step
         k_store, v_store = self.keys[layer_idx], self.values[layer_idx]
+        # Under autocast the projections and the rotary embedding may emit another dtype than the store's.
+        key, value = key.to(k_store.dtype), value.to(v_store.dtype)
         if step.decode:
             k_store[step.rows, :, step.cols[:, 0]] = key[:, :, 0]  # [B, H, D]
             v_store[step.rows, :, step.cols[:, 0]] = value[:, :, 0]
@@ -108,12 +110,14 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     step = r3rl_step
     if step is None:
         raise RuntimeError("r3rl slot attention was called without its r3rl_step (a forward outside HFEngine?)")
+    out_dtype = query.dtype
+    query = query.to(key.dtype)  # autocast may hand a half-precision query to the float32 cache
     if step.decode:
         out = _decode_attention(query, key, value, step, scaling)  # [B, Hq, 1, D]
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=step.mask, scale=scaling,
                                              enable_gqa=query.shape[1] != key.shape[1])  # [B, Hq, S, D]
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).to(out_dtype).contiguous(), None
 
 
 def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, step: Step,
