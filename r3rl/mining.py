@@ -59,11 +59,17 @@ def mine(
     new_failed = new_passed = attempts_total = attempts_ok = 0
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="mine", disable=not show_progress)
     with JsonlWriter(output) as fail_w, JsonlWriter(passed_path(output)) as pass_w:
-        for c in range(0, len(todo), chunk_size):
-            chunk = todo[c : c + chunk_size]
-            # the seed depends on the example ids, not on the position, so a resumed run samples alike
+        for c in range(0, len(examples), chunk_size):
+            chunk = examples[c : c + chunk_size]
+            if all(task.example_id(ex) in seen for ex in chunk):
+                continue
+            # Chunks are cut from the full example list and a chunk interrupted half-way is sampled
+            # again whole (its done rows are then skipped): one generation call samples a chunk, so
+            # only the same chunk with the same seed gives a resumed run the uninterrupted run's attempts.
             seed = derive_seed(cfg.seed, "mine", task.example_id(chunk[0]))
             for ex, row in zip(chunk, roll.attempts(chunk, n=k, seed=seed)):
+                if task.example_id(ex) in seen:
+                    continue
                 fails = [a for a in row if not a.verdict.ok]
                 ok = len(row) - len(fails)
                 attempts_total += len(row)
@@ -77,7 +83,7 @@ def mine(
                 else:
                     pass_w.write(rec)
                     new_passed += 1
-            bar.update(len(chunk))
+            bar.update(sum(task.example_id(ex) not in seen for ex in chunk))
             bar.set_postfix(failed=new_failed, passed=new_passed)
     bar.close()
     total_failed = sum(1 for _ in iter_jsonl(output))
