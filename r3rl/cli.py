@@ -186,6 +186,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, OSError, ValueError) as e:  # OSError: a full disk or read-only folder names its path
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2
