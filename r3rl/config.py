@@ -350,10 +350,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
                 first = dataclasses.fields(tp)[0].name
                 raise ConfigError(f"{dotted} is a section; set one of its fields, e.g. {dotted}.{first}=...")
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # the YAML file set the section to a value
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a section (a mapping), got {node!r}")
             cls = tp
         elif typing.get_origin(tp) is dict and not last:
             # task.options.path=... : free-form options, YAML-parsed values
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a mapping, got {node!r}")
             node[".".join(parts[i + 1:])] = value
             return
         else:

@@ -1,9 +1,11 @@
 """Checkpoints that a kill never breaks, and resume.
 
-A checkpoint is accelerate's `save_state` (model, optimizer, scheduler, every
-rank's RNG states) plus `trainer_state.json` (step; the data position follows from
-it), written into a hidden temporary folder and renamed into place when complete.
-Only folders holding trainer_state.json count, so a half-written one is ignored.
+A checkpoint is accelerate's `save_state` (model, optimizer, every rank's RNG
+states) plus `trainer_state.json` (step, the data position follows from it; the
+scheduler's state; each file's size and CRC32), written into a hidden temporary
+folder and renamed into place when complete. Only folders holding
+trainer_state.json count, so a half-written one is ignored; loading checks every
+file against its CRC first and names a damaged one.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
                       "check free space and write permission") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        # sizes and CRCs: safetensors has no checksum, so a garbled tensor would otherwise load as garbage
+        state = {**state, "files": {f.name: _fingerprint(f) for f in sorted(tmp.iterdir()) if f.is_file()}}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
         if final.exists():  # saving a step again (a resumed run that had finished): never half-delete it in place
             _discard(final)
@@ -59,6 +63,19 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
             _discard(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _fingerprint(path: Path, size_only: bool = False) -> dict[str, int]:
+    import zlib
+
+    out = {"bytes": path.stat().st_size}
+    if not size_only:
+        crc = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                crc = zlib.crc32(chunk, crc)
+        out["crc32"] = crc
+    return out
 
 
 def _discard(folder: Path) -> None:
@@ -82,6 +99,15 @@ def check_files(path: Path) -> dict[str, Any]:
         int(state["step"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"{state_file}: not a valid trainer state ({type(e).__name__}: {e})") from None
+    for name, want in (state.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            raise ValueError(f"{f}: missing from the checkpoint")
+        got = _fingerprint(f, size_only=True)
+        if got["bytes"] != want["bytes"]:
+            raise ValueError(f"{f}: damaged ({got['bytes']} bytes, {want['bytes']} when saved)")
+        if _fingerprint(f)["crc32"] != want["crc32"]:
+            raise ValueError(f"{f}: damaged (its checksum differs from when it was saved)")
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
         raise ValueError(f"{path}: the checkpoint holds no model weights")
     for f in sorted(path.glob("*.safetensors")):
