@@ -392,6 +392,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: invalid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+        sections = {f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type) or
+                    dataclasses.is_dataclass(typing.get_type_hints(Config).get(f.name))}
+        for key, value in data.items():
+            if key in sections and value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key}: expected a section (a mapping), got {value!r}")
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
