@@ -38,8 +38,8 @@ bench: install  ## benchmarks: rollout engine vs naive generate, training-step m
 
 train-2proc: install  ## two CPU processes over gloo (see README, "Many processes")
 	ACCELERATE_USE_CPU=1 $(BIN)/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
-	  --mixed_precision no --dynamo_backend no -m r3rl train --config configs/tiny-cpu.yaml \
-	  train.output_dir=runs/two-proc train.failures= train.steps=4 train.micro_batch_size=8
+	  --mixed_precision no --dynamo_backend no -m r3rl train --config r3rl/demo/demo.yaml \
+	  train.output_dir=runs/two-proc failures.path=runs/two-proc/failures.jsonl train.steps=4 train.micro_batch_size=8
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

@@ -6,7 +6,7 @@
     r3rl report RUN_DIR
     r3rl demo   [--quick]
     r3rl tasks
-    r3rl config [--config FILE] [overrides]     (print the resolved config with field docs)
+    r3rl config [--config FILE] [--docs] [overrides]   (the resolved config; --docs adds each field's doc)
     r3rl check-task TASK [--cases N]            (hostile completions against a verifier)
 """
 
@@ -41,41 +41,52 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from r3rl.config import dump_config
+    from r3rl.config import describe_fields, dump_config
 
-    print(dump_config(_config(args)), end="")
+    cfg = _config(args)
+    if not args.docs:
+        print(dump_config(cfg), end="")
+        return 0
+    rows = describe_fields(cfg)
+    width = max(len(name) + len(value) for name, value, _ in rows) + 3
+    for name, value, doc in rows:
+        print(f"{name} = {value}".ljust(width) + f"  {doc}")
     return 0
 
 
-def _engine(cfg):
+def _rollout(cfg):
+    """The model behind an engine, and the rollout over the configured task."""
     from r3rl.engine.hf import HFEngine
+    from r3rl.rollout import Rollout
+    from r3rl.tasks import load_task
     from r3rl.training.policy import load_for_inference
 
-    model, tok = load_for_inference(cfg)
-    return HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size)
+    task = load_task(cfg.task.name, **cfg.task.options)
+    model, tok = load_for_inference(cfg.model)
+    return Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from r3rl.mining import mine
-    from r3rl.tasks import load_task
 
     cfg = _config(args)
-    summary = mine(_engine(cfg), load_task(cfg.task.name, **cfg.task.options), cfg)
+    summary = mine(_rollout(cfg), cfg.failures, cfg.seed)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from r3rl.evaluation.accuracy import evaluate, results_table
+    from r3rl.evaluation.accuracy import evaluate_model, group_table, results_table
     from r3rl.progress import print_table
-    from r3rl.tasks import load_task
 
     cfg = _config(args)
     if args.model:
         cfg.model.name_or_path = args.model
-    res = evaluate(_engine(cfg), load_task(cfg.task.name, **cfg.task.options), cfg,
-                   output_dir=args.output or cfg.eval.output_dir, model_name=cfg.model.name_or_path)
+    res = evaluate_model(_rollout(cfg), cfg.eval, cfg.seed, output_dir=args.output or cfg.eval.output_dir,
+                         model_name=cfg.model.name_or_path)
     print_table(results_table(res))
+    if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
+        print_table(by_group)
     print(f"wrote {args.output or cfg.eval.output_dir}/results.json and episodes.jsonl")
     return 0
 
@@ -175,17 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config (defaults <- file <- overrides)")
     _add_config_args(p)
+    p.add_argument("--docs", action="store_true", help="every field with its value and its one-line doc")
     p.set_defaults(func=cmd_config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before, between or after options (`eval -c F a=1 -o DIR b=2`): argparse hands
+    # the ones after an option back as unknown, and they join the others in order.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from r3rl.config import ConfigError
+    from r3rl.rollout import VerifierError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, OSError, ValueError) as e:  # OSError: a full disk or read-only folder names its path
+    except (ConfigError, OSError, ValueError, VerifierError) as e:  # OSError: a full disk or read-only folder names its path
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2

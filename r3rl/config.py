@@ -7,10 +7,12 @@ names; a wrong type or value fails naming the field.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +26,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "demo"
-    """Hugging Face hub id or local folder (a LoRA adapter folder loads its base too); "demo" = the built-in offline model."""
+    name_or_path: str = ""
+    """Hugging Face hub id, local folder (a LoRA adapter folder loads its base too), or a registered model alias."""
     base: str | None = None
     """Base model for an adapter folder, overriding adapter_config.json's base_model_name_or_path."""
     dtype: str = "auto"
     """auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
+    revision: str = ""
+    """Hub revision (branch, tag or commit) of the model; empty = the default branch."""
+    attn_implementation: str = ""
+    """transformers attention kernel (eager, sdpa, flash_attention_2); empty = transformers' choice."""
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for from_pretrained (e.g. low_cpu_mem_usage: true)."""
 
 
 @dataclass
 class TaskConfig:
-    name: str = "addition"
-    """Registered task name or import path 'package.module:TaskClass'."""
+    name: str = ""
+    """Registered task name (`r3rl tasks`) or import path 'package.module:TaskClass'."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options passed to the task (e.g. path, digits, num_range)."""
 
@@ -78,32 +86,35 @@ class RolloutConfig:
     """Reflect prompt; empty = r3rl.prompts.DEFAULT_REFLECT. '{reason}' is replaced by the verifier's reason."""
     retry_instruction: str = ""
     """Retry prompt after a reflection; empty = r3rl.prompts.DEFAULT_RETRY."""
+    max_verifier_errors: int = 10
+    """Verifier exceptions tolerated (each scored as a failure, counted and logged) before the run stops."""
     retry_no_reflection_instruction: str = ""
     """Retry prompt of the no-reflection control; empty = r3rl.prompts.DEFAULT_RETRY_NO_REFLECTION."""
 
 
 @dataclass
-class MineConfig:
+class FailuresConfig:
+    """How failures are found: offline by `r3rl mine` (and by `r3rl train` before it starts when
+    the failure set is missing or incomplete), or each step when `train.online` is set."""
+
+    path: str = "runs/failures.jsonl"
+    """The failure set (JSONL): `r3rl mine` writes it as it goes and resumes it; `r3rl train` reads it."""
     num_examples: int = 1000
-    """Examples of the train split to try."""
+    """Examples of `split` tried (by mining, or drawn from by online training)."""
     attempts_per_example: int = 8
     """k: first attempts sampled per example (rejection sampling; the paper uses up to 64)."""
-    max_failures_per_example: int = 1
-    """Failed attempts stored per example."""
-    output: str = "runs/failures.jsonl"
-    """Failure-set JSONL, written as it goes; an existing file is resumed."""
+    max_per_example: int = 1
+    """Failed attempts kept per example (each becomes one GRPO group)."""
     split: str = "train"
-    """Task split to mine."""
+    """Task split failures come from."""
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/train"
     """Run folder: config.yaml, metrics.jsonl, episodes.jsonl, checkpoints, final model."""
-    failures: str = ""
-    """Failure-set JSONL from `r3rl mine`; empty = mine one first into output_dir/failures.jsonl."""
     online: bool = False
-    """Draw first attempts from the current policy each step instead of a fixed failure set."""
+    """Draw first attempts from the current policy each step (settings in `failures`) instead of a fixed failure set."""
     steps: int = 100
     """Optimizer steps."""
     batch_size: int = 16
@@ -130,10 +141,10 @@ class TrainConfig:
     """PPO clip range below 1."""
     clip_eps_high: float = 0.0
     """PPO clip range above 1 (0 = same as clip_eps)."""
-    advantage: str = "grpo"
-    """grpo: (r - mean) / (std + eps); dr_grpo: r - mean."""
-    loss_aggregation: str = "grpo"
-    """grpo: mean over each reflection's tokens, then over reflections; dr_grpo: token sum / constant."""
+    advantage: str = "normalized"
+    """normalized: (r - mean) / (std + eps), as GRPO; mean_only: r - mean, as Dr. GRPO."""
+    loss_aggregation: str = "sequence_mean"
+    """sequence_mean: mean over each reflection's tokens, then over reflections (GRPO); token_sum: token sum / constant (Dr. GRPO)."""
     updates_per_batch: int = 1
     """Optimizer passes over each rollout batch (>1 uses sampling-time log-probs as old)."""
     lora: bool = True
@@ -158,8 +169,8 @@ class TrainConfig:
     """Write a checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (oldest removed)."""
-    episodes_per_step: int = 4
-    """Whole episodes written to episodes.jsonl per step."""
+    log_episodes_per_step: int = 4
+    """Whole episodes written to episodes.jsonl per step, for reading (training uses every episode)."""
     merge_adapter: bool = False
     """Also save merged full weights at the end of a LoRA run."""
     report_to: list[str] = field(default_factory=list)
@@ -188,7 +199,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    mine: MineConfig = field(default_factory=MineConfig)
+    failures: FailuresConfig = field(default_factory=FailuresConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
@@ -196,17 +207,68 @@ class Config:
 
 
 _CHOICES = {
-    "train.advantage": ("grpo", "dr_grpo"),
-    "train.loss_aggregation": ("grpo", "dr_grpo"),
+    "train.advantage": ("normalized", "mean_only"),
+    "train.loss_aggregation": ("sequence_mean", "token_sum"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
-    "rollout.retries_per_reflection", "mine.attempts_per_example", "eval.samples_per_example",
+    "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",
     "generation.max_attempt_tokens", "generation.max_reflection_tokens", "generation.max_retry_tokens",
-    "generation.max_batch_size", "train.updates_per_batch", "train.logit_chunk_size", "mine.max_failures_per_example",
+    "generation.max_batch_size", "train.updates_per_batch", "train.logit_chunk_size", "failures.max_per_example", "failures.num_examples",
 }
+
+
+# Old names -> new names, accepted with a warning for one release (removed in 0.3).
+_RENAMED_KEYS = {
+    "mine.output": "failures.path",
+    "train.failures": "failures.path",
+    "mine.num_examples": "failures.num_examples",
+    "mine.attempts_per_example": "failures.attempts_per_example",
+    "mine.max_failures_per_example": "failures.max_per_example",
+    "mine.split": "failures.split",
+    "train.episodes_per_step": "train.log_episodes_per_step",
+}
+_RENAMED_VALUES = {
+    "train.advantage": {"grpo": "normalized", "dr_grpo": "mean_only"},
+    "train.loss_aggregation": {"grpo": "sequence_mean", "dr_grpo": "token_sum"},
+}
+
+
+def _deprecated(message: str) -> None:
+    # FutureWarning, not DeprecationWarning: Python hides the latter from command-line users.
+    warnings.warn(message + " (the old spelling is removed in r3rl 0.3)", FutureWarning, stacklevel=3)
+
+
+def _rename_key(dotted: str, value: Any) -> tuple[str, Any]:
+    new = _RENAMED_KEYS.get(dotted)
+    if new is not None:
+        if dotted == "train.failures" and value in ("", None):
+            return "", None  # the old "empty = mine into output_dir" default: failures.path already says where
+        _deprecated(f"config key '{dotted}' is now '{new}'")
+        dotted = new
+    renames = _RENAMED_VALUES.get(dotted, {})
+    if isinstance(value, str) and value in renames:
+        _deprecated(f"{dotted}: value '{value}' is now '{renames[value]}'")
+        value = renames[value]
+    return dotted, value
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite old keys and values of a raw YAML mapping to today's names."""
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict) or section not in ("mine", "train", "failures"):
+            out[section] = body
+            continue
+        for key, value in body.items():
+            dotted, value = _rename_key(f"{section}.{key}", value)
+            if not dotted:
+                continue
+            new_section, new_key = dotted.split(".", 1)
+            out.setdefault(new_section, {})[new_key] = value
+    return out
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -397,14 +459,41 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for key, value in data.items():
             if key in sections and value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{path}: {key}: expected a section (a mapping), got {value!r}")
+    data = _upgrade(data)
+    if path:
+        try:  # blame the file only for what the file says
+            _build(Config, data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        key, value = _rename_key(*parse_override(text))
+        if key:
+            try:
+                _set_dotted(data, key, value)
+                _build(Config, copy.deepcopy(data))
+            except ConfigError as e:
+                raise ConfigError(f"command-line override {text!r}: {e}") from None
     try:
         return validate(_build(Config, data))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        where = f"{path} with the command-line overrides" if path and overrides else (path or "")
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe_fields(cfg: Config | None = None) -> list[tuple[str, str, str]]:
+    """(dotted name, value, one-line doc) of every field, in declaration order: `r3rl config --docs`."""
+    cfg = cfg or Config()
+    rows: list[tuple[str, str, str]] = [("seed", repr(cfg.seed), field_docs(Config)["seed"])]
+    for section in dataclasses.fields(Config):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        docs = field_docs(type(value))
+        for f in dataclasses.fields(value):
+            rows.append((f"{section.name}.{f.name}", yaml.safe_dump(getattr(value, f.name), default_flow_style=True).strip()
+                         .removesuffix("\n...").removesuffix("..."), docs.get(f.name, "")))
+    return rows

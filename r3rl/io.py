@@ -62,6 +62,15 @@ class JsonlWriter:
         self.close()
 
 
+def json_error_place(error: json.JSONDecodeError, line: str) -> str:
+    """Where in one JSONL line decoding failed. json's own colno counts from the last newline it saw,
+    so an error at a line's end would read "column 1" (of the next line): count from the line's start."""
+    text = line.rstrip("\r\n")
+    if error.pos >= len(text):
+        return "at the end of the line (is the record cut short?)"
+    return f"at column {error.pos + 1}"
+
+
 def iter_jsonl(path: str | Path, tolerate_truncated_tail: bool = False) -> Iterator[dict[str, Any]]:
     """Yield records; a bad line raises naming the file and line. A process killed mid-write can
     leave a partial last line: with tolerate_truncated_tail it is skipped (resume will redo it)."""
@@ -76,7 +85,7 @@ def iter_jsonl(path: str | Path, tolerate_truncated_tail: bool = False) -> Itera
         except json.JSONDecodeError as e:
             if tolerate_truncated_tail and n == len(lines) and not line.endswith("\n"):
                 return
-            raise ValueError(f"{path}, line {n}: invalid JSON ({e.msg})") from None
+            raise ValueError(f"{path}, line {n}: invalid JSON {json_error_place(e, line)} ({e.msg})") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
         yield obj

@@ -16,12 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from r3rl.config import Config
-from r3rl.engine.base import Engine
+from r3rl.config import FailuresConfig
 from r3rl.io import JsonlWriter, iter_jsonl, truncate_partial_tail
 from r3rl.progress import progress_bar
 from r3rl.rollout import Failure, Rollout, derive_seed
-from r3rl.tasks.base import Task
 
 REQUIRED = ("example_id", "example", "failed_attempts")
 
@@ -40,22 +38,22 @@ def _seen_ids(output: Path) -> set[str]:
 
 
 def mine(
-    engine: Engine,
-    task: Task,
-    cfg: Config,
+    roll: Rollout,
+    fcfg: FailuresConfig,
+    seed: int,
     output: str | Path | None = None,
     show_progress: bool = True,
     chunk_size: int = 64,
 ) -> dict[str, Any]:
-    """Mine failures of the task's `cfg.mine.split` into `output` (JSONL); returns a summary."""
-    mcfg = cfg.mine
-    output = Path(output or mcfg.output)
+    """Mine failures of `fcfg.split` into `output` (default `fcfg.path`, JSONL); returns a summary."""
+    task = roll.task
+    output = Path(output or fcfg.path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    examples = task.load_examples(mcfg.split, mcfg.num_examples, seed=cfg.seed)
+    examples = task.load_examples(fcfg.split, fcfg.num_examples, seed=seed)
     seen = _seen_ids(output)
     todo = [ex for ex in examples if task.example_id(ex) not in seen]
-    roll = Rollout(engine, task, cfg.generation, cfg.rollout)
-    k = mcfg.attempts_per_example
+    k = fcfg.attempts_per_example
+    base_seed = seed
     new_failed = new_passed = attempts_total = attempts_ok = 0
     bar = progress_bar(total=len(examples), initial=len(examples) - len(todo), desc="mine", disable=not show_progress)
     with JsonlWriter(output) as fail_w, JsonlWriter(passed_path(output)) as pass_w:
@@ -66,7 +64,7 @@ def mine(
             # Chunks are cut from the full example list and a chunk interrupted half-way is sampled
             # again whole (its done rows are then skipped): one generation call samples a chunk, so
             # only the same chunk with the same seed gives a resumed run the uninterrupted run's attempts.
-            seed = derive_seed(cfg.seed, "mine", task.example_id(chunk[0]))
+            seed = derive_seed(base_seed, "mine", task.example_id(chunk[0]))
             for ex, row in zip(chunk, roll.attempts(chunk, n=k, seed=seed)):
                 if task.example_id(ex) in seen:
                     continue
@@ -76,7 +74,7 @@ def mine(
                 attempts_ok += ok
                 rec = {"example_id": task.example_id(ex), "attempts": len(row), "pass_rate": ok / len(row)}
                 if fails:
-                    fails = fails[: mcfg.max_failures_per_example]
+                    fails = fails[: fcfg.max_per_example]
                     rec.update(example=ex, failed_attempts=[a.text for a in fails], reasons=[a.verdict.reason for a in fails])
                     fail_w.write(rec)
                     new_failed += 1

@@ -12,6 +12,7 @@ Ids and text:
 
 from __future__ import annotations
 
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,10 @@ def instructions_from(cfg: RolloutConfig) -> prompts.Instructions:
     )
 
 
+class VerifierError(RuntimeError):
+    """Too many verifier exceptions: the task's verify() is broken, so the run stops."""
+
+
 class Rollout:
     """Runs the stages of reflect-retry over batches with one engine and one task."""
 
@@ -68,7 +73,7 @@ class Rollout:
         self.instructions = instructions_from(rollout)
         self.tokenizer = engine.tokenizer
         self.stop_ids = engine.stop_token_ids()
-        self.verify_errors = 0  # verifier crashes (bugs), counted, never hidden as failures
+        self.verify_errors = 0  # verifier exceptions: scored as failures, counted, logged, bounded
 
     # ---------------------------------------------------------------- sampling settings
     def _params(self, stage: str, seed: int) -> SamplingParams:
@@ -81,9 +86,28 @@ class Rollout:
         )
 
     def verify(self, example: Example, text: str) -> Verdict:
-        verdict = self.task.verify(example, text)
-        if not isinstance(verdict, Verdict):
-            raise TypeError(f"{type(self.task).__name__}.verify returned {type(verdict).__name__}, not Verdict")
+        """The task's verdict; an exception in the verifier is a failed verdict, counted and logged.
+
+        A verifier that raises is a bug in the task, not a weak model: each one is reported with the
+        example id, and past `rollout.max_verifier_errors` the run stops instead of training on it.
+        """
+        name = type(self.task).__name__
+        try:
+            verdict = self.task.verify(example, text)
+            if not isinstance(verdict, Verdict):
+                raise TypeError(f"returned {type(verdict).__name__}, not Verdict")
+        except Exception as e:  # noqa: BLE001 - any verifier bug is counted the same way
+            self.verify_errors += 1
+            example_id = self.task.example_id(example)
+            print(f"r3rl: {name}.verify raised on example {example_id}: {type(e).__name__}: {e} "
+                  f"(verifier error {self.verify_errors}; scored as a failure)", file=sys.stderr, flush=True)
+            if self.verify_errors > self.cfg.max_verifier_errors:
+                raise VerifierError(
+                    f"{name}.verify raised {self.verify_errors} times (more than rollout.max_verifier_errors="
+                    f"{self.cfg.max_verifier_errors}); the last, on example {example_id}: {type(e).__name__}: {e}. "
+                    "Fix the verifier, or raise the limit to keep going."
+                ) from None
+            return Verdict(False, f"verifier error: {type(e).__name__}")
         return verdict
 
     # ---------------------------------------------------------------- stage 1

@@ -40,7 +40,7 @@ def test_tasks_lists_builtins(capsys):
         ("train.learnig_rate=1", "Did you mean: learning_rate"),
         ("train.steps=abc", "train.steps: expected an integer"),
         ("rollout.group_size=0", "rollout.group_size: must be at least 1"),
-        ("train.advantage=ppo", "train.advantage: 'ppo' is not one of grpo, dr_grpo"),
+        ("train.advantage=ppo", "train.advantage: 'ppo' is not one of normalized, mean_only"),
     ],
 )
 def test_config_errors_name_the_field(override, message, capsys):
@@ -63,8 +63,8 @@ def test_every_preset_loads(capsys):
 
 def test_mine_from_the_cli(model_dir, tmp_path, capsys):
     out = tmp_path / "failures.jsonl"
-    args = ["mine", f"model.name_or_path={model_dir}", "task.name=countdown", "mine.num_examples=6",
-            "mine.attempts_per_example=2", f"mine.output={out}", *SMALL]
+    args = ["mine", f"model.name_or_path={model_dir}", "task.name=countdown", "failures.num_examples=6",
+            "failures.attempts_per_example=2", f"failures.path={out}", *SMALL]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["examples"] == 6 and out.exists()
@@ -93,3 +93,31 @@ def test_eval_on_a_lora_adapter_folder(model_dir, tmp_path, capsys):
         assert key in res
     assert res["model"] == str(adapter) and res["n"] == 4
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["config", "train.steps=3", "-c", str(ROOT / "r3rl/demo/demo.yaml"), "seed=5", "--docs"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("train.steps = 3 ") for line in out.splitlines())
+    assert any(line.startswith("seed = 5 ") for line in out.splitlines())
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(capsys):
+    assert main(["config", "-c", str(ROOT / "r3rl/demo/demo.yaml"), "train.steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "command-line override 'train.steps=abc': train.steps: expected an integer" in err
+    assert "demo.yaml" not in err
+
+
+def test_a_task_by_import_path_loads_with_the_console_script_from_the_repo_root(tmp_path):
+    """The example README runs `r3rl ... task.name=examples.custom_task.my_task:MyTask` from the repo root."""
+    script = Path(sys.executable).with_name("r3rl")
+    if not script.exists():
+        pytest.skip("the r3rl console script is not installed next to this interpreter")
+    code = ("import sys; sys.argv = ['r3rl', 'config']; sys.path = [p for p in sys.path if p not in ('', '.')]\n"
+            "from r3rl.tasks import load_task; print(type(load_task('examples.custom_task.my_task:MyTask')).__name__)")
+    # what the console script does: no '' on sys.path, cwd = the repo root
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**__import__("os").environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "MyTask"

@@ -63,11 +63,16 @@ def test_answer_extraction(task, completion, ok, reason):
         ([25, 5, 4, 3], 83, "3 + 4 * (25 - 5)", True, "correct"),  # any order of the numbers
         ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 = 83", True, "correct"),  # documented trailing "= target"
         ([25, 5, 4, 3], 83, "(25-5)*4+3=83", True, "correct"),
-        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 = 84", False, "claims '= 84' but the target is 83"),
-        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 = 83 = 83", False, "only one trailing"),
-        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 == 83", False, "only one trailing"),
-        ([25, 5, 4, 3], 83, "83 = (25 - 5) * 4 + 3", False, "right side of '='"),
-        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 =", False, "right side of '='"),
+        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 = 84", False, "the equation says the result is 84, but the target is 83"),
+        ([25, 5, 4, 3], 83, "84 = (25 - 5) * 4 + 3", False, "the equation says the result is 84, but the target is 83"),
+        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 = 83 = 83", False, "only one '=' is allowed"),
+        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 == 83", False, "only one '=' is allowed"),
+        ([25, 5, 4, 3], 83, "83 = (25 - 5) * 4 + 3", True, "correct"),  # target first
+        ([25, 5, 4, 3], 83, "83=(25-5)*4+3", True, "correct"),
+        ([4, 25, 5], 80, "80 = (25-5)*4", True, "correct"),  # the issue's example
+        ([25, 5, 4, 3], 83, "(25 - 5) * 4 + 3 =", False, "'=' needs the expression on one side and the target"),
+        ([25, 5, 4, 3], 83, "= 83", False, "the expression is empty"),
+        ([25, 5, 4, 3], 83, "(25 - 5) * 4 = 80 + 3", False, "one side of '=' must be the target number alone"),
         # exact arithmetic: 1/49*49 is 0.9999999999999999 in floating point
         ([1, 49, 49], 1, "1 / 49 * 49", True, "correct"),
         ([6, 4, 2], 3, "6 / 4 * 2", True, "correct"),
@@ -106,9 +111,9 @@ def test_answer_extraction(task, completion, ok, reason):
         ([3, 5], 8, "3 + 5 #", False, "'#' is not allowed"),
         ([3, 5], 8, "1_0 + 5", False, "names, words"),
         # malformed
-        ([3, 5], 8, "3 5", False, "not a valid expression"),
-        ([3, 5], 8, "3 + 05", False, "not a valid expression"),
-        ([3, 5], 8, "3 +", False, "not a valid expression"),
+        ([3, 5], 8, "3 5", False, "two numbers stand next to each other with no operator between them"),
+        ([3, 5], 8, "3 + 05", False, "numbers must not have leading zeros (found '05')"),
+        ([3, 5], 8, "3 +", False, "'+' at the end has no number on its right"),
         ([3, 5], 8, "(3 + 5", False, "'(' not closed"),
         ([3, 5], 8, "3 + 5)", False, "')' without '('"),
         ([3, 5], 8, "()", False, "empty parentheses"),
@@ -328,3 +333,64 @@ def test_integral_floats_are_accepted(tmp_path):
     path = _write_jsonl(tmp_path / "cd.jsonl", [{"nums": [1.0, 2], "target": 3.0}])
     (ex,) = CountdownTask(path=str(path), test_path=str(path)).load_examples("test")
     assert ex == {"nums": [1, 2], "target": 3} and type(ex["target"]) is int
+
+
+# ------------------------------------------------- every failure reason is a plain sentence
+# (answer over nums [25, 5, 4, 60], target 140) -> the whole reason, word for word. These are the
+# texts a model reads with include_reason, so each is checked in full, not by a fragment.
+PLAIN_REASONS = [
+    ("05*4+60", "numbers must not have leading zeros (found '05'); write the given number as is"),
+    ("25 5 * 4 + 60", "two numbers stand next to each other with no operator between them"),
+    ("* 25 + 5 * 4 + 60", "'*' at the start has no number on its left"),
+    ("(/ 25 + 5) * 4 + 60", "'/' after '(' has no number on its left"),
+    ("25 * / 5 * 4 + 60", "'/' after '*' has no number on its left"),
+    ("(25 + 5 *) * 4 + 60", "'*' before ')' has no number on its right"),
+    ("25 + 5 * 4 + 60 -", "'-' at the end has no number on its right"),
+    ("25 (5) * 4 + 60", "implicit multiplication like '2(3)' or '(2)(3)' is not allowed; write '*' between them"),
+    ("(25)(5) * 4 + 60", "implicit multiplication like '2(3)' or '(2)(3)' is not allowed; write '*' between them"),
+    ("(25) 5 * 4 + 60", "implicit multiplication like '2(3)' or '(2)(3)' is not allowed; write '*' between them"),
+    ("25 + 5 * 4 + 60 + ()", "empty parentheses '()' are not allowed"),
+    ("(25 + 5 * 4 + 60", "unbalanced parentheses: '(' not closed"),
+    ("25 + 5 * 4 + 60)", "unbalanced parentheses: ')' without '('"),
+    ("-25 + 5 * 4 + 60", "unary minus is not allowed; use only binary + - * / on the given numbers"),
+    ("25 + 5 * 4 + 60 = 140 = 140",
+     "only one '=' is allowed, with the target number alone on one side (as in '(25 - 5) * 4 = 80')"),
+    ("25 + 5 * 4 + 60 =", "'=' needs the expression on one side and the target number on the other"),
+    ("25 + 5 = 4 + 60", "one side of '=' must be the target number alone, as in '(25 - 5) * 4 = 80'; "
+                        "got '25 + 5' = '4 + 60'"),
+    ("141 = 25 + 5 * 4 + 60", "the equation says the result is 141, but the target is 140"),
+    ("25 + 5 * 4 + 61", "each given number [4, 5, 25, 60] must be used exactly once: 61 is not one of the given "
+                        "numbers; not all numbers used (missing [60])"),
+    ("25 * 5 + 4 + 60", "the expression equals 189, not the target 140"),
+    ("25 / 5 / 4 + 60", "the expression equals 245/4 (= 61.25), not the target 140"),
+    ("25 / (5 - 5) + 4 + 60", "each given number [4, 5, 25, 60] must be used exactly once: 5 is used 2 times but "
+                              "given 1 time(s)"),
+    ("60 / (25 - 25) + 4 + 5", "each given number [4, 5, 25, 60] must be used exactly once: 25 is used 2 times but "
+                               "given 1 time(s)"),
+    ("25 ** 5", "powers (**) are not allowed"),
+    ("25 + 5 * 4 + 60.0", "decimal numbers are not allowed; use the given integers"),
+]
+PYTHON_INTERNALS = ("syntax", "octal", "0o", "Perhaps", "literal", "Error", "Traceback", "<unknown>", "token",
+                    "line 1", "BinOp", "Constant", "Tuple", "Call(")
+
+
+@pytest.mark.parametrize(("answer", "reason"), PLAIN_REASONS)
+def test_failure_reasons_are_plain_sentences(task, answer, reason):
+    verdict = timed_verify(task, {"nums": [25, 5, 4, 60], "target": 140}, f"<answer>{answer}</answer>")
+    assert not verdict.ok
+    assert verdict.reason == reason
+
+
+def test_no_python_message_reaches_a_reason(task):
+    """Every malformed expression over a small alphabet (all strings up to 5 symbols) gets one of our sentences."""
+    import itertools
+
+    alphabet = ["1", "05", "2", "+", "*", "/", "(", ")", " ", "="]
+    seen = set()
+    for n in range(1, 6):
+        for parts in itertools.product(alphabet, repeat=n):
+            verdict = task.verify({"nums": [1, 2], "target": 3}, "<answer>" + "".join(parts) + "</answer>")
+            if not verdict.ok:
+                seen.add(verdict.reason.split(" (")[0].split(":")[0])
+                assert not any(word in verdict.reason for word in PYTHON_INTERNALS), ("".join(parts), verdict.reason)
+    assert len(seen) > 10  # the alphabet reaches many different reasons, not one catch-all

@@ -22,9 +22,9 @@ from r3rl.demo.traces import (
     sloppy_answer,
     trace_corpus,
 )
-from r3rl.tasks.addition import AdditionTask
+from r3rl.demo.addition import AdditionTask
 
-ASSET = Path(r3rl.__file__).parent / "assets" / "demo-model"
+ASSET = Path(r3rl.__file__).parent / "demo" / "model"
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,10 @@ import pytest
 
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.evaluation.accuracy import evaluate, results_table
-from r3rl.evaluation.stats import intervals_overlap, wilson_interval
+from r3rl.evaluation import stats
+from r3rl.evaluation.accuracy import evaluate_model, results_table, trial_statistics
+from r3rl.rollout import Rollout
+from r3rl.evaluation.stats import wilson_interval
 from r3rl.demo.tiny import build_tokenizer
 
 from tests.test_rollout import EchoTask, script
@@ -34,7 +36,6 @@ def test_wilson_edge_cases():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
-    assert intervals_overlap((0.1, 0.3), (0.3, 0.5)) and not intervals_overlap((0.1, 0.29), (0.3, 0.5))
 
 
 def test_evaluate_counts_and_files(tmp_path):
@@ -48,12 +49,14 @@ def test_evaluate_counts_and_files(tmp_path):
             return "apple"
         return script(prompt, j)
 
-    res = evaluate(ScriptedEngine(tok, scr), EchoTask(), cfg, output_dir=tmp_path, model_name="scripted", show_progress=False)
+    res = evaluate_model(Rollout(ScriptedEngine(tok, scr), EchoTask(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
     # 6 trials: 2 pass at once; of the 4 failures, the reflection of each failure is sampled with
     # j = 0 (group of one), so every retry passes; the control never passes.
     assert res["trials"] == 6 and res["acc@1"] == pytest.approx(2 / 6)
     assert res["acc@2"] == 1.0 and res["acc@2_no_reflection"] == pytest.approx(2 / 6)
-    assert res["acc@1_ci"] == pytest.approx(list(wilson_interval(2, 6)))
+    # 2 samples per example: a bootstrap over the 3 examples (1 passes both samples), whose resamples
+    # hold 0 or 3 copies of it with probability (2/3)^3 and (1/3)^3, both above 2.5%
+    assert res["acc@1_ci"] == [0.0, 1.0]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["acc@2"] == 1.0 and saved["model"] == "scripted" and saved["task"] == "echo"
     lines = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
@@ -63,3 +66,67 @@ def test_evaluate_counts_and_files(tmp_path):
     assert all(r["no_reflection_retry_text"] == "cherry" and not r["no_reflection_retry_ok"] for r in failed)
     assert all(r["reflection_text"] == "" for r in lines if r["attempt_ok"])
     assert results_table(res).row_count == 3
+
+
+def _records(pattern, samples=1):
+    """episodes.jsonl rows from (attempt_ok, retry_ok, control_ok) triples, `samples` per example."""
+    return [
+        {"example_id": f"ex{i // samples}", "sample": i % samples, "attempt_ok": a, "retry_ok": r,
+         "no_reflection_retry_ok": c}
+        for i, (a, r, c) in enumerate(pattern)
+    ]
+
+
+def test_trial_statistics_one_sample_per_example_by_hand():
+    # 20 trials: 6 pass at once; of 14 failures, 7 are fixed by the reflection only, 1 by the
+    # control only, 2 by both, 4 by neither -> acc@2 vs control discordant pairs b=1, c=7.
+    pattern = [(True, False, False)] * 6 + [(False, True, False)] * 7 + [(False, False, True)] * 1 \
+        + [(False, True, True)] * 2 + [(False, False, False)] * 4
+    out = trial_statistics(_records(pattern), control=True)
+    cmp = out["comparisons"]["acc@2_vs_no_reflection"]
+    assert (cmp["first_only"], cmp["second_only"]) == (1, 7)
+    assert cmp["p_value"] == 0.0703125 and cmp["test"] == stats.MCNEMAR
+    assert cmp["difference"] == pytest.approx(6 / 20)  # acc@2 15/20 minus control 9/20
+    # both = 6 + 2, control only = 1, acc@2 only = 7, neither = 4
+    assert cmp["difference_ci"] == list(stats.newcombe_paired_interval(8, 1, 7, 4))
+    assert out["intervals"] == stats.WILSON
+    assert out["acc@2_ci"] == list(wilson_interval(15, 20))
+    assert out["retry_fix_rate_ci"] == list(wilson_interval(9, 14))  # 9 of the 14 failures fixed
+
+
+def test_trial_statistics_clusters_several_samples_per_example():
+    # 10 examples x 4 samples, all-or-nothing per example: 5 examples fixed by reflection in
+    # every sample, the control never fixes anything.
+    pattern = [(False, True, False)] * 20 + [(False, False, False)] * 20
+    out = trial_statistics(_records(pattern, samples=4), control=True)
+    assert out["intervals"] == stats.bootstrap_name()
+    lo, hi = out["acc@2_ci"]
+    w_lo, w_hi = wilson_interval(20, 40)
+    assert hi - lo > 1.7 * (w_hi - w_lo)  # 10 independent units, not 40
+    cmp = out["comparisons"]["acc@2_vs_no_reflection"]
+    assert cmp["test"] == stats.MCNEMAR_CLUSTERED
+    assert cmp["p_value"] == pytest.approx(2 / 32)  # five examples of +4, signs flipped jointly
+    assert out["retry_fix_rate_interval"] == stats.bootstrap_name()
+    assert out["retry_fix_rate_ci"][0] < 0.5 < out["retry_fix_rate_ci"][1]
+
+
+def _apple_at_once(prompt, j):
+    """'apple' passes its first attempt; the others fail, and their reflection makes the retry pass."""
+    first_turn = prompt.count("<|im_start|>user") == 1
+    return "apple" if "Say the word apple" in prompt and first_turn else script(prompt, j)
+
+
+def test_evaluate_writes_the_paired_comparison(tmp_path):
+    cfg = Config()
+    cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
+    roll = Rollout(ScriptedEngine(build_tokenizer(), _apple_at_once), EchoTask(), cfg.generation, cfg.rollout)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    cmp = saved["comparisons"]["acc@2_vs_no_reflection"]
+    # two failing examples, each with both samples fixed by the reflection and not by the control:
+    # per-example differences [2, 2] -> sign-flip p = 2/4
+    assert (cmp["pairs"], cmp["examples"], cmp["first_only"], cmp["second_only"]) == (6, 3, 0, 4)
+    assert cmp["p_value"] == pytest.approx(0.5) and cmp["test"] == stats.MCNEMAR_CLUSTERED
+    assert cmp["difference"] == pytest.approx(4 / 6)
+    assert saved["intervals"] == stats.bootstrap_name() and res["retry_fix_rate_ci"] == [1.0, 1.0]
+    assert "p = 0.5 (exact McNemar test clustered by example" in str(results_table(res).caption)

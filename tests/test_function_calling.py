@@ -65,6 +65,32 @@ PARSE_OK = [
     ('<think>use <tool_call>{"name": "g"}</tool_call></think><tool_call>{"name": "f"}</tool_call>', calls(("f", {}))),
     ('{"name": "f", "arguments": {"s": "brackets ]]}} in a string", "n": -1.5e3}}',
      calls(("f", {"s": "brackets ]]}} in a string", "n": -1500.0}))),
+    # JSON Lines, and the separators models put between bare objects
+    ('{"name": "f", "arguments": {"x": 1}}\n{"name": "g", "arguments": {}}\n', calls(("f", {"x": 1}), ("g", {}))),
+    ('{"name": "f", "arguments": {}}, {"name": "g", "arguments": {}}', calls(("f", {}), ("g", {}))),
+    ('<tool_call>\n{"name": "f", "arguments": {}}\n{"name": "g", "arguments": {}}\n</tool_call>',
+     calls(("f", {}), ("g", {}))),
+    # Llama 3.1 / 3.2
+    ('<|python_tag|>{"name": "f", "parameters": {"x": 1}}<|eom_id|>', calls(("f", {"x": 1}))),
+    ('<|python_tag|>{"name": "f", "parameters": {}}; {"name": "g", "parameters": {"y": "z"}}',
+     calls(("f", {}), ("g", {"y": "z"}))),
+    ('<|python_tag|>brave_search.call(query="weather Paris")', calls(("brave_search.call", {"query": "weather Paris"}))),
+    # Mistral, old and new tokenizers
+    ('[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]</s>',
+     calls(("f", {"x": 1}), ("g", {}))),
+    ('[TOOL_CALLS]f[ARGS]{"x": 1}[TOOL_CALLS]g[CALL_ID]a1b2c3d4e[ARGS]{}', calls(("f", {"x": 1}), ("g", {}))),
+    ('[TOOL_CALLS]f[ARGS]', calls(("f", {}))),
+    # Python call syntax (BFCL prompting mode): literals only, tuples read as lists, JSON names accepted
+    ("[get_weather(city='Paris', days=2), math.factorial(number=5)]",
+     calls(("get_weather", {"city": "Paris", "days": 2}), ("math.factorial", {"number": 5}))),
+    ("f(a=-1.5, b=(1, 2), c={'k': [None, True]}, d=true, e=null, f=+3)",
+     calls(("f", {"a": -1.5, "b": [1, 2], "c": {"k": [None, True]}, "d": True, "e": None, "f": 3}))),
+    ("[f()]", calls(("f", {}))),
+    ('[f(s="brackets ]) in a string", t=\'it\\\'s\')]', calls(("f", {"s": "brackets ]) in a string", "t": "it's"}))),
+    ("Sure, here you go: [f(x=1), g(y='a')] Hope that helps.", calls(("f", {"x": 1}), ("g", {"y": "a"}))),
+    ("```python\n[f(x=1)]\n```", calls(("f", {"x": 1}))),
+    ("<tool_call>[f(x=1)]</tool_call>", calls(("f", {"x": 1}))),
+    ("I would call get_weather(city) here, but [no] [tool (fits).", ()),
 ]
 
 
@@ -91,6 +117,34 @@ PARSE_ERRORS = [
     ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), "nested deeper than"),
     ('{"name": "f", "arguments": "' + "[" * 10_000 + '"}', "arguments of f: JSON nested deeper than"),
     ("x" * 100_001, "answer too long (100001 characters"),
+    ('{"name": "f"}\n{"name": "g"} trailing prose}', "the answer: invalid JSON"),
+    ("{}" * 200, "more than 128 JSON values"),
+    ("[TOOL_CALLS][ARGS]{}", "[TOOL_CALLS] block #1 has no function name"),
+    ('[TOOL_CALLS]f[ARGS]{"x": 1} {"y": 2}', "arguments of f must be one JSON object"),
+    ("[TOOL_CALLS]f[ARGS][1]", "arguments of f must be one JSON object"),
+    ("[f(x=__import__('os').system('echo hi'))]", "argument 'x' of f is a function call, not a literal value"),
+    ("[f(x=os.environ)]", "argument 'x' of f is an attribute, not a literal value"),
+    ("[f(x=y)]", "argument 'x' of f is the variable name 'y', not a literal value"),
+    ("[f(x=1 + 2)]", "argument 'x' of f is an arithmetic expression"),
+    ("[f(x=f'{y}')]", "argument 'x' of f is an f-string"),
+    ("[f(x=lambda: 1)]", "argument 'x' of f is a lambda"),
+    ("[f(x=[i for i in range(9)])]", "argument 'x' of f is a comprehension"),
+    ("[f(x=b'raw')]", "argument 'x' of f is a bytes literal"),
+    ("[f(x={1: 2})]", "argument 'x' of f has a dict key that is not a string"),
+    ("[f(x=1e999)]", "argument 'x' of f is not a finite number"),
+    ("[f(x=" + "9" * 30 + ")]", "argument 'x' of f is an integer too large"),
+    ("[f(x=" + "9" * 5000 + ")]", "a number in the call list has too many digits"),
+    ("[f(x=" + "[" * 70 + "]" * 70 + ")]", "argument 'x' of f nests lists or dicts deeper than 64"),
+    ("[f(x=" + "-" * 10_000 + "1)]", "the call list nests too deeply to read"),
+    ("[f('Paris')]", "call f has a positional argument; name every argument"),
+    ("[f(**kw)]", "call f unpacks **arguments"),
+    ("[f(x=1, x=2)]", "call f gives argument 'x' twice"),
+    ("[f(x=1), 3]", "item #2 of the call list is an expression, not a function call"),
+    ("[f(x=1)(y=2)]", "call #1 does not call a plain function name"),
+    ("[f(x=1)", "the answer: not valid Python call syntax ('[' was never closed)"),
+    ("[" + "f(), " * 200 + "]", "too many calls (200, limit 128)"),
+    ("Here: [f(x=open('secrets'))] done", "the answer: argument 'x' of f is a function call"),
+    ("f(x=" + "'a' " * 6000 + ")", "the call list is too long"),
 ]
 
 
@@ -117,6 +171,17 @@ def test_parse_non_text():
         '{"a": ' * 16_000,
         "[1, " * 25_000,
         '[{"name": "f", "arguments": {}}' + ", {}" * 20_000 + "]",
+        "{}" * 50_000,
+        '{"name": "f"}\n' * 7_000,
+        "z [a(" + "()" * 45_000,
+        ("z [a(" + "()" * 3000) * 15,
+        ("z [a(" + "'x'," * 3000) * 8,
+        "[a(" * 33_000,
+        "f(" * 33_000,
+        "[TOOL_CALLS]" * 8_000,
+        "[TOOL_CALLS]f[ARGS]" * 5_000,
+        "<|python_tag|>" * 7_000,
+        "<|python_tag|>f(x=" + "(" * 20_000,
     ],
 )
 def test_parse_hostile_inputs_are_fast(text):
@@ -427,3 +492,122 @@ def test_missing_field_is_named(tmp_path):
 def test_bad_option_values(options, message):
     with pytest.raises(ValueError, match=message):
         load_task("function_calling", **options)
+
+
+# ------------------------------------------- every format: right, wrong, missing, extra, code
+# One writer per format of README.md's table ("Function calling"): calls -> the text a model would write.
+def _objects(calls, key="arguments"):
+    return [{"name": c["name"], key: c["arguments"]} for c in calls]
+
+
+def _py_call(c):
+    return f"{c['name']}({', '.join(f'{k}={v!r}' for k, v in c['arguments'].items())})"
+
+
+FORMATS = {
+    "hermes_tags": lambda cs: "".join(f"<tool_call>\n{json.dumps(o)}\n</tool_call>\n" for o in _objects(cs)),
+    "json_list": lambda cs: json.dumps(_objects(cs)),
+    "json_object": lambda cs: json.dumps(_objects(cs)[0]) if len(cs) == 1 else None,
+    "json_lines": lambda cs: "\n".join(json.dumps(o) for o in _objects(cs)),
+    "fenced_json_with_prose": lambda cs: f"I'll call the tools.\n```json\n{json.dumps(_objects(cs))}\n```\nDone.",
+    "llama3_parameters": lambda cs: "\n".join(json.dumps(o) for o in _objects(cs, "parameters")),
+    "llama3_python_tag": lambda cs: "<|python_tag|>" + "; ".join(json.dumps(o) for o in _objects(cs, "parameters")),
+    "mistral_tool_calls": lambda cs: "[TOOL_CALLS] " + json.dumps(_objects(cs)),
+    "mistral_args": lambda cs: "".join(f"[TOOL_CALLS]{c['name']}[ARGS]{json.dumps(c['arguments'])}" for c in cs),
+    "openai_tool_calls": lambda cs: json.dumps({"role": "assistant", "tool_calls": [
+        {"id": f"call_{i}", "type": "function",
+         "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}} for i, c in enumerate(cs)]}),
+    "openai_function_wrapper": lambda cs: json.dumps([{"type": "function", "function": o} for o in _objects(cs)]),
+    "python_calls": lambda cs: "[" + ", ".join(_py_call(c) for c in cs) + "]",
+    "python_calls_in_prose": lambda cs: "Here you go: [" + ", ".join(_py_call(c) for c in cs) + "] Anything else?",
+}
+T = {"name": "get_time", "arguments": {"tz": "UTC"}}
+W_PARIS = {"query": "Weather in Paris?", "tools": "[]", "answers": json.dumps([W])}
+CODE_MARK = "CODE_GOES_HERE"
+
+
+def gold_for(fmt):
+    """Two gold calls, or one for a format that holds one call only."""
+    return (EX, [W, F]) if FORMATS[fmt]([W, F]) is not None else (W_PARIS, [W])
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_format_correct_answer_passes(task, fmt):
+    example, gold = gold_for(fmt)
+    text = FORMATS[fmt](list(reversed(gold)))
+    verdict = task.verify(example, text)
+    assert verdict.ok, (text, verdict)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_format_wrong_value_fails(task, fmt):
+    example, gold = gold_for(fmt)
+    verdict = task.verify(example, FORMATS[fmt]([with_args(W, city="Lyon")] + gold[1:]))
+    assert not verdict.ok and "argument 'city' of get_weather: expected 'Paris', got 'Lyon'" in verdict.reason
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_format_missing_call_fails(task, fmt):
+    text = FORMATS[fmt]([W])
+    verdict = task.verify(EX, text)
+    assert not verdict.ok and "missing call get_forecast(city='Tokyo', days=7)" in verdict.reason, verdict
+
+
+@pytest.mark.parametrize("fmt", sorted(f for f in FORMATS if FORMATS[f]([W, F]) is not None))
+def test_format_extra_call_fails(task, fmt):
+    verdict = task.verify(EX, FORMATS[fmt]([W, T, F]))
+    assert not verdict.ok and "extra call get_time(tz='UTC')" in verdict.reason, verdict
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_format_code_in_an_argument_is_rejected_never_run(task, fmt, tmp_path):
+    # Code where a value belongs: were it evaluated, it would create a file.
+    target = tmp_path / "pwned"
+    code = f"open({str(target)!r}, 'w').write('x')"
+    example, gold = gold_for(fmt)
+    text = FORMATS[fmt]([with_args(W, city=CODE_MARK)] + gold[1:])
+    for quoted in (f'\\"{CODE_MARK}\\"', f'"{CODE_MARK}"', f"'{CODE_MARK}'"):
+        text = text.replace(quoted, code)
+    assert code in text and CODE_MARK not in text
+    verdict = task.verify(example, text)
+    assert not verdict.ok
+    assert ("not a literal value" in verdict.reason) if fmt.startswith("python") else ("invalid JSON" in verdict.reason)
+    assert not target.exists()
+
+
+def test_special_token_tool_tags_reach_the_verifier_through_the_engine(task):
+    """A tokenizer whose <tool_call> tags are special tokens (the demo one): a correct two-call
+    answer, generated token by token by HFEngine, reaches the verifier with its tags and passes."""
+    import torch
+
+    from r3rl.engine.hf import HFEngine
+    from r3rl.types import SamplingParams
+
+    tok = tiny.build_tokenizer()
+    tag_id = tok.convert_tokens_to_ids("<tool_call>")
+    assert tok.added_tokens_decoder[tag_id].special
+    answer = FORMATS["hermes_tags"]([F, W]).rstrip("\n")
+    script = tok(answer, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert script.count(tag_id) == 2
+    prompt = prompts.encode(tok, task.messages(EX), task.tools(EX))
+    model = tiny.build_model(tok)
+
+    def force_script(module, args, kwargs, output):
+        # The next token after position p is script[p + 1 - len(prompt)]: the model "wants" exactly the answer.
+        logits = torch.full_like(output.logits, -1e4)  # [B, S, V]
+        for b, p in enumerate(kwargs["position_ids"][:, -1].tolist()):
+            step = p + 1 - len(prompt)
+            logits[b, -1, script[min(max(step, 0), len(script) - 1)]] = 0.0
+        output.logits = logits
+        return output
+
+    handle = model.register_forward_hook(force_script, with_kwargs=True)
+    try:
+        gen = HFEngine(model, tok).generate([prompt], SamplingParams(max_new_tokens=len(script) + 8, temperature=0.0))[0][0]
+    finally:
+        handle.remove()
+    assert gen.token_ids == script and gen.finish_reason == "stop"
+    assert gen.text == answer and gen.text.count("<tool_call>") == 2
+    verdict = task.verify(EX, gen.text)
+    assert verdict.ok, verdict
+    assert "<tool_call>" not in tok.decode(gen.token_ids, skip_special_tokens=True)  # what the tags would have been lost to

@@ -54,7 +54,7 @@ def test_advantages_several_groups_noncontiguous_ids():
 def test_advantages_mean_only():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 1.0])
     groups = torch.tensor([7, 7, 7, 3, 3, 9])
-    adv = grpo.group_advantages(rewards, groups, "dr_grpo")  # the config string maps to MEAN_ONLY
+    adv = grpo.group_advantages(rewards, groups, "mean_only")  # the config string maps to MEAN_ONLY
     torch.testing.assert_close(adv, torch.tensor([2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0]), rtol=0, atol=1e-7)
 
 
@@ -130,7 +130,7 @@ def test_policy_loss_token_sum_by_hand():
     loss, _ = grpo.policy_loss(logp, logp_old, adv, mask, aggregation=LossAggregation.TOKEN_SUM, norm_constant=8)
     assert loss.item() == pytest.approx(0.5375, abs=1e-12)
     with pytest.raises(ValueError, match="norm_constant"):
-        grpo.policy_loss(logp, logp_old, adv, mask, aggregation="dr_grpo")
+        grpo.policy_loss(logp, logp_old, adv, mask, aggregation="token_sum")
 
 
 def test_policy_loss_gradient_by_hand():
@@ -150,7 +150,7 @@ def test_policy_loss_gradient_by_hand():
 def test_policy_loss_token_sum_gradient_by_hand():
     # TOKEN_SUM with constant 8 scales every token by 1/8: -1.1/8, 0, 0, 3/8, 2/8.
     logp, logp_old, adv, mask = _hand_batch()
-    loss, _ = grpo.policy_loss(logp, logp_old, adv, mask, aggregation="dr_grpo", norm_constant=8)
+    loss, _ = grpo.policy_loss(logp, logp_old, adv, mask, aggregation="token_sum", norm_constant=8)
     loss.backward()
     expected = torch.tensor([[0.0, -0.1375, 0.0, 0.0], [0.0, 0.0, 0.375, 0.25]], dtype=torch.float64)
     torch.testing.assert_close(logp.grad, expected, rtol=0, atol=1e-12)
@@ -202,7 +202,7 @@ def test_single_token_reflections():
     adv = torch.tensor([0.5, -1.5])
     loss, _ = grpo.policy_loss(logp, logp.detach(), adv, mask)
     assert loss.item() == pytest.approx(0.5, abs=1e-7)
-    loss_ts, _ = grpo.policy_loss(logp, logp.detach(), adv, mask, aggregation="dr_grpo", norm_constant=10)
+    loss_ts, _ = grpo.policy_loss(logp, logp.detach(), adv, mask, aggregation="token_sum", norm_constant=10)
     assert loss_ts.item() == pytest.approx(0.1, abs=1e-7)
     loss.backward()  # d/dlogp = -A / 2 = (-0.25, 0.75)
     torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -0.25], [0.0, 0.75]]), rtol=0, atol=1e-7)

@@ -1,6 +1,6 @@
 """Learning, not just parameter motion: GRPO on reflection tokens makes retries succeed more often.
 
-The built-in demo model (r3rl/assets/demo-model) solves `addition` problems sloppily at once and,
+The built-in demo model (r3rl/demo/model) solves `addition` problems sloppily at once and,
 after a failure, usually reflects generically ("I should be more careful") and sometimes works the
 sum out column by column; only a worked-out reflection makes the retry reliably right. So the retry
 can pass (reliably) only when the reflection carries the right information, and the reward can rise
@@ -26,8 +26,7 @@ def test_reward_rises_within_bounded_steps(tmp_path):
     run = tmp_path / "learn"
     cfg = demo_config(run, overrides=[
         "train.steps=24", "train.batch_size=16", "train.micro_batch_size=16", "train.save_every=0",
-        "train.episodes_per_step=128", "mine.num_examples=256",
-        "train.failures=",  # mine first, inside train()
+        "train.log_episodes_per_step=128", "failures.num_examples=256",
     ])
     train(cfg, show_progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

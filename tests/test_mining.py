@@ -8,6 +8,7 @@ from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.io import iter_jsonl
 from r3rl.mining import load_failures, mine, passed_path
+from r3rl.rollout import Rollout
 from r3rl.tasks.base import Task
 from r3rl.demo.tiny import build_tokenizer
 from r3rl.types import Verdict
@@ -36,20 +37,20 @@ def tok():
 
 def cfg_for(tmp_path, n=20, k=3):
     cfg = Config()
-    cfg.mine.num_examples, cfg.mine.attempts_per_example = n, k
-    cfg.mine.output = str(tmp_path / "failures.jsonl")
+    cfg.failures.num_examples, cfg.failures.attempts_per_example = n, k
+    cfg.failures.path = str(tmp_path / "failures.jsonl")
     return cfg
 
 
 def test_mine_records_failures_and_pass_rates(tok, tmp_path):
     cfg = cfg_for(tmp_path)
-    summary = mine(ScriptedEngine(tok, lambda p, j: "odd"), ParityTask(), cfg, show_progress=False, chunk_size=8)
-    recs = list(iter_jsonl(cfg.mine.output))
+    summary = mine(Rollout(ScriptedEngine(tok, lambda p, j: "odd"), ParityTask(), cfg.generation, cfg.rollout), cfg.failures, cfg.seed, show_progress=False, chunk_size=8)
+    recs = list(iter_jsonl(cfg.failures.path))
     assert sorted(int(r["example_id"]) for r in recs) == list(range(0, 20, 2))
     assert all(r["pass_rate"] == 0.0 and r["failed_attempts"] == ["odd"] and r["attempts"] == 3 for r in recs)
     assert summary["failure_set_size"] == 10 and summary["new_all_passed"] == 10
     assert summary["attempt_pass_rate"] == 0.5
-    failures = load_failures(cfg.mine.output)
+    failures = load_failures(cfg.failures.path)
     assert len(failures) == 10 and failures[0].attempt_reason == "wrong parity"
 
 
@@ -64,16 +65,16 @@ def test_mine_resumes_without_duplicates(tok, tmp_path):
         return "odd"
 
     with pytest.raises(KeyboardInterrupt):
-        mine(ScriptedEngine(tok, dying), ParityTask(), cfg, show_progress=False, chunk_size=8)
+        mine(Rollout(ScriptedEngine(tok, dying), ParityTask(), cfg.generation, cfg.rollout), cfg.failures, cfg.seed, show_progress=False, chunk_size=8)
     # simulate a kill in the middle of writing a line
-    with open(cfg.mine.output, "a") as f:
+    with open(cfg.failures.path, "a") as f:
         f.write('{"example_id": "9')
-    partial = {r["example_id"] for r in iter_jsonl(cfg.mine.output, tolerate_truncated_tail=True)}
+    partial = {r["example_id"] for r in iter_jsonl(cfg.failures.path, tolerate_truncated_tail=True)}
     assert 0 < len(partial) < 20
     engine = ScriptedEngine(tok, lambda p, j: "odd")
-    summary = mine(engine, ParityTask(), cfg, show_progress=False, chunk_size=8)
-    ids = [r["example_id"] for r in iter_jsonl(cfg.mine.output)]
-    passed = [r["example_id"] for r in iter_jsonl(passed_path(cfg.mine.output))]
+    summary = mine(Rollout(engine, ParityTask(), cfg.generation, cfg.rollout), cfg.failures, cfg.seed, show_progress=False, chunk_size=8)
+    ids = [r["example_id"] for r in iter_jsonl(cfg.failures.path)]
+    passed = [r["example_id"] for r in iter_jsonl(passed_path(cfg.failures.path))]
     assert sorted(map(int, ids)) == list(range(0, 40, 2))  # every failure once
     assert sorted(map(int, passed)) == list(range(1, 40, 2))
     assert summary["skipped_already_mined"] == 16  # two whole chunks survived the interruption

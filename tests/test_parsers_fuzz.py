@@ -7,6 +7,7 @@ The example count is kept small so the suite stays fast; for a deeper search run
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import random
 import time
@@ -139,10 +140,17 @@ def render(calls, style):
     if style == "openai":
         return json.dumps({"tool_calls": [{"type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
                                           for n, a in calls]})
+    if style == "jsonl":
+        return "\n".join(json.dumps(o) for o in objs)
+    if style == "mistral":
+        return "[TOOL_CALLS] " + json.dumps(objs)
+    if style == "python" and all(k.isidentifier() and not keyword.iskeyword(k) for _, a in calls for k in a):
+        # Python call syntax (argument names must be identifiers); repr of a JSON value is a Python literal
+        return "[" + ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in a.items())})" for n, a in calls) + "]"
     return "Sure. " + " then ".join(json.dumps(o) for o in objs) + " Done."  # prose
 
 
-STYLES = st.sampled_from(["list", "tags", "fence", "openai", "prose"])
+STYLES = st.sampled_from(["list", "tags", "fence", "openai", "prose", "jsonl", "mistral", "python"])
 
 
 @FUZZ

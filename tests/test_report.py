@@ -1,9 +1,11 @@
 """Tests for `r3rl report`: a recorded run folder rendered to report.md / report.html / PNGs.
 
 The fixture (tests/fixtures/run) is a 12-step Countdown run with 10 examples x 2
-samples evaluated before and after training. Expected figures below are worked
-out by hand from its files: acc@2 is 5/20 before and 15/20 after, whose Wilson
-95% intervals [11.2%, 46.9%] and [53.1%, 88.8%] do not overlap.
+samples evaluated before and after training (beta = 0.001, one retry per reflection).
+Expected figures below are worked out by hand from its files: paired by (example_id,
+sample), acc@2 is 5/20 before and 15/20 after; 10 trials pass only after training and
+none only before, spread over examples as eight examples +1, one +2 and one 0, so the
+clustered exact McNemar (sign-flip over examples) gives p = 2 / 2^9 = 0.00390625.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import re
 import shutil
 import struct
@@ -20,19 +21,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from r3rl.reporting.report import (
-    Accuracy,
-    ReportError,
-    build_report,
-    load_metrics,
-    significance_sentence,
-    summary_table,
-    truncate,
-)
+from r3rl.evaluation.stats import MCNEMAR, NEWCOMBE, PairedComparison
+from r3rl.reporting.compare import Comparison
+from r3rl.reporting.report import ReportError, build_report, summary_table
+from r3rl.reporting.run import load_metrics
+from r3rl.reporting.wording import significance_sentence, truncate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CURVES = {"reward_mean", "retry_success", "reflection_len", "zero_adv_frac", "kl", "eval_accuracy"}
+# retry_success equals reward_mean at every step (one retry per reflection): one panel, not two
+CURVES = {"reward_mean", "reflection_len", "zero_adv_frac", "kl", "eval_accuracy"}
 ALL_PNGS = CURVES | {"accuracy_before_after"}
 
 
@@ -48,31 +46,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     html_path = build_report(run)
     assert html_path == run / "report.html"
     return run, (run / "report.md").read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
-
-
-def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
-
-
-@pytest.mark.parametrize("which", ["eval_before", "eval_after"])
-def test_fixture_results_agree_with_its_episodes(which: str) -> None:
-    # The report's expected numbers are only meaningful if the recorded run is self-consistent.
-    results = json.loads((FIXTURE / which / "results.json").read_text())
-    eps = [json.loads(line) for line in (FIXTURE / which / "episodes.jsonl").read_text().splitlines()]
-    assert len(eps) == results["n"] * results["samples"] == 20
-    counts = {
-        "acc@1": sum(e["attempt_ok"] for e in eps),
-        "acc@2": sum(e["attempt_ok"] or e["retry_ok"] is True for e in eps),
-        "acc@2_no_reflection": sum(e["attempt_ok"] or e["no_reflection_retry_ok"] is True for e in eps),
-    }
-    for key, k in counts.items():
-        assert results[key] == pytest.approx(k / 20)
-        assert results[f"{key}_ci"] == pytest.approx(_wilson(k, 20), abs=1e-4)
-    assert all((e["reflection_text"] == "") == e["attempt_ok"] for e in eps)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -116,7 +89,11 @@ def test_markdown_links_each_png(built: tuple[Path, str, str]) -> None:
 def test_report_figures_match_the_run(built: tuple[Path, str, str], fmt: str) -> None:
     _, md, html = built
     text = md if fmt == "md" else html
-    assert "acc@2 rose from 25.0% to 75.0% and the 95% intervals do not overlap" in text
+    assert ("acc@2 rose from 25.0% before training to 75.0% after training: paired difference +50.0 pts"
+            in text)
+    assert ("exact McNemar test clustered by example (two-sided sign-flip test over examples): p = 0.00391 "
+            "(10 of 20 paired trials passed only after training, 0 only before training): "
+            "a significant improvement at the 5% level") in text
     assert "[11.2%, 46.9%]" in text and "[53.1%, 88.8%]" in text
     assert "+50.0 pts" in text  # acc@2 change
     assert "+15.0 pts" in text and "+20.0 pts" in text  # acc@1 and the no-reflection control
@@ -149,38 +126,89 @@ def test_example_table_pairs_before_and_after_and_escapes(built: tuple[Path, str
     assert "chars…]" in table  # the long reflection of countdown-0002 was shortened
 
 
-def test_overlapping_intervals_are_called_not_significant(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    for d in ("eval_before", "eval_after"):  # results only: no curves to draw, fast
-        (run / d).mkdir(parents=True)
-        shutil.copy(FIXTURE / d / "results.json", run / d / "results.json")
-    after = json.loads((run / "eval_after" / "results.json").read_text())
-    after.update({"acc@2": 0.4, "acc@2_ci": [0.2188, 0.6134]})  # 8/20
-    (run / "eval_after" / "results.json").write_text(json.dumps(after))
+def _evals_only(dest: Path, *, samples: set[int] = frozenset({0, 1})) -> Path:
+    """The fixture's two evals (results and the episodes of the given samples), no metrics: no curves, fast."""
+    for d in ("eval_before", "eval_after"):
+        (dest / d).mkdir(parents=True)
+        shutil.copy(FIXTURE / d / "results.json", dest / d / "results.json")
+        eps = [json.loads(line) for line in (FIXTURE / d / "episodes.jsonl").read_text().splitlines()]
+        (dest / d / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps if e["sample"] in samples))
+    return dest
+
+
+def test_one_sample_per_example_uses_exact_mcnemar_and_newcombe(tmp_path: Path) -> None:
+    # Sample 0 only: acc@2 is 3/10 before and 8/10 after, 5 trials pass only after and none only
+    # before -> exact McNemar p = 2 / 2^5 = 0.0625, not significant although +50 pts.
+    # Newcombe by hand: Wilson(3, 10) = [0.1078, 0.6032], Wilson(8, 10) = [0.4902, 0.9433],
+    # phi = (3*2 - 0 - 10/2) / sqrt(3*7*8*2) = 0.0546; lower = 0.5 - sqrt(0.3098^2 - 2 phi 0.3098*0.3032
+    # + 0.3032^2) = 0.0785, upper = 0.5 + sqrt(0.1433^2 - 2 phi 0.1433*0.1922 + 0.1922^2) = 0.7334.
+    run = _evals_only(tmp_path / "run", samples={0})
     build_report(run)
     for text in ((run / "report.md").read_text(), (run / "report.html").read_text()):
-        assert "acc@2 rose from 25.0% to 40.0%, but the 95% intervals overlap" in text
-        assert "so this run does not show a significant effect" in text
-        assert "do not overlap" not in text
+        assert ("acc@2 rose from 30.0% before training to 80.0% after training: paired difference +50.0 pts "
+                "(95% CI [+7.8, +73.3] pts; Newcombe") in text
+        assert ("exact McNemar test (two-sided): p = 0.0625 (5 of 10 paired trials passed only after training, "
+                "0 only before training); so this run does not show a significant effect at the 5% level") in text
+        assert "clustered" not in text and "overlap do not" not in text
+
+
+def test_trials_pair_by_example_and_sample_not_by_line_order(tmp_path: Path) -> None:
+    # Reversing eval_after's lines must not change any paired figure.
+    run = _evals_only(tmp_path / "run")
+    path = run / "eval_after" / "episodes.jsonl"
+    path.write_text("".join(reversed(path.read_text().splitlines(keepends=True))))
+    caption = str(summary_table(run).caption)
+    assert "p = 0.00391 (10 of 20 paired trials passed only after training, 0 only before training)" in caption
+    # A trial missing from one eval is left out and said to be.
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[1:]))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "of 19 paired trials" in md
+    assert "1 trial(s) appear in only one of eval_before and eval_after" in md
+
+
+def test_no_episodes_means_no_verdict(tmp_path: Path) -> None:
+    run = _evals_only(tmp_path / "run")
+    (run / "eval_before" / "episodes.jsonl").unlink()
+    caption = str(summary_table(run).caption)
+    assert caption == ("acc@2 cannot be compared: the paired test needs eval_before/episodes.jsonl, "
+                       "which is missing or empty.")
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "| acc@2 | before training" not in md and "| acc@2 in eval_after |" in md
+    assert "| acc@2 in eval_before |" not in md
+
+
+def _cmp(first: float, second: float, b: int, c: int, p: float, n: int = 20) -> Comparison:
+    diff = second - first
+    result = PairedComparison(pairs=n, examples=n, first_rate=first, second_rate=second, first_only=b,
+                              second_only=c, difference=diff, difference_ci=(diff - 0.1, diff + 0.1),
+                              p_value=p, test=MCNEMAR, interval=NEWCOMBE)
+    return Comparison("acc@2", "before training", "after training", result)
 
 
 @pytest.mark.parametrize(
-    ("before", "after", "expected", "absent"),
+    ("cmp", "expected", "absent"),
     [
-        ((0.6, (0.5, 0.7)), (0.3, (0.2, 0.4)), "acc@2 fell from 60.0% to 30.0% and the 95% intervals do not overlap", "rose"),
-        ((0.6, (0.5, 0.7)), (0.3, (0.2, 0.4)), "training made it worse", "improvement"),
-        ((0.5, (0.4, 0.6)), (0.45, (0.35, 0.55)), "acc@2 fell from 50.0% to 45.0%, but the 95% intervals overlap", "do not"),
-        # Touching intervals share a point: that is overlap, not significance.
-        ((0.3, (0.2, 0.4)), (0.5, (0.4, 0.6)), "but the 95% intervals overlap", "do not overlap"),
-        ((0.3, (0.2, 0.4)), (0.3, (0.2, 0.4)), "acc@2 stayed at 30.0%", "rose"),
-        ((0.3, None), (0.5, (0.4, 0.6)), "no 95% interval was recorded, so significance cannot be judged", "overlap"),
-        ((0.3, (0.2, 0.4)), None, "cannot be compared: there is no after-training result", "rose"),
+        (_cmp(0.6, 0.3, 7, 1, 0.0703125), "acc@2 fell from 60.0% before training to 30.0% after training", "rose"),
+        (_cmp(0.6, 0.3, 7, 1, 0.0703125), "p = 0.0703 (1 of 20 paired trials passed only after training, "
+         "7 only before training); so this run does not show a significant effect", "drop"),
+        (_cmp(0.6, 0.2, 9, 1, 0.021484375), "p = 0.0215 (1 of 20", "does not show"),
+        (_cmp(0.6, 0.2, 9, 1, 0.021484375), "a significant drop at the 5% level: it got worse", "improvement"),
+        (_cmp(0.2, 0.6, 1, 9, 0.021484375), "paired difference +40.0 pts (95% CI [+30.0, +50.0] pts; Newcombe",
+         "drop"),
+        (_cmp(0.2, 0.6, 1, 9, 0.021484375), "exact McNemar test (two-sided): p = 0.0215", "overlap"),
+        (_cmp(0.2, 0.6, 1, 9, 0.021484375), ": a significant improvement at the 5% level.", "does not show"),
+        # exactly at the level is not below it
+        (_cmp(0.2, 0.6, 1, 9, 0.05), "does not show a significant effect", "a significant improvement"),
+        (_cmp(0.3, 0.3, 2, 2, 1.0), "acc@2 stayed at 30.0% (before training and after training)", "rose"),
+        (Comparison("acc@2", "before training", "after training", None, "there is no after-training result"),
+         "acc@2 cannot be compared: there is no after-training result.", "p ="),
     ],
 )
-def test_significance_sentence(before, after, expected: str, absent: str) -> None:
-    b = Accuracy(*before) if before else None
-    a = Accuracy(*after) if after else None
-    sentence = significance_sentence("acc@2", b, a)
+def test_significance_sentence(cmp: Comparison, expected: str, absent: str) -> None:
+    sentence = significance_sentence(cmp)
     assert expected in sentence
     assert absent not in sentence
 
@@ -235,6 +263,10 @@ def test_run_with_only_after_eval_and_no_metrics(tmp_path: Path) -> None:
     md = (build_report(run).parent / "report.md").read_text()
     assert "eval_before/results.json is missing, so before and after cannot be compared" in md
     assert "acc@2 cannot be compared: there is no before-training result." in md
+    # within eval_after, acc@2 and the control are still paired: 7 trials fixed only by reflection
+    assert "| acc@2 | before training" not in md
+    assert "| acc@2 in eval_after | without reflection (control) → with reflection | 40.0% | 75.0% |" in md
+    assert "p = 0.0156 (7 of 20 paired trials passed only with reflection" in md
     assert "No training metrics: metrics.jsonl is missing or empty." in md
     assert "(not in eval_before)" in md
     assert "| acc@2 (retry after reflection) | — | — | 75.0% | [53.1%, 88.8%] | — |" in md
@@ -249,7 +281,9 @@ def test_summary_table_shows_before_after_and_verdict() -> None:
     assert [c.strip() for c in row.split("│")[1:-1]] == [
         "acc@2 (retry after reflection)", "25.0% [11.2%, 46.9%]", "75.0% [53.1%, 88.8%]", "+50.0 pts",
     ]
-    assert "acc@2 rose from 25.0% to 75.0% and the 95% intervals do not overlap" in text
+    caption = " ".join(text.split())  # rich wraps the caption
+    assert "acc@2 rose from 25.0% before training to 75.0% after training: paired difference +50.0 pts" in caption
+    assert "p = 0.00391 (10 of 20 paired trials passed only after training, 0 only before training)" in caption
 
 
 def test_resumed_steps_merge_and_lines_without_step_are_noted(tmp_path: Path) -> None:
@@ -279,3 +313,136 @@ def test_truncate_keeps_head_and_tail_at_word_boundaries() -> None:
     assert len(head) + len(tail) <= 120
     assert re.fullmatch(r"(w\d{3} ?)+", head + " " + tail)  # no word cut in half
     assert tail.endswith("w199")
+
+
+def _metrics_run(dest: Path, rows: list[dict], beta: float | None = 0.0) -> Path:
+    """A run folder with only metrics.jsonl (and config.yaml when beta is given)."""
+    dest.mkdir(parents=True)
+    (dest / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, **r}) + "\n" for i, r in enumerate(rows)))
+    if beta is not None:
+        (dest / "config.yaml").write_text(f"train:\n  beta: {beta}\n")
+    build_report(dest)
+    return dest
+
+
+def _pngs(run: Path) -> set[str]:
+    return {p.stem for p in (run / "report").glob("*.png")}
+
+
+def _texts(run: Path) -> tuple[str, str]:
+    return (run / "report.md").read_text(), (run / "report.html").read_text()
+
+
+def test_kl_is_not_measured_when_beta_is_zero(tmp_path: Path) -> None:
+    rows = [{"kl": 0.0, "reflection_len": 20.0 + i} for i in range(4)]
+    run = _metrics_run(tmp_path / "beta0", rows, beta=0.0)
+    assert _pngs(run) == {"reflection_len"}  # no flat-zero KL curve
+    md, html = _texts(run)
+    assert "| kl | KL estimate to the reference model | not measured (beta = 0) | not measured (beta = 0) | — |" in md
+    assert "KL to the reference model: not measured (beta = 0), so it is not plotted" in html
+    # No beta in config.yaml and zeros everywhere: it cannot be called a measurement either.
+    run = _metrics_run(tmp_path / "nobeta", rows, beta=None)
+    assert _pngs(run) == {"reflection_len"}
+    assert "not measured (0 at every step and config.yaml gives no beta)" in _texts(run)[0]
+
+
+def test_kl_is_plotted_when_measured_even_at_zero(tmp_path: Path) -> None:
+    run = _metrics_run(tmp_path / "beta", [{"kl": 0.0}, {"kl": 0.0}, {"kl": 0.002}], beta=0.001)
+    assert _pngs(run) == {"kl"}
+    md, _ = _texts(run)
+    assert "| kl | KL estimate to the reference model | 0 | 0.002 | 3 |" in md and "not measured" not in md
+    run = _metrics_run(tmp_path / "beta_zeros", [{"kl": 0.0}, {"kl": 0.0}], beta=0.001)
+    assert _pngs(run) == {"kl"}  # measured as 0 is a measurement
+
+
+def test_reward_and_retry_success_share_one_panel_only_when_equal(tmp_path: Path) -> None:
+    same = [{"reward_mean": v, "retry_success": v} for v in (0.25, 0.5, 0.75)]
+    run = _metrics_run(tmp_path / "same", same)
+    assert _pngs(run) == {"reward_mean"}
+    md, html = _texts(run)
+    assert "equal to retry_success at every step (one retry per reflection)" in md
+    assert "| retry_success |" not in md
+    assert "Mean reflection reward = retry success rate" in html
+    # Several retries per reflection: the reward is a mean of retries, retry_success a share of them.
+    differ = [{"reward_mean": v, "retry_success": v + (0.01 if i == 2 else 0.0)} for i, v in enumerate((0.25, 0.5, 0.75))]
+    run = _metrics_run(tmp_path / "differ", differ)
+    assert _pngs(run) == {"reward_mean", "retry_success"}
+    md, _ = _texts(run)
+    assert "| retry_success | share of retries that passed | 0.25 | 0.76 | 3 |" in md
+    assert "equal to retry_success" not in md
+
+
+def test_tiny_loss_is_shown_and_explained(tmp_path: Path) -> None:
+    run = _metrics_run(tmp_path / "tiny", [{"loss": 6.51925802230835e-09}, {"loss": -1.4901161193847656e-08}])
+    md, html = _texts(run)
+    assert "| loss | policy loss | 6.52e-09 | -1.49e-08 | 2 |" in md  # not 0.0000
+    assert "The policy loss stays within ±1.49e-08" in md
+    assert "advantages are normalised to mean zero inside each group" in html
+    run = _metrics_run(tmp_path / "big", [{"loss": 0.0213}, {"loss": -0.0043}])
+    md, _ = _texts(run)
+    assert "| loss | policy loss | 0.0213 | -0.0043 | 2 |" in md
+    assert "stays within" not in md
+
+
+def test_a_run_with_no_learning_signal_is_a_warning(tmp_path: Path) -> None:
+    run = _metrics_run(tmp_path / "dead", [{"zero_adv_frac": 1.0}] * 3)
+    md, html = _texts(run)
+    warning = "Warning: no learning signal in this run. At every one of its 3 steps every group had zero advantage"
+    assert f"> **{warning}" in md
+    assert md.index(warning) < md.index("## Run")  # the first thing a reader sees
+    assert f'<p class="warning">{warning}' in html
+    run = _metrics_run(tmp_path / "some", [{"zero_adv_frac": 0.5}, {"zero_adv_frac": 1.0}, {"zero_adv_frac": 0.25}])
+    md, _ = _texts(run)
+    assert "Warning" not in md
+    assert "At 1 of 3 steps every group had zero advantage (no learning signal at those steps), first at step 2." in md
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, "holds no run to report on: there is no metrics.jsonl and neither eval_before/results.json "
+             "nor eval_after/results.json exists."),
+        ({"config.yaml": "seed: 0\n", "metrics.jsonl": "\n"},
+         "holds no run to report on: metrics.jsonl is empty and neither"),
+        ({"results.json": "{}", "episodes.jsonl": ""}, "holds a single evaluation (results.json), not a run"),
+    ],
+)
+def test_a_folder_without_a_run_is_an_error(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    run = tmp_path / "empty"
+    run.mkdir()
+    (run / "eval_before").mkdir()  # an eval folder without results does not count
+    for name, text in files.items():
+        (run / name).write_text(text)
+    with pytest.raises(ReportError) as err:
+        build_report(run)
+    assert str(err.value) == f"{run} {message}" or str(err.value).startswith(f"{run} {message}")
+    assert not (run / "report.md").exists() and not (run / "report.html").exists() and not (run / "report").exists()
+
+
+def test_cli_report_on_an_empty_folder_prints_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from r3rl.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"r3rl report: error: {tmp_path} holds no run to report on")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_templates_ship_in_the_wheel() -> None:
+    import ast  # tomllib is Python 3.11+, and the project supports 3.10
+
+    section = (Path(__file__).parents[1] / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    globs = ast.literal_eval(re.search(r"^r3rl\s*=\s*(\[.*?\])", section, re.M | re.S).group(1))
+    templates = sorted((Path(__file__).parents[1] / "r3rl" / "reporting" / "templates").glob("*"))
+    assert {t.name for t in templates} == {"report.md.j2", "report.html.j2"}
+    for t in templates:
+        rel = t.relative_to(Path(__file__).parents[1] / "r3rl")
+        assert any(rel.match(g) for g in globs), f"{rel} is not in [tool.setuptools.package-data]"
+
+
+def test_a_difference_reads_the_same_in_every_table() -> None:
+    # 0.5225 - 0.495 is 0.027499999... in floating point, 11/400 is 0.0275: both are +2.75 points
+    from r3rl.reporting.run import Accuracy
+    from r3rl.reporting.wording import fmt_change, fmt_pts
+
+    assert fmt_change(Accuracy(0.495, None), Accuracy(0.5225, None)) == fmt_pts(11 / 400) == "+2.8 pts"

@@ -143,3 +143,33 @@ def test_retry_without_reflection_control(tok):
     gens = roll.retry_without_reflection([Failure(task.load_examples()[0], "banana")], seed=0)
     assert [g.text for g in gens] == ["cherry"]
     assert prompts.DEFAULT_REFLECT not in engine.calls[0][0]
+
+
+class FlakyVerifierTask(EchoTask):
+    """A verifier with a bug: it raises on the word 'pear'."""
+
+    def verify(self, ex, completion):
+        if ex["word"] == "pear":
+            raise KeyError("boom")
+        return super().verify(ex, completion)
+
+
+def test_a_raising_verifier_is_a_counted_logged_failure(tok, capsys):
+    roll = Rollout(ScriptedEngine(tok, lambda p, j: re.search(r"Say the word (\w+)", p).group(1)), FlakyVerifierTask(),
+                   GenerationConfig(), RolloutConfig(max_verifier_errors=5))
+    rows = roll.attempts(FlakyVerifierTask().load_examples(), n=2, seed=0)
+    oks = [[a.verdict.ok for a in row] for row in rows]
+    assert oks == [[True, True], [False, False], [True, True]]  # the scripted answer is right; pear's verifier broke
+    assert rows[1][0].verdict.reason == "verifier error: KeyError"
+    assert roll.verify_errors == 2
+    err = capsys.readouterr().err
+    assert err.count("FlakyVerifierTask.verify raised on example w1: KeyError: 'boom'") == 2
+
+
+def test_too_many_verifier_errors_stop_the_run_with_a_clear_message(tok):
+    from r3rl.rollout import VerifierError
+
+    roll = Rollout(ScriptedEngine(tok, lambda p, j: "x"), FlakyVerifierTask(), GenerationConfig(),
+                   RolloutConfig(max_verifier_errors=2))
+    with pytest.raises(VerifierError, match=r"raised 3 times \(more than rollout.max_verifier_errors=2\).*example w1"):
+        roll.attempts(FlakyVerifierTask().load_examples(), n=3, seed=0)

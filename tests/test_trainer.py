@@ -120,13 +120,15 @@ def test_two_processes_match_one(model_dir, tmp_path):
     outs = {}
     for procs in (1, 2):
         cfg = tiny_config(model_dir, tmp_path / f"p{procs}", steps=2, save_every=0)
-        cfg.train.failures = str(tmp_path / "failures.jsonl")
+        cfg.failures.path = str(tmp_path / "failures.jsonl")
         if procs == 1:  # mine once, share the failure set so both runs train on the same batch
             from r3rl.engine import load_engine
             from r3rl.mining import mine
+            from r3rl.rollout import Rollout
             from r3rl.tasks import load_task
 
-            mine(load_engine(str(model_dir)), load_task(cfg.task.name), cfg, output=cfg.train.failures, show_progress=False)
+            mine(Rollout(load_engine(str(model_dir)), load_task(cfg.task.name), cfg.generation, cfg.rollout), cfg.failures,
+                 cfg.seed, show_progress=False)
         res = _launch(["train", *cli_overrides(cfg)], cwd=ROOT, procs=procs if procs > 1 else None)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         outs[procs] = tmp_path / f"p{procs}"
@@ -172,7 +174,7 @@ def test_online_mode_with_several_updates_and_options(model_dir, tmp_path):
     """Failures drawn from the current policy each step; two optimizer passes per rollout batch
     (sampling-time log-probs as the old policy); Dr. GRPO options; gradient checkpointing."""
     cfg = tiny_config(model_dir, tmp_path / "online", steps=2, online=True, updates_per_batch=2,
-                      advantage="dr_grpo", loss_aggregation="dr_grpo", gradient_checkpointing=True, save_every=0)
+                      advantage="mean_only", loss_aggregation="token_sum", gradient_checkpointing=True, save_every=0)
     final = train(cfg, show_progress=False)
     run = tmp_path / "online"
     assert not (run / "failures.jsonl").exists()  # nothing mined up front

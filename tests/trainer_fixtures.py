@@ -35,8 +35,9 @@ def tiny_config(model_dir: Path, out: Path, **train) -> Config:
     cfg.generation.max_reflection_tokens = 6
     cfg.generation.max_retry_tokens = 6
     cfg.rollout.group_size = 4
-    cfg.mine.num_examples = 16
-    cfg.mine.attempts_per_example = 2
+    cfg.failures.num_examples = 16
+    cfg.failures.attempts_per_example = 2
+    cfg.failures.path = str(out / "failures.jsonl")
     cfg.train.output_dir = str(out)
     cfg.train.steps = 4
     cfg.train.batch_size = 4

@@ -1,8 +1,8 @@
 """Build the offline demo's starting model from scratch: tokenizer, Qwen2 model, supervised traces.
 
-The shipped asset r3rl/assets/demo-model was made with
+The shipped asset r3rl/demo/model was made with
 
-    python -m r3rl.demo.pretrain --out r3rl/assets/demo-model
+    python -m r3rl.demo.pretrain --out r3rl/demo/model
 
 on a shared 2-core CPU, one thread, float32, everything seeded. The model is pre-trained on
 synthetic reflect/retry conversations (r3rl.demo.traces) so that it starts with
@@ -10,7 +10,7 @@ the behaviour the demo needs: sloppy first attempts, mostly useless reflections,
 occasionally a correct column-by-column working that makes the retry pass. It is
 a controlled miniature of the paper's mechanism, not a claim about natural models.
 
-    python -m r3rl.demo.pretrain --check r3rl/assets/demo-model
+    python -m r3rl.demo.pretrain --check r3rl/demo/model
 
 measures that behaviour on held-out problems with temperature-1 sampling and
 prints it as JSON (the numbers in the asset's README.md come from here).
@@ -38,7 +38,7 @@ import torch
 from r3rl.evaluation.stats import wilson_interval
 from r3rl import prompts
 from r3rl.demo.traces import TraceConfig, render_trace, sample_trace, trace_corpus
-from r3rl.tasks.addition import AdditionTask
+from r3rl.demo.addition import AdditionTask
 
 # The opening words of a working-style reflection (no generic reflection starts with "Let me").
 FORCED_PREFIX = "Let me add"

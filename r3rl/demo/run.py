@@ -6,8 +6,8 @@
     4. evaluate the trained model, loaded from RUN/final                 -> RUN/eval_after
     5. write the report                                                  -> RUN/report.html, RUN/report.md
 
-Settings: r3rl/demo/demo.yaml (also configs/tiny-cpu.yaml). The model and how its starting
-behaviour was made: r3rl/assets/demo-model/README.md.
+Settings: r3rl/demo/demo.yaml (their only source). The model and how its starting
+behaviour was made: r3rl/demo/model/README.md.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def _fresh(out: Path) -> None:
 def demo_config(out: Path, quick: bool = False, overrides: list[str] | None = None):
     from r3rl.config import load_config
 
-    forced = [f"train.output_dir={out}", f"mine.output={out}/failures.jsonl", f"train.failures={out}/failures.jsonl"]
+    forced = [f"train.output_dir={out}", f"failures.path={out}/failures.jsonl"]
     if quick:
-        forced += ["train.steps=4", "eval.num_examples=64", "mine.num_examples=64", "train.save_every=2"]
+        forced += ["train.steps=4", "eval.num_examples=64", "failures.num_examples=64", "train.save_every=2"]
     return load_config(DEMO_CONFIG, forced + list(overrides or []))
 
 
@@ -42,11 +42,12 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     import torch
 
     from r3rl.engine.hf import HFEngine
-    from r3rl.evaluation.accuracy import evaluate, results_table
+    from r3rl.evaluation.accuracy import evaluate_model, results_table
     from r3rl.mining import mine
     from r3rl.training.policy import load_for_inference
     from r3rl.progress import print_table
     from r3rl.reporting.report import build_report, summary_table
+    from r3rl.rollout import Rollout
     from r3rl.tasks import load_task
     from r3rl.training.trainer import train
 
@@ -65,17 +66,17 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
         print(f"[demo] {name}: {times[name]:.0f} s", flush=True)
 
     t = time.perf_counter()
-    model, tok = load_for_inference(cfg)
-    engine = HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size)
-    before = evaluate(engine, task, cfg, output_dir=out / "eval_before", model_name=cfg.model.name_or_path)
+    model, tok = load_for_inference(cfg.model)
+    roll = Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
+    before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path)
     print_table(results_table(before, "before training"))
     stage("evaluate before", t)
 
     t = time.perf_counter()
-    summary = mine(engine, task, cfg, output=cfg.train.failures)
+    summary = mine(roll, cfg.failures, cfg.seed)
     print(f"[demo] failure set: {summary['failure_set_size']} of {summary['examples']} examples failed at least once "
           f"(first-attempt pass rate {summary['attempt_pass_rate']:.1%})")
-    del engine, model
+    del roll, model
     stage("mine failures", t)
 
     t = time.perf_counter()
@@ -84,9 +85,9 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     t = time.perf_counter()
     cfg.model.name_or_path = str(final)
-    model, tok = load_for_inference(cfg)
-    after = evaluate(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg,
-                     output_dir=out / "eval_after", model_name=str(final))
+    model, tok = load_for_inference(cfg.model)
+    roll = Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
+    after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final))
     print_table(results_table(after, "after training"))
     stage("evaluate after", t)
 

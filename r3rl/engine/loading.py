@@ -10,6 +10,8 @@ chat template or tokens), else from the base.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,60 @@ def _is_local(path: str) -> bool:
     return Path(path).expanduser().exists()
 
 
+# What the hub accepts as a repo id: "name" or "owner/name". Anything else (./x, a/b/c, ~/m) is a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or not _HUB_ID.match(name)
+
+
+def hub_error_hint(name: str, kind: str, error: BaseException) -> str:
+    """One sentence about a model or dataset id that could not be loaded, and what to do."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    text = str(error).lower()
+    if "gated" in text or "401" in text or "403" in text or "access" in text and "restricted" in text:
+        fix = "it is gated or private: accept its terms on the Hub and run `huggingface-cli login`"
+    elif offline:
+        fix = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache: give a local folder, "
+               "or download it first on a machine with network")
+    else:
+        fix = ("it is neither a local folder nor reachable on the Hub: check the spelling, the network, "
+               "or give a local folder (set HF_HUB_OFFLINE=1 to skip network retries)")
+    return f"cannot load {kind} {name!r}: {fix}."
+
+
+_ALIASES: dict[str, str] = {}
+
+
+def register_model_alias(name: str, path: str | os.PathLike[str]) -> None:
+    """Let `name` stand for a model folder anywhere a model is named (config, --model)."""
+    _ALIASES[name] = str(path)
+
+
+def resolve_model_name(name: str) -> str:
+    """An alias (registered, or from the `r3rl.models` entry-point group) -> its folder; else `name`.
+
+    A package names its models the way it names tasks:
+
+        [project.entry-points."r3rl.models"]
+        mymodel = "mypkg.models:folder"      # a path string, or a function returning one
+
+    A local folder of the same name wins over an alias.
+    """
+    if name in _ALIASES:
+        return _ALIASES[name]
+    if not name or Path(name).expanduser().exists():
+        return name
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="r3rl.models"):
+        if ep.name == name:
+            target = ep.load()
+            return str(target() if callable(target) else target)
+    return name
+
+
 def _adapter_base(adapter_dir: Path) -> str:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
@@ -59,6 +115,9 @@ def load_model(
     base: str | None = None,
     trust_remote_code: bool = False,
     adapter_trainable: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    init_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """(model in eval mode, tokenizer with left padding and a pad token).
 
@@ -66,9 +125,16 @@ def load_model(
     adapter: a LoRA adapter folder to put on top of name_or_path.
     base: overrides the adapter config's base model.
     adapter_trainable: load adapter weights as trainable (to resume LoRA training).
+    revision, attn_implementation, init_kwargs: passed to `from_pretrained` (init_kwargs last, so
+        it may set anything else, e.g. {"low_cpu_mem_usage": true}).
+    Errors (a missing folder, an unreachable or gated hub id) are one sentence naming the model.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not name_or_path:
+        raise ValueError("no model given: set model.name_or_path (a hub id or a folder), or pass --model")
+    name_or_path = resolve_model_name(name_or_path)
+    base = resolve_model_name(base) if base else base
     device_t = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device_t)
 
@@ -86,6 +152,8 @@ def load_model(
                 f"{folder} holds no model: neither config.json (a transformers model) "
                 f"nor adapter_config.json (a peft LoRA adapter)"
             )
+    elif _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"model folder not found: {name_or_path} (and it is not a Hugging Face hub id)")
     elif base is not None:
         base_name = base
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
@@ -97,7 +165,16 @@ def load_model(
 
     for folder in {Path(p).expanduser() for p in (base_name, adapter_dir) if p is not None and _is_local(str(p))}:
         check_model_folder(folder)  # a damaged file is named here, not deep inside transformers
-    model = AutoModelForCausalLM.from_pretrained(base_name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    kwargs.update(init_kwargs or {})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_name, **kwargs)
+    except OSError as e:  # transformers turns hub errors (missing, gated, offline) into OSError
+        raise FileNotFoundError(hub_error_hint(base_name, "model", e)) from None
     model.to(device_t)
     tokenizer_source = base_name
     if adapter_dir is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -25,7 +27,7 @@ __all__ = ["Task", "Example", "Verdict", "load_task", "register_task", "availabl
 _BUILTIN: dict[str, str] = {
     "countdown": "r3rl.tasks.countdown:CountdownTask",
     "function_calling": "r3rl.tasks.function_calling:FunctionCallingTask",
-    "addition": "r3rl.tasks.addition:AdditionTask",
+    "bfcl": "r3rl.tasks.bfcl:BFCLTask",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 
@@ -56,6 +58,10 @@ def _import(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not attr:
         raise ValueError(f"task import path {path!r} must look like 'package.module:ClassName'")
+    # The working directory is importable, as under `python -m`: the `r3rl` console script alone
+    # would not find `examples.custom_task.my_task` run from the folder the example names.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -68,6 +74,8 @@ def _import(path: str) -> Any:
 
 def load_task(name_or_path: str, **options: Any) -> Task:
     """Instantiate a task by registered name, entry-point name, or `module:Class` path."""
+    if not name_or_path:
+        raise ValueError("no task given: set task.name (see `r3rl tasks`) or an import path 'mypkg.module:MyTask'")
     if name_or_path in _REGISTERED:
         cls: Any = _REGISTERED[name_or_path]
     elif name_or_path in _BUILTIN:

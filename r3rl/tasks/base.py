@@ -3,6 +3,11 @@
 A task is the only place that knows what an example looks like. Everything else
 (rollouts, mining, training, evaluation) sees examples as opaque dicts and talks
 to the task through these methods.
+
+Evaluation can report results by group (BFCL reports accuracy per category): a
+task returns an example's group from `breakdown`; the evaluator stores it in
+each episode as "group" and adds `summarize(episodes)` to results.json under
+"by_group". The default summary is `group_accuracy`: acc@1 and acc@2 per group.
 """
 
 from __future__ import annotations
@@ -10,12 +15,31 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from typing import Any
 
 from r3rl.types import Verdict
 
 Example = dict[str, Any]
 Message = dict[str, Any]
+
+
+def group_accuracy(episodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{group: {"n", "acc@1", "acc@2"}} over evaluation episodes that carry a "group".
+
+    An episode is one (example, sample) trial with "attempt_ok" and "retry_ok";
+    acc@2 counts a trial whose first attempt or retry passed.
+    """
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # n, first-try passes, passes within a retry
+    for e in episodes:
+        group = e.get("group")
+        if group is None:
+            continue
+        c = counts[str(group)]
+        c[0] += 1
+        c[1] += bool(e.get("attempt_ok"))
+        c[2] += bool(e.get("attempt_ok") or e.get("retry_ok"))
+    return {g: {"n": n, "acc@1": ok1 / n, "acc@2": ok2 / n} for g, (n, ok1, ok2) in sorted(counts.items())}
 
 
 class Task(ABC):
@@ -52,6 +76,19 @@ class Task(ABC):
             msgs.append({"role": "system", "content": self.system_prompt})
         msgs.append({"role": "user", "content": self.prompt(example)})
         return msgs
+
+    def breakdown(self, example: Example) -> str | None:
+        """The group this example's evaluation results are reported under (e.g. BFCL's category), or None."""
+        return None
+
+    def summarize(self, episodes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Figures by group from evaluation episodes (dicts with "group", "attempt_ok", "retry_ok").
+
+        Called once at the end of an evaluation when `breakdown` gave groups; the
+        result goes into results.json as "by_group". Override to report a task's
+        own terms (BFCL adds its summary scores).
+        """
+        return {"groups": group_accuracy(episodes)}
 
     def example_id(self, example: Example) -> str:
         """A stable id: the example's own `id` field, else a hash of its content."""

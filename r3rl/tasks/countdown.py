@@ -5,10 +5,12 @@ numbers, `{"nums": [...], "target": int}`). Without a file, solvable instances
 are generated from a seed: a random expression over random numbers is built
 first and its value, when it is a positive integer, becomes the target.
 
-The answer is the last `<answer>...</answer>` block of the completion. It may end
-with "= <target>" ("(25 - 5) * 4 = 80"); the rest is checked by
+The answer is the last `<answer>...</answer>` block of the completion. It may
+name the target on either side of an '=' ("(25 - 5) * 4 = 80" or
+"80 = (25 - 5) * 4"); the rest is checked by
 `r3rl.tasks.safe_arith.check_equation` (exact, bounded, no eval): each given
-number exactly once, only + - * / and parentheses, no unary minus.
+number exactly once, only + - * / and parentheses, no unary minus. Every
+failure reason is a plain sentence, fit to show the model (`include_reason`).
 """
 
 from __future__ import annotations

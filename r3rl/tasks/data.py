@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Hashable, TypeVar
 
+from r3rl.io import json_error_place
+
 __all__ = ["DataError", "load_records", "row_error", "holdout_split", "sample"]
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -34,9 +36,12 @@ def row_error(source: str, row: int, message: str) -> DataError:
 
 
 def _load_json(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            return _load_jsonl(path)  # JSON Lines saved as .json: read it as what it is
         raise DataError(f"invalid JSON in {path} at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
@@ -54,7 +59,7 @@ def _load_jsonl(path: Path) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON on line {lineno} of {path}: {e.msg} (column {e.colno})") from None
+                raise DataError(f"invalid JSON on line {lineno} of {path}: {e.msg} ({json_error_place(e, line)})") from None
             if not isinstance(rows[-1], dict):
                 raise DataError(f"line {lineno} of {path}: expected a JSON object, got {type(rows[-1]).__name__}")
     return rows
@@ -73,7 +78,15 @@ def _load_parquet(path: Path) -> list[Any]:
 def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
     from datasets import load_dataset
 
-    return load_dataset(dataset_id, split=split).to_list()
+    try:
+        return load_dataset(dataset_id, split=split).to_list()
+    except (OSError, ConnectionError, ValueError) as e:  # datasets' hub, offline and bad-split errors
+        from r3rl.engine.loading import hub_error_hint
+
+        if "split" in str(e).lower() and "unknown split" in str(e).lower():
+            raise DataError(f"dataset {dataset_id!r} has no split {split!r}: {e}") from None
+        raise DataError(hub_error_hint(dataset_id, "dataset", e) + " (task.options.path may also be a local "
+                        ".json, .jsonl or .parquet file)") from None
 
 
 def load_records(path_or_id: str | os.PathLike[str], split: str = "train") -> list[dict[str, Any]]:
@@ -98,6 +111,8 @@ def load_records(path_or_id: str | os.PathLike[str], split: str = "train") -> li
         raise FileNotFoundError(f"no such data file: {path}")
     else:
         rows = _load_hub(str(path_or_id), split)
+    if not rows:
+        raise DataError(f"{path_or_id} holds no records")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise row_error(str(path_or_id), i, f"expected an object, got {type(row).__name__}")

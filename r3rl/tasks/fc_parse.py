@@ -1,19 +1,25 @@
 """Tool calls: parse them out of model text, and compare them with the gold calls.
 
-Models write tool calls in several shapes; all of these are read:
+Models write tool calls in several shapes; all of these are read (README.md,
+"Function calling", has the table with one test per format):
 
     [{"name": "f", "arguments": {...}}, ...]          a JSON list (xLAM / APIGen)
     {"name": "f", "arguments": {...}}                  a single object
-    ```json ... ```                                    fenced blocks, one or many
+    {"name": "f", ...}\n{"name": "g", ...}            one object per line (JSON Lines; also "," or ";" between)
+    ```json ... ```                                    fenced blocks, one or many, prose around them
     <tool_call>{"name": ...}</tool_call> ...          Hermes / Qwen tags, one or many
+    {"name": "f", "parameters": {...}}                 Llama 3.1, optionally after <|python_tag|>
+    [TOOL_CALLS] [{"name": ...}]                       Mistral (also [TOOL_CALLS]f[ARGS]{...})
     {"tool_calls": [...]}                              OpenAI message style
     {"type": "function", "function": {"name", "arguments"}}
+    [f(city='Paris', days=2), g()]                     Python call syntax (BFCL prompting mode, Llama 3.2)
 
-`arguments` may be an object or a JSON string holding one (OpenAI style);
-"parameters" is accepted in place of "arguments" (Llama 3.1 style). Prose around
-the calls is ignored when no tag or fence is used (then JSON values that look like
-calls, i.e. have "name", "function" or "tool_calls", are read left to right), and
-so is everything up to a closing </think> (reasoning models).
+`arguments` may be an object or a JSON string holding one (OpenAI style). Python
+calls are read by `r3rl.tasks.fc_pycall` with `ast`, literal arguments only, and
+never run. Prose around the calls is ignored when no tag or fence is used (then
+JSON values that look like calls, i.e. have "name", "function" or "tool_calls",
+are read left to right, else Python call lists `[f(...)]`), and so is everything
+up to a closing </think> (reasoning models).
 
 Parsing never raises on any text: the size and the bracket nesting are bounded
 before `json.loads` (whose C scanner recurses and can raise RecursionError), and
@@ -28,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from r3rl.tasks.fc_pycall import (PyCallError, find_python_call_lists, looks_like_python_calls,
+                                  parse_python_calls)
 from r3rl.types import Verdict
 
 __all__ = ["ToolCall", "ParsedCalls", "parse_tool_calls", "compare_calls", "values_equal", "format_call",
@@ -37,11 +45,18 @@ MAX_TEXT_CHARS = 100_000  # a completion longer than this is not a plausible too
 MAX_JSON_DEPTH = 64  # deepest [ / { nesting accepted; real arguments stay far below
 MAX_SCAN_ATTEMPTS = 64  # JSON starts tried in free text before giving up
 MAX_REASON_ITEMS = 4  # differences listed in a verdict's reason
+MAX_VALUES = 128  # JSON values in one block (JSON Lines); more is not a plausible answer
 
 _TAG_OPEN, _TAG_CLOSE = "<tool_call>", "</tool_call>"
 _THINK_CLOSE = "</think>"
+_PYTHON_TAG = "<|python_tag|>"  # Llama 3.1: what follows is a tool call
+_MISTRAL_CALLS, _MISTRAL_ARGS, _MISTRAL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
+# End-of-turn markers some chat formats leave after a call when the engine's stop set misses them.
+_TRAILING_MARKERS = ("<|eom_id|>", "<|eot_id|>", "</s>", "<|im_end|>", "<|end|>")
 _JSON_START = re.compile(r"[\[{]")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z_]*)[ \t]*\n?(.*?)```", re.DOTALL)
+_CALL_FENCES = ("", "json", "jsonl", "tool_call", "tool_code", "python", "py")
+_SEPARATOR = re.compile(r"\s*[,;]?\s*")  # between JSON values in one block: newline, comma or semicolon
 
 
 @dataclass(frozen=True)
@@ -210,36 +225,118 @@ def _strip_fence(body: str) -> str:
     return m.group(2) if m else body
 
 
+def _json_values(body: str, where: str) -> list[Any]:
+    """All JSON values of a block: one value, or several separated by newlines (JSON Lines), ',' or ';'."""
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    values: list[Any] = []
+    pos = 0
+    while pos < len(body):
+        if len(values) == MAX_VALUES:
+            raise _Bad(f"{where}: more than {MAX_VALUES} JSON values")
+        if not _nesting_ok(body, pos):
+            raise _Bad(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            value, pos = decoder.raw_decode(body, pos)
+        except _Bad as e:
+            raise _Bad(f"{where}: {e}") from None
+        except ValueError as e:  # JSONDecodeError, and int() refusing a number with over 4300 digits
+            raise _Bad(f"{where}: invalid JSON: {e}") from None
+        values.append(value)
+        pos = _SEPARATOR.match(body, pos).end()  # type: ignore[union-attr]  # matches the empty string too
+    return values
+
+
+def _python_calls(body: str, where: str) -> list[ToolCall]:
+    try:
+        return [ToolCall(name, args) for name, args in parse_python_calls(body)]
+    except PyCallError as e:
+        raise _Bad(f"{where}: {e}") from None
+
+
+def _calls_from_body(body: str, where: str) -> list[ToolCall]:
+    """A block that should hold only calls: JSON value(s), or Python call syntax when it starts like `f(` / `[f(`."""
+    body = body.strip()
+    if looks_like_python_calls(body):
+        return _python_calls(body, where)
+    calls: list[ToolCall] = []
+    for value in _json_values(body, where):
+        calls += _calls_from_value(value, where)
+    return calls
+
+
+def _mistral_calls(text: str) -> list[ToolCall]:
+    """`[TOOL_CALLS] [{...}]` (Mistral v3 tokenizers) or `[TOOL_CALLS]name[ARGS]{...}` repeated (v11+)."""
+    calls: list[ToolCall] = []
+    segments = text.split(_MISTRAL_CALLS)[1:]  # what precedes the first marker is prose
+    for i, segment in enumerate(segments):
+        where = f"[TOOL_CALLS] block #{i + 1}"
+        if _MISTRAL_ARGS not in segment:
+            if segment.strip():
+                calls += _calls_from_body(segment, where)
+            continue
+        head, _, args_text = segment.partition(_MISTRAL_ARGS)
+        name = head.partition(_MISTRAL_ID)[0].strip()
+        if not name:
+            raise _Bad(f"{where} has no function name before [ARGS]")
+        values = _json_values(args_text.strip(), f"arguments of {_clip(name)}") if args_text.strip() else [{}]
+        if len(values) != 1 or not isinstance(values[0], dict):
+            raise _Bad(f"arguments of {_clip(name)} must be one JSON object")
+        calls.append(ToolCall(name, values[0]))
+    return calls
+
+
+def _strip_trailing_markers(text: str) -> str:
+    text = text.rstrip()
+    changed = True
+    while changed:
+        changed = False
+        for marker in _TRAILING_MARKERS:
+            if text.endswith(marker):
+                text, changed = text[: -len(marker)].rstrip(), True
+    return text
+
+
 def _parse(text: str) -> list[ToolCall]:
     # Reasoning models think before they answer; calls drafted while thinking are not the answer.
     think_end = text.rfind(_THINK_CLOSE)
     if think_end >= 0:
         text = text[think_end + len(_THINK_CLOSE):]
+    text = _strip_trailing_markers(text)
     if _TAG_OPEN in text:
         calls: list[ToolCall] = []
         for i, body in enumerate(_tag_blocks(text)):
             body = _strip_fence(body).strip()
             if not body:
                 raise _Bad(f"<tool_call> block #{i + 1} is empty")
-            where = f"<tool_call> block #{i + 1}"
-            calls += _calls_from_value(_loads(body, where), where)
+            calls += _calls_from_body(body, f"<tool_call> block #{i + 1}")
         return calls
-    fences = [m for m in _FENCE.finditer(text) if m.group(1).lower() in ("", "json", "tool_call", "tool_code")]
+    if _MISTRAL_CALLS in text:
+        return _mistral_calls(text)
+    if _PYTHON_TAG in text:
+        calls = []
+        for i, body in enumerate(text.split(_PYTHON_TAG)[1:]):
+            if body.strip():
+                calls += _calls_from_body(body, f"<|python_tag|> block #{i + 1}")
+        return calls
+    fences = [m for m in _FENCE.finditer(text) if m.group(1).lower() in _CALL_FENCES]
     if fences:
         calls = []
         for i, m in enumerate(fences):
-            body = m.group(2).strip()
-            if body:
-                where = f"code block #{i + 1}"
-                calls += _calls_from_value(_loads(body, where), where)
+            if m.group(2).strip():
+                calls += _calls_from_body(m.group(2), f"code block #{i + 1}")
         return calls
     stripped = text.strip()
-    if stripped[:1] in ("[", "{") and stripped[-1:] in ("]", "}"):
-        return _calls_from_value(_loads(stripped, "the answer"), "the answer")
+    if (stripped[:1] in ("[", "{") and stripped[-1:] in ("]", "}")) or looks_like_python_calls(stripped):
+        return _calls_from_body(stripped, "the answer")
     calls = []
     for value in _scan_json_values(text):
         if _looks_like_call(value):
             calls += _calls_from_value(value, "the answer")
+    if not calls:
+        try:
+            calls = [ToolCall(name, args) for name, args in find_python_call_lists(text)]
+        except PyCallError as e:
+            raise _Bad(f"the answer: {e}") from None
     return calls
 
 

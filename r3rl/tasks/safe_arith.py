@@ -11,14 +11,19 @@ megabyte of digits is slow. With the bounds every check takes microseconds to
 a few milliseconds whatever the input.
 
 Accepted language (Countdown rules):
-    non-negative integer literals written in ASCII digits, the binary operators
-    + - * /, parentheses and whitespace; optionally a trailing "= <integer>"
-    (see `check_equation`).
+    non-negative integer literals written in ASCII digits (no leading zeros),
+    the binary operators + - * /, parentheses and whitespace; optionally the
+    target on one side of a single '=' ("expr = 80" or "80 = expr", see
+    `check_equation`).
 Rejected, each with its own reason: powers (** and ^), floor division (//),
 modulo (%), decimals, names, calls, attributes, strings, unary minus and plus
 (negation is not one of the four operations; every value reachable with it is
 reachable without it), a number not given or used the wrong number of times,
 and division by zero.
+
+Every reason is a plain sentence meant for a person and, with `include_reason`,
+for the model: malformed text is diagnosed token by token (`_check_structure`)
+before `ast.parse`, so no Python parser message ever reaches a verdict.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ def _preview(text: str, limit: int = 40) -> str:
 
 
 _UNARY_REASON = "unary {sign} is not allowed; use only binary + - * / on the given numbers"
+_ONE_EQUALS = "only one '=' is allowed, with the target number alone on one side (as in '(25 - 5) * 4 = 80')"
+_IMPLICIT = "implicit multiplication like '2(3)' or '(2)(3)' is not allowed; write '*' between them"
+_TOKEN = re.compile(r"[0-9]+|[-+*/()]")
 _WORD = re.compile(r"[^\W\d]\w*")  # a name: a letter or underscore, then word characters
 
 
@@ -92,7 +100,7 @@ def _check_characters(expr: str) -> None:
     for token, what in (("**", "powers (**) are not allowed"), ("//", "floor division (//) is not allowed"),
                         ("^", "'^' is not allowed (no powers)"), ("%", "modulo (%) is not allowed"),
                         (".", "decimal numbers are not allowed; use the given integers"),
-                        ("=", "only one trailing '= <target>' is allowed")):
+                        ("=", _ONE_EQUALS)):
         if token in expr:
             raise ArithmeticRejected(what)
     previous = "("  # the start of the text behaves like an opening parenthesis
@@ -124,6 +132,43 @@ def _check_nesting(expr: str, max_depth: int) -> None:
         raise ArithmeticRejected("unbalanced parentheses: '(' not closed")
 
 
+def _check_structure(expr: str) -> None:
+    """Diagnose malformed arithmetic in words before the Python parser sees it.
+
+    Runs after `_check_characters` (so only digits, + - * /, parentheses and
+    spaces remain and no sign is unary) and `_check_nesting`. Whatever passes is
+    valid Python syntax, so `ast.parse` raises no message of its own.
+    """
+    previous = ""  # "", "number", "operator", "(" or ")"
+    last_op = ""
+    for m in _TOKEN.finditer(expr):
+        tok = m.group()
+        kind = "number" if tok[0].isdigit() else tok if tok in "()" else "operator"
+        if kind == "number":
+            if len(tok) > 1 and tok[0] == "0":
+                raise ArithmeticRejected(f"numbers must not have leading zeros (found {tok!r}); write the given number as is")
+            if previous == "number":
+                raise ArithmeticRejected("two numbers stand next to each other with no operator between them")
+            if previous == ")":
+                raise ArithmeticRejected(_IMPLICIT)
+        elif kind == "operator":
+            if previous in ("", "(", "operator"):
+                where = "at the start" if previous == "" else "after '('" if previous == "(" else f"after '{last_op}'"
+                raise ArithmeticRejected(f"'{tok}' {where} has no number on its left")
+            last_op = tok
+        elif kind == "(":
+            if previous in ("number", ")"):
+                raise ArithmeticRejected(_IMPLICIT)
+        else:  # ")"
+            if previous == "(":
+                raise ArithmeticRejected("empty parentheses '()' are not allowed")
+            if previous == "operator":
+                raise ArithmeticRejected(f"'{last_op}' before ')' has no number on its right")
+        previous = kind
+    if previous == "operator":
+        raise ArithmeticRejected(f"'{last_op}' at the end has no number on its right")
+
+
 def _describe(node: ast.AST) -> str:
     if isinstance(node, ast.BinOp):
         return _OP_NAMES.get(type(node.op), type(node.op).__name__) + " is not allowed"
@@ -136,7 +181,7 @@ def _describe(node: ast.AST) -> str:
         return "calls and implicit multiplication like '2(3)' are not allowed; write '*'"
     if isinstance(node, ast.Tuple):
         return "tuples and empty parentheses are not allowed"
-    return f"{type(node).__name__} is not allowed in an equation"
+    return "only numbers, + - * / and parentheses are allowed in an equation"
 
 
 def parse_expression(expr: str, limits: Limits = DEFAULT_LIMITS) -> tuple[ast.Expression, list[int]]:
@@ -150,7 +195,7 @@ def parse_expression(expr: str, limits: Limits = DEFAULT_LIMITS) -> tuple[ast.Ex
     # Newlines and tabs are layout, not syntax; a bare newline would otherwise be a SyntaxError.
     expr = " ".join(expr.split())
     if not expr:
-        raise ArithmeticRejected("empty expression")
+        raise ArithmeticRejected("the expression is empty")
     _check_characters(expr)
     _check_nesting(expr, limits.max_depth)
     for run in _DIGIT_RUN.findall(expr):
@@ -159,10 +204,11 @@ def parse_expression(expr: str, limits: Limits = DEFAULT_LIMITS) -> tuple[ast.Ex
     n_operators = sum(expr.count(op) for op in "+-*/")
     if n_operators > limits.max_operators:
         raise ArithmeticRejected(f"too many operators ({n_operators}, limit {limits.max_operators})")
+    _check_structure(expr)
     try:
         tree = ast.parse(expr, mode="eval")
-    except SyntaxError as e:
-        raise ArithmeticRejected(f"not a valid expression: {e.msg}") from None
+    except SyntaxError:  # not expected after _check_structure; its message is Python's, so it is not shown
+        raise ArithmeticRejected("the expression is not valid arithmetic") from None
     except RecursionError:
         # Only when the caller already sits deep in the stack or lowered the recursion limit:
         # the bounds above keep the tree a few hundred levels deep at most.
@@ -200,7 +246,7 @@ def evaluate(tree: ast.Expression) -> Fraction:
                 continue
             right, left = values.pop(), values.pop()
             if isinstance(node.op, ast.Div) and right == 0:
-                raise ArithmeticRejected("division by zero")
+                raise ArithmeticRejected("division by zero is not allowed")
             values.append(_BIN_OPS[type(node.op)](left, right))
         else:  # only reachable if the tree did not come from parse_expression
             raise ArithmeticRejected(_describe(node))
@@ -208,17 +254,25 @@ def evaluate(tree: ast.Expression) -> Fraction:
     return value
 
 
+def _plain_number(text: str, limits: Limits) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= limits.max_digits
+
+
 def _split_claimed_result(answer: str, limits: Limits) -> tuple[str, int | None]:
-    """Split "expr = N" into (expr, N); (answer, None) when there is no '='."""
-    if answer.count("=") == 0:
+    """Split "expr = N" or "N = expr" into (expr, N); (answer, None) when there is no '='."""
+    if "=" not in answer:
         return answer, None
-    if answer.count("=") > 1 or "==" in answer:
-        raise ArithmeticRejected("only one trailing '= <target>' is allowed")
-    lhs, rhs = answer.split("=")
-    rhs = rhs.strip()
-    if not (rhs.isascii() and rhs.isdigit()) or len(rhs) > limits.max_digits:
-        raise ArithmeticRejected(f"the right side of '=' must be the target number, got {_preview(rhs)}")
-    return lhs, int(rhs)
+    if answer.count("=") > 1:
+        raise ArithmeticRejected(_ONE_EQUALS)
+    lhs, rhs = (side.strip() for side in answer.split("="))
+    if _plain_number(rhs, limits):
+        return lhs, int(rhs)
+    if _plain_number(lhs, limits):
+        return rhs, int(lhs)
+    if not lhs or not rhs:
+        raise ArithmeticRejected("'=' needs the expression on one side and the target number on the other")
+    raise ArithmeticRejected(f"one side of '=' must be the target number alone, as in '(25 - 5) * 4 = 80'; "
+                             f"got {_preview(lhs)} = {_preview(rhs)}")
 
 
 def _short_list(values: list[int], limit: int = 60) -> str:
@@ -248,16 +302,17 @@ def _compare_numbers(used: list[int], given: Sequence[int]) -> str | None:
 def check_equation(answer: str, nums: Sequence[int], target: int, limits: Limits = DEFAULT_LIMITS) -> Verdict:
     """Does `answer` use every number of `nums` exactly once and evaluate exactly to `target`?
 
-    `answer` is an expression such as "(25 - 5) * 4", optionally followed by
-    "= <target>" (models often write the whole equation); the number after '='
-    must then be the target itself. Never raises for any `answer`.
+    `answer` is an expression such as "(25 - 5) * 4", optionally with the target
+    on one side of an '=' ("(25 - 5) * 4 = 80" or "80 = (25 - 5) * 4": models
+    write the whole equation either way); that number must then be the target
+    itself. Never raises for any `answer`.
     """
     if len(answer) > limits.max_chars:
         return Verdict(False, f"answer too long ({len(answer)} characters, limit {limits.max_chars})")
     try:
         expr, claimed = _split_claimed_result(answer, limits)
         if claimed is not None and claimed != target:
-            return Verdict(False, f"the equation claims '= {claimed}' but the target is {target}")
+            return Verdict(False, f"the equation says the result is {claimed}, but the target is {target}")
         tree, used = parse_expression(expr, limits)
         # Checked before evaluating, so only expressions over the given numbers are ever computed.
         problem = _compare_numbers(used, nums)

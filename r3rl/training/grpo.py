@@ -33,15 +33,15 @@ from torch import Tensor
 class AdvantageMode(str, Enum):
     """How rewards inside a group become advantages."""
 
-    NORMALIZED = "grpo"  # (r - mean) / (sample_std + eps)
-    MEAN_ONLY = "dr_grpo"  # r - mean: no std division, which Dr. GRPO shows biases towards easy/hard groups
+    NORMALIZED = "normalized"  # (r - mean) / (sample_std + eps)
+    MEAN_ONLY = "mean_only"  # r - mean: no std division, which Dr. GRPO shows biases towards easy/hard groups
 
 
 class LossAggregation(str, Enum):
     """How per-token losses become one scalar."""
 
-    SEQUENCE_MEAN = "grpo"  # mean over each sequence's tokens, then over sequences
-    TOKEN_SUM = "dr_grpo"  # sum over all tokens / a constant: no length bias
+    SEQUENCE_MEAN = "sequence_mean"  # mean over each sequence's tokens, then over sequences
+    TOKEN_SUM = "token_sum"  # sum over all tokens / a constant: no length bias
 
 
 # ----------------------------------------------------------------------------- advantages

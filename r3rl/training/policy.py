@@ -14,28 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from r3rl.config import Config
+from r3rl.config import ModelConfig, TrainConfig
 from r3rl.training.logprobs import completion_logprobs
 
-DEMO_MODEL = "demo"
-
-
-def demo_model_path() -> Path:
-    """The built-in offline model shipped with the package (see r3rl/assets/demo-model/README.md)."""
-    return Path(__file__).parent.parent / "assets" / "demo-model"
-
-
-def resolve_model_name(name: str) -> str:
-    return str(demo_model_path()) if name == DEMO_MODEL else name
-
-
-def load_for_inference(cfg: Config, device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
+def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
     """Model + tokenizer for mining / evaluation (a LoRA adapter folder loads on top of its base)."""
     from r3rl.engine import load_model
 
     return load_model(
-        resolve_model_name(cfg.model.name_or_path), dtype=cfg.model.dtype, device=device,
-        base=cfg.model.base, trust_remote_code=cfg.model.trust_remote_code,
+        mcfg.name_or_path, dtype=mcfg.dtype, device=device,
+        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
+        attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs,
     )
 
 
@@ -51,13 +40,12 @@ class LogprobModel(nn.Module):
         return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, chunk_size=self.chunk_size)
 
 
-def build_policy(cfg: Config, device: torch.device) -> tuple[nn.Module, Any, nn.Module | None]:
+def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any, nn.Module | None]:
     """(trainable model, tokenizer, frozen reference or None). LoRA -> the reference is the model itself
     with adapters disabled, returned as None here (see `reference_context`)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    model, tok = load_for_inference(cfg, device=device)
-    tcfg = cfg.train
+    model, tok = load_for_inference(mcfg, device=device)
     if isinstance(model, PeftModel):
         # continuing from an adapter folder: train that adapter
         for name, p in model.named_parameters():

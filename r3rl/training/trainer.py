@@ -67,7 +67,7 @@ class Trainer:
         self.micro_per_step = micro_per_step
         self.task = load_task(cfg.task.name, **cfg.task.options)
 
-        self.model, self.tok, self.ref = build_policy(cfg, self.acc.device)
+        self.model, self.tok, self.ref = build_policy(cfg.model, tcfg, self.acc.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters (check train.lora / the adapter)")
@@ -104,7 +104,7 @@ class Trainer:
 
             self.acc.init_trackers("r3rl", config=_flat(to_dict(cfg)))
         self.failures = None if tcfg.online else self._failure_set()
-        self.online_examples = self.task.load_examples(cfg.mine.split, cfg.mine.num_examples, seed=cfg.seed) if tcfg.online else None
+        self.online_examples = self.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed) if tcfg.online else None
 
     # ------------------------------------------------------------------ data
     def log(self, msg: str) -> None:
@@ -112,13 +112,14 @@ class Trainer:
             print(msg, flush=True)
 
     def _failure_set(self) -> list[Failure]:
-        path = Path(self.cfg.train.failures) if self.cfg.train.failures else self.out / "failures.jsonl"
-        if not self.cfg.train.failures and self.acc.is_main_process:
-            # mining resumes, so calling it again after an interruption only finishes the job
-            summary = mine(self.engine, self.task, self.cfg, output=path, show_progress=self.show_progress)
-            self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({path})")
+        fcfg = self.cfg.failures
+        if self.acc.is_main_process:
+            # Mining resumes: on a complete failure set it only checks ids, after an interruption it
+            # finishes the job, so `r3rl mine` first and `r3rl train` alone give the same set.
+            summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress)
+            self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
         self.acc.wait_for_everyone()
-        return load_failures(path, self.cfg.mine.max_failures_per_example, task=self.task)
+        return load_failures(fcfg.path, fcfg.max_per_example, task=self.task)
 
     def _stream(self, items: list[Any], start: int, count: int, tag: str) -> list[Any]:
         """items[start : start + count] of an endless stream that reshuffles each epoch, seeded."""
@@ -134,7 +135,7 @@ class Trainer:
         if self.failures is not None:
             return self._stream(self.failures, start, mb, "failures")
         examples = self._stream(self.online_examples, start, mb, "online")
-        attempts = self.rollout.attempts(examples, n=self.cfg.mine.attempts_per_example,
+        attempts = self.rollout.attempts(examples, n=self.cfg.failures.attempts_per_example,
                                          seed=derive_seed(self.cfg.seed, "online", step, micro))
         out = []
         for row in attempts:
@@ -225,7 +226,7 @@ class Trainer:
                 totals[METRIC_KEYS.index("gen_tokens")] += sum(len(e.reflection_ids) + len(e.retry_ids) for e in episodes)
                 batches.append(episodes)
             gen_time = time.perf_counter() - t0
-            logged = [e for eps in batches for e in eps][: tcfg.episodes_per_step]
+            logged = [e for eps in batches for e in eps][: tcfg.log_episodes_per_step]
             # 2. updates: one optimizer step per pass over the rollouts (several passes reuse them,
             #    with the sampling-time log-probs as the PPO "old" policy)
             for update in range(tcfg.updates_per_batch):
@@ -299,10 +300,10 @@ class Trainer:
     def _periodic_eval(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.acc.is_main_process:
-            from r3rl.evaluation.accuracy import evaluate
+            from r3rl.evaluation.accuracy import evaluate_model
 
-            res = evaluate(self.engine, self.task, self.cfg, num_examples=self.cfg.train.eval_examples,
-                           show_progress=False, seed_tag=("periodic", step))
+            res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
+                                 show_progress=False, seed_tag=("periodic", step))
             out = {f"eval/{k}": res[k] for k in ("acc@1", "acc@2") if k in res}
         self.acc.wait_for_everyone()
         return out

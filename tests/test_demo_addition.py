@@ -8,7 +8,7 @@ import time
 import pytest
 
 from r3rl.tasks import load_task
-from r3rl.tasks.addition import AdditionTask, extract_answer, pair_in_test_split
+from r3rl.demo.addition import AdditionTask, extract_answer, pair_in_test_split
 
 EX = {"a": 347, "b": 285}  # 632
 

@@ -1,0 +1,101 @@
+"""Loading errors a person can act on: one sentence naming the model, folder, file or dataset, and the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r3rl.cli import main
+from r3rl.demo.tiny import save_tiny_model
+from r3rl.engine.loading import load_model
+from r3rl.tasks.data import DataError, load_records
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("load") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
+
+
+@pytest.mark.parametrize("name", ["./no-such-model", "runs/x/final", "/tmp/r3rl-no-such-folder"])
+def test_a_missing_model_folder_is_one_sentence(name):
+    with pytest.raises(FileNotFoundError, match=r"^model folder not found: .*not a Hugging Face hub id\)$"):
+        load_model(name)
+
+
+def test_an_unreachable_hub_model_names_the_id_and_the_offline_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as e:
+        load_model("r3rl-tests/no-such-model")
+    msg = str(e.value)
+    assert msg.startswith("cannot load model 'r3rl-tests/no-such-model': HF_HUB_OFFLINE=1 is set") and "\n" not in msg
+
+
+def test_cli_eval_on_a_missing_folder_prints_one_line(capsys):
+    assert main(["eval", "--model", "./no-such-model", "task.name=countdown", "eval.num_examples=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "r3rl eval: error: model folder not found: ./no-such-model (and it is not a Hugging Face hub id)"
+
+
+def test_an_unknown_task_is_rejected_before_the_model_loads(capsys):
+    # the model folder does not exist either: the task error must come first, without loading anything
+    assert main(["eval", "--model", "./no-such-model", "task.name=countdwn"]) == 2
+    err = capsys.readouterr().err
+    assert "countdwn" in err and "countdown" in err and "model folder" not in err
+
+
+def test_model_settings_reach_from_pretrained(model_dir, monkeypatch):
+    import transformers
+
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(name, **kwargs):
+        seen.update(kwargs)
+        kwargs.pop("revision", None)
+        return real(name, **{k: v for k, v in kwargs.items() if k != "flag_for_test"})
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    from r3rl.config import load_config
+    from r3rl.training.policy import load_for_inference
+
+    cfg = load_config(None, [f"model.name_or_path={model_dir}", "model.revision=v1", "model.attn_implementation=eager",
+                             "model.init_kwargs.flag_for_test=true"])
+    load_for_inference(cfg.model)
+    assert seen["revision"] == "v1" and seen["attn_implementation"] == "eager" and seen["flag_for_test"] is True
+
+
+def test_an_offline_dataset_id_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError) as e:
+        load_records("r3rl-tests/no-such-dataset")
+    msg = str(e.value)
+    assert msg.startswith("cannot load dataset 'r3rl-tests/no-such-dataset'") and "task.options.path" in msg
+
+
+def test_an_empty_data_file_is_named(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=f"{empty} holds no records"):
+        load_records(empty)
+
+
+def test_json_lines_saved_as_json_load_and_a_bad_line_names_line_and_column(tmp_path):
+    f = tmp_path / "rows.json"
+    f.write_text(json.dumps({"nums": [1, 2], "target": 3}) + "\n" + json.dumps({"nums": [4], "target": 4}) + "\n")
+    assert [r["target"] for r in load_records(f)] == [3, 4]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n{"a": 1,, "b": 2}\n')
+    with pytest.raises(DataError, match=r"line 2 of .*bad.jsonl.*\(at column 9\)"):
+        load_records(bad)
+
+
+def test_a_record_cut_short_is_reported_at_its_line_not_the_next(tmp_path):
+    from r3rl.io import iter_jsonl
+
+    f = tmp_path / "cut.jsonl"
+    f.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(ValueError, match=r"cut.jsonl, line 2: invalid JSON at the end of the line"):
+        list(iter_jsonl(f))
+    with pytest.raises(DataError, match=r"line 2 of .*cut.jsonl: Expecting value \(at the end of the line"):
+        load_records(f)
