@@ -22,9 +22,9 @@ TINY = [
     "generation.max_attempt_tokens=12", "generation.max_reflection_tokens=24", "generation.max_retry_tokens=12",
     "rollout.group_size=4",
 ]
-MINE = TINY + ["mine.num_examples=150", "mine.attempts_per_example=2"]  # 3 chunks of 64
+MINE = TINY + ["failures.num_examples=150", "failures.attempts_per_example=2"]  # 3 chunks of 64
 TRAIN = TINY + [
-    "mine.num_examples=70", "mine.attempts_per_example=2", "train.failures=", "train.lora=false",
+    "failures.num_examples=70", "failures.attempts_per_example=2", "train.lora=false",
     "train.learning_rate=3e-4", "train.beta=0.01", "train.steps=6", "train.batch_size=4", "train.micro_batch_size=2",
     "train.save_every=2", "train.keep_checkpoints=2", "train.deterministic=true",
 ]

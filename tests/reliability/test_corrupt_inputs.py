@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from r3rl.cli import main
-from r3rl.training.policy import demo_model_path
-from tests.reliability.harness import TINY
+from r3rl.demo import model_path as demo_model_path
+from tests.reliability.harness import TINY, jsonl_rows
 
 TRAIN_SMALL = TINY + ["train.lora=false", "train.steps=2", "train.batch_size=2", "train.micro_batch_size=2",
-                      "train.save_every=1", "mine.num_examples=24", "mine.attempts_per_example=2"]
+                      "train.save_every=1", "failures.num_examples=24", "failures.attempts_per_example=2"]
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -36,7 +36,7 @@ def _error(capsys, argv: list[str]) -> str:
 def trained(tmp_path_factory):
     """A finished two-step run: its failure set and checkpoints are damaged copy by copy below."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    assert main(["train", f"train.output_dir={run}", "train.failures=", *TRAIN_SMALL]) == 0
+    assert main(["train", f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN_SMALL]) == 0
     return run
 
 
@@ -53,7 +53,6 @@ def _truncate(path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- failure set
 @pytest.mark.parametrize("damage,expect", [
-    ("truncated", "line"),
     ("garbled", "line"),
     ("not_an_object", "line"),
     ("missing_field", "failed_attempts"),
@@ -83,9 +82,18 @@ def test_damaged_failure_set(trained, tmp_path, capsys, damage, expect):
         rows[1] = json.dumps(rec)
         text = "\n".join(rows) + "\n"
     bad.write_text(text)
-    msg = _error(capsys, ["train", f"train.output_dir={tmp_path / 'out'}", f"train.failures={bad}", *TRAIN_SMALL])
+    msg = _error(capsys, ["train", f"train.output_dir={tmp_path / 'out'}", f"failures.path={bad}", *TRAIN_SMALL])
     assert str(bad) in msg and expect in msg
     assert not (tmp_path / "out" / "metrics.jsonl").exists() or not (tmp_path / "out" / "metrics.jsonl").read_text()
+
+
+def test_truncated_failure_set_tail_is_repaired(trained, tmp_path):
+    """failures.path is mining's resumable output: an unterminated last line is what a kill leaves,
+    so it is dropped and that example mined again, never read as a row."""
+    bad = tmp_path / "failures.jsonl"
+    bad.write_text((trained / "failures.jsonl").read_text()[:-5])
+    assert main(["train", f"train.output_dir={tmp_path / 'out'}", f"failures.path={bad}", *TRAIN_SMALL]) == 0
+    assert jsonl_rows(bad, allow_partial_tail=False) == jsonl_rows(trained / "failures.jsonl", allow_partial_tail=False)
 
 
 # ---------------------------------------------------------------------------------- checkpoint
@@ -96,7 +104,7 @@ def test_damaged_checkpoint(trained, tmp_path, capsys, name, how):
     shutil.copytree(trained / "checkpoints" / "step-0000001", ckpt)
     (_truncate if how == "truncated" else _garble)(ckpt / name)
     msg = _error(capsys, ["train", "--resume-from", str(ckpt), f"train.output_dir={tmp_path}",
-                          f"train.failures={trained / 'failures.jsonl'}", *TRAIN_SMALL])
+                          f"failures.path={trained / 'failures.jsonl'}", *TRAIN_SMALL])
     assert str(ckpt / name) in msg, msg
     assert not (tmp_path / "final").exists()
 
@@ -128,7 +136,7 @@ def test_damaged_dataset_row(tmp_path, capsys, task, rows, expect):
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(rows) + "\n")
     msg = _error(capsys, ["mine", f"task.name={task}", f"task.options.path={data}", "model.name_or_path=demo",
-                          "mine.num_examples=4", f"mine.output={tmp_path / 'f.jsonl'}"])
+                          "failures.num_examples=4", f"failures.path={tmp_path / 'f.jsonl'}"])
     assert str(data) in msg and expect in msg, msg
     assert not (tmp_path / "f.jsonl").exists() or not (tmp_path / "f.jsonl").read_text()
 
@@ -153,7 +161,7 @@ def test_damaged_model_folder(tmp_path, capsys, name, how):
         data = bytearray(f.read_bytes())
         data[:8] = (10 ** 12).to_bytes(8, "little")  # a header length past the end of the file
         f.write_bytes(bytes(data))
-    msg = _error(capsys, ["eval", "--model", str(model), "eval.num_examples=2", "-o", str(tmp_path / "ev")])
+    msg = _error(capsys, ["eval", "--model", str(model), "task.name=addition", "eval.num_examples=2", "-o", str(tmp_path / "ev")])
     assert str(model) in msg, msg
     if how != "foreign":
         assert str(f) in msg, msg

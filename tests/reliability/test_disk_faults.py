@@ -33,16 +33,16 @@ def _one_line_error(proc, needle: str) -> str:
 
 def test_full_disk_during_train_then_resume(tmp_path):
     ref, counts = tmp_path / "ref", tmp_path / "counts.json"
-    ok(r3rl(["train", f"train.output_dir={ref}", *TRAIN], tmp_path, counts=counts))
+    ok(r3rl(["train", f"train.output_dir={ref}", f"failures.path={ref}/failures.jsonl", *TRAIN], tmp_path, counts=counts))
     writes = json.loads(counts.read_text())["write"]
     for n in random.Random(3).sample(range(1, writes + 1), POINTS):
         run = tmp_path / f"run{n}"
-        msg = _one_line_error(r3rl(["train", f"train.output_dir={run}", *TRAIN], tmp_path, fault=f"enospc:{n}"),
+        msg = _one_line_error(r3rl(["train", f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN], tmp_path, fault=f"enospc:{n}"),
                               "No space left on device")
         assert str(run) in msg
         check_latest_checkpoint(run)
         resume = ["--resume"] if check_latest_checkpoint(run) is not None else []
-        ok(r3rl(["train", *resume, f"train.output_dir={run}", *TRAIN], tmp_path))
+        ok(r3rl(["train", *resume, f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN], tmp_path))
         for name in ("metrics.jsonl", "episodes.jsonl", "failures.jsonl"):
             assert without_timing(jsonl_rows(run / name, False)) == without_timing(jsonl_rows(ref / name, False)), name
         assert same_weights(weights(run / "final"), weights(ref / "final"))
@@ -67,13 +67,13 @@ def test_real_full_disk_and_read_only_folder(tmp_path):
     try:
         assert _mount(ro, "1m", readonly=True)
         try:
-            proc = r3rl(["mine", f"mine.output={ro}/failures.jsonl", *MINE], tmp_path)
+            proc = r3rl(["mine", f"failures.path={ro}/failures.jsonl", *MINE], tmp_path)
             msg = _one_line_error(proc, "Read-only file system")
             assert str(ro) in msg
         finally:
             subprocess.run(["umount", str(ro)])
         run = small / "run"
-        proc = r3rl(["train", f"train.output_dir={run}", *TRAIN], tmp_path)
+        proc = r3rl(["train", f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN], tmp_path)
         msg = _one_line_error(proc, "checkpoint")  # 3 MB holds the logs, never a 10 MB checkpoint
         assert str(run) in msg
         assert check_latest_checkpoint(run) is None

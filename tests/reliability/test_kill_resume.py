@@ -80,7 +80,7 @@ def test_mine_survives_kills(tmp_path):
     ref_dir.mkdir()
     counts_file = tmp_path / "counts.json"
     t0 = time.perf_counter()
-    ok(r3rl(["mine", f"mine.output={ref_dir}/failures.jsonl", *MINE], tmp_path, counts=counts_file))
+    ok(r3rl(["mine", f"failures.path={ref_dir}/failures.jsonl", *MINE], tmp_path, counts=counts_file))
     wall = time.perf_counter() - t0
     counts = json.loads(counts_file.read_text())
     ref_fail = jsonl_rows(ref_dir / "failures.jsonl", allow_partial_tail=False)
@@ -96,7 +96,7 @@ def test_mine_survives_kills(tmp_path):
         return d
 
     def run_one(run: Path, fault: str):
-        return r3rl(["mine", f"mine.output={run}/failures.jsonl", *MINE], tmp_path, fault=fault)
+        return r3rl(["mine", f"failures.path={run}/failures.jsonl", *MINE], tmp_path, fault=fault)
 
     def check_after_kill(run: Path, fault: str) -> None:
         rows = jsonl_rows(run / "failures.jsonl") + jsonl_rows(run / "failures.jsonl.passed")
@@ -135,7 +135,7 @@ def test_train_survives_kills(tmp_path):
     ref_dir = tmp_path / "ref"
     counts_file = tmp_path / "counts.json"
     t0 = time.perf_counter()
-    ok(r3rl(["train", f"train.output_dir={ref_dir}", *TRAIN], tmp_path, counts=counts_file))
+    ok(r3rl(["train", f"train.output_dir={ref_dir}", f"failures.path={ref_dir}/failures.jsonl", *TRAIN], tmp_path, counts=counts_file))
     wall = time.perf_counter() - t0
     counts = json.loads(counts_file.read_text())
     ref = _train_outputs(ref_dir)
@@ -150,7 +150,7 @@ def test_train_survives_kills(tmp_path):
 
     def run_one(run: Path, fault: str):
         resume = ["--resume"] if check_latest_checkpoint(run) is not None else []
-        return r3rl(["train", *resume, f"train.output_dir={run}", *TRAIN], tmp_path, fault=fault)
+        return r3rl(["train", *resume, f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN], tmp_path, fault=fault)
 
     def check_after_kill(run: Path, fault: str) -> None:
         check_latest_checkpoint(run)  # whole and loadable, whatever the kill hit

@@ -14,7 +14,7 @@ import torch
 from r3rl.cli import main
 from r3rl.config import Config
 from r3rl.engine.loading import load_model
-from r3rl.training.policy import demo_model_path
+from r3rl.demo import model_path as demo_model_path
 from tests.reliability.harness import ROOT
 from tests.reliability.test_corrupt_inputs import TRAIN_SMALL, trained  # noqa: F401 - the shared fixture
 
@@ -57,7 +57,7 @@ def test_checkpoint_pickles_are_never_run(trained, tmp_path, capsys, name):  # n
     state["files"].pop(name, None)  # an attacker rewrites the checksums too
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     main(["train", "--resume-from", str(ckpt), f"train.output_dir={tmp_path}",
-          f"train.failures={trained / 'failures.jsonl'}", *TRAIN_SMALL])
+          f"failures.path={trained / 'failures.jsonl'}", *TRAIN_SMALL])
     assert not sentinel.exists(), f"loading a checkpoint ran the code planted in {name}"
 
 
@@ -77,7 +77,7 @@ def test_remote_code_stays_off_unless_asked(tmp_path):
     assert Config().model.trust_remote_code is False
     sentinel = tmp_path / "EXECUTED"
     model_dir = _remote_code_model(tmp_path / "model", sentinel)
-    assert main(["eval", "--model", str(model_dir), "eval.num_examples=2", "-o", str(tmp_path / "ev")]) == 0
+    assert main(["eval", "--model", str(model_dir), "task.name=addition", "eval.num_examples=2", "-o", str(tmp_path / "ev")]) == 0
     assert not sentinel.exists(), "a model folder's own code ran without trust_remote_code"
     # the check can see execution: asking for remote code runs it
     try:
