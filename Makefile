@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench train-2proc clean
+.PHONY: install demo test test-fast reliability bench train-2proc clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install  ## the whole suite, slow end-to-end tests included
 
 test-fast: install  ## everything but the tests marked slow
 	$(BIN)/pytest -q -m "not slow"
+
+reliability: install  ## the long reliability run: >=10 kills per command, 100,000 hostile cases per task (RELIABILITY.md)
+	R3RL_RELIABILITY=long $(BIN)/pytest -q -m reliability tests/reliability
+	$(BIN)/python -m r3rl.checks.figures runs/reliability
 
 bench: install  ## benchmarks: rollout engine vs naive generate, training-step memory
 	$(BIN)/python bench/rollout.py --threads 1 --model tiny --workload all

@@ -9,6 +9,7 @@
     r3rl forgetting --model BEFORE --model AFTER [--tasks T ...]   (lm-eval on both, differences)
     r3rl tasks
     r3rl config [--config FILE] [--docs] [overrides]   (the resolved config; --docs adds each field's doc)
+    r3rl check-task TASK [--cases N]            (hostile completions against a verifier)
 """
 
 from __future__ import annotations
@@ -244,6 +245,27 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_task(args: argparse.Namespace) -> int:
+    from r3rl.checks.verifier_check import check_tasks, parse_options, report_table, to_json
+
+    reports = check_tasks(args.tasks or None, options=parse_options(args.option), cases=args.cases, seed=args.seed,
+                          time_limit=args.time_limit, hard_limit=args.hard_limit, progress=not args.quiet)
+    print(report_table(reports))
+    named_but_skipped = [r for r in reports if args.tasks and r.skipped]
+    for r in named_but_skipped:
+        print(f"r3rl check-task: error: task {r.task!r} could not be checked: {r.skipped}", file=sys.stderr)
+    for r in reports:
+        for f in r.findings:
+            print(f"{r.task}: case {f['case']} ({f['family']}) {f['kind']}: {f['detail']}  {f['completion']}")
+    if args.json:
+        from r3rl.io import atomic_write_text
+
+        atomic_write_text(args.json, to_json(reports) + "\n")
+    if named_but_skipped:
+        return 2
+    return 0 if all(r.clean for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r3rl",
@@ -310,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list registered tasks")
     p.set_defaults(func=cmd_tasks)
 
+    p = sub.add_parser("check-task", help="hostile completions against task verifiers: crashes, slow calls, executed code")
+    p.add_argument("tasks", nargs="*", metavar="TASK", help="task names or import paths (mypkg.module:MyTask); default: all registered")
+    p.add_argument("--cases", type=int, default=10_000, help="hostile completions per task (default 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a task option (repeatable)")
+    p.add_argument("--time-limit", type=float, default=1.0, help="seconds a call may take before it counts as slow")
+    p.add_argument("--hard-limit", type=float, default=10.0, help="seconds before a call is killed as a hang")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_check_task)
+
     p = sub.add_parser("config", help="print the resolved config (defaults <- file <- overrides)")
     _add_config_args(p)
     p.add_argument("--docs", action="store_true", help="every field with its value and its one-line doc")
@@ -335,6 +368,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, VerifierError) as e:
+    except (ConfigError, OSError, ValueError, VerifierError) as e:  # OSError: a full disk or read-only folder names its path
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -450,10 +450,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
                 first = dataclasses.fields(tp)[0].name
                 raise ConfigError(f"{dotted} is a section; set one of its fields, e.g. {dotted}.{first}=...")
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # the YAML file set the section to a value
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a section (a mapping), got {node!r}")
             cls = tp
         elif typing.get_origin(tp) is dict and not last:
             # task.options.path=... : free-form options, YAML-parsed values
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a mapping, got {node!r}")
             node[".".join(parts[i + 1:])] = value
             return
         else:
@@ -488,6 +492,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: invalid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+        sections = {f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type) or
+                    dataclasses.is_dataclass(typing.get_type_hints(Config).get(f.name))}
+        for key, value in data.items():
+            if key in sections and value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: {key}: expected a section (a mapping), got {value!r}")
     data = _upgrade(data)
     if path:
         try:  # blame the file only for what the file says

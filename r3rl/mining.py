@@ -126,8 +126,9 @@ def mine(
     return procs.broadcast(summary)
 
 
-def load_failures(path: str | Path, max_per_example: int | None = None) -> list[Failure]:
-    """Read a failure set; each stored failed attempt becomes one Failure. Errors name file and line."""
+def load_failures(path: str | Path, max_per_example: int | None = None, task: Task | None = None) -> list[Failure]:
+    """Read a failure set; each stored failed attempt becomes one Failure. Errors name file and line.
+    With `task`, each record's example must be one the task can prompt and verify (not garbage)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"failure set not found: {path} (run `r3rl mine` first)")
@@ -138,6 +139,15 @@ def load_failures(path: str | Path, max_per_example: int | None = None) -> list[
             raise ValueError(f"{path}, record {n}: missing field(s) {', '.join(missing)}")
         if not isinstance(rec["failed_attempts"], list) or not rec["failed_attempts"]:
             raise ValueError(f"{path}, record {n}: 'failed_attempts' must be a non-empty list")
+        if not isinstance(rec["example"], dict):
+            raise ValueError(f"{path}, record {n}: 'example' must be an object, got {type(rec['example']).__name__}")
+        if task is not None:
+            try:
+                task.prompt(rec["example"])
+                task.verify(rec["example"], str(rec["failed_attempts"][0]))
+            except Exception as e:  # the task cannot read this example: training on it would be garbage
+                raise ValueError(f"{path}, record {n}: 'example' is not a valid {task.name} example "
+                                 f"({type(e).__name__}: {e})") from None
         reasons = rec.get("reasons") or [""] * len(rec["failed_attempts"])
         for text, reason in list(zip(rec["failed_attempts"], reasons))[:max_per_example]:
             failures.append(Failure(rec["example"], str(text), str(reason), str(rec["example_id"])))

@@ -161,6 +161,10 @@ def load_model(
     if _is_local(base_name) and not (Path(base_name).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"base model folder {base_name} holds no config.json")
 
+    from r3rl.checks.files import check_model_folder
+
+    for folder in {Path(p).expanduser() for p in (base_name, adapter_dir) if p is not None and _is_local(str(p))}:
+        check_model_folder(folder)  # a damaged file is named here, not deep inside transformers
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if revision:
         kwargs["revision"] = revision
@@ -179,7 +183,11 @@ def load_model(
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
         if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer_source = str(adapter_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    except Exception as e:  # a damaged or foreign tokenizer fails deep inside tokenizers: say which folder
+        raise ValueError(f"{tokenizer_source}: cannot load the tokenizer ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -135,9 +135,13 @@ def save_final(model: nn.Module, tokenizer: Any, folder: Path, merge: bool = Fal
     from r3rl.io import replace_dir
 
     written = []
-    with replace_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
+    try:
+        with replace_dir(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+    except Exception as e:  # safetensors reports a full disk as SafetensorError; name the folder instead
+        raise OSError(f"{folder}: saving the final model failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "check free space and write permission") from None
     written.append(folder)
     if merge and is_peft(model):
         merged_dir = folder.parent / (folder.name + "-merged")

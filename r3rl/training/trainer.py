@@ -171,10 +171,11 @@ class Trainer:
         self.scheduler = get_scheduler(tcfg.lr_scheduler, opt, num_warmup_steps=tcfg.warmup_steps,
                                        num_training_steps=tcfg.steps)
         self._configure_deepspeed()
+        # The scheduler's state goes into trainer_state.json (JSON), not accelerate's custom-object
+        # pickle, which accelerate loads with weights_only=False: a checkpoint must never run code.
         # log-probs of the distribution reflections are sampled from (0 = greedy counts as 1)
         self.temperature = cfg.generation.reflection_temperature or 1.0
         self.policy, self.opt = self.acc.prepare(LogprobModel(self.model, tcfg.logit_chunk_size, self.temperature), opt)
-        self.acc.register_for_checkpointing(self.scheduler)
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
 
@@ -186,7 +187,9 @@ class Trainer:
             ckpt = latest_checkpoint(self.out) if resume is True else Path(resume)
             if ckpt is None:
                 raise FileNotFoundError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
-            self.start_step = int(load_checkpoint(self.acc, ckpt)["step"])
+            state = load_checkpoint(self.acc, ckpt)
+            self.start_step = int(state["step"])
+            self.scheduler.load_state_dict(state.get("scheduler") or _stepped(self.scheduler, self.start_step))
             self.log(f"resumed from {ckpt} at step {self.start_step}")
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +228,7 @@ class Trainer:
         # mines its share of the chunks; the main process writes the file before mine() returns.
         summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress, accelerator=self.acc)
         self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
-        return load_failures(fcfg.path, fcfg.max_per_example)
+        return load_failures(fcfg.path, fcfg.max_per_example, task=self.task)
 
     def _stream(self, items: list[Any], start: int, count: int, tag: str) -> list[Any]:
         """items[start : start + count] of an endless stream that reshuffles each epoch, seeded."""
@@ -393,10 +396,12 @@ class Trainer:
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", zero_adv=f"{row['zero_adv_frac']:.2f}",
                             len=f"{row['reflection_len']:.0f}", loss=f"{row['loss']:.4f}")
             if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
-                save_checkpoint(self.acc, self.out, done, {"step": done}, tcfg.keep_checkpoints)
+                save_checkpoint(self.acc, self.out, done, {"step": done, "scheduler": self.scheduler.state_dict()},
+                                tcfg.keep_checkpoints)
         bar.close()
         self._check_replicas()
-        save_checkpoint(self.acc, self.out, tcfg.steps, {"step": tcfg.steps}, tcfg.keep_checkpoints)
+        save_checkpoint(self.acc, self.out, tcfg.steps, {"step": tcfg.steps, "scheduler": self.scheduler.state_dict()},
+                        tcfg.keep_checkpoints)
         final = self.out / "final"
         # Under ZeRO-3 / FSDP each rank holds shards: gather the full weights (a collective, every rank).
         full = self._full_state_dict() if self._sharded() else None
@@ -471,6 +476,13 @@ class Trainer:
         res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
                              show_progress=False, seed_tag=("periodic", step), accelerator=self.acc)
         return {f"eval/{k}": res[k] for k in ("acc@1", "acc@2") if k in res}
+
+
+def _stepped(scheduler, steps: int) -> dict[str, Any]:
+    """A checkpoint written before schedulers were saved as JSON: the schedule is a function of the step."""
+    for _ in range(steps):
+        scheduler.step()
+    return scheduler.state_dict()
 
 
 @lru_cache(maxsize=4)
