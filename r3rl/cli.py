@@ -187,7 +187,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt = latest_checkpoint(cfg.train.output_dir)
         if ckpt is None:
             return _interrupted(args, f"no checkpoint yet in {cfg.train.output_dir} (train.save_every="
-                                      f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}")
+                                      f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}",
+                                extra="--resume")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
     _say(f"final model: {final}")
     return 0

@@ -122,6 +122,10 @@ def validate_row(row: dict[str, Any], source: str, index: int) -> Example:
     return example
 
 
+# A power whose exponent has 4+ digits, or a tower of powers (a^b^c): no answer to a word problem,
+# and what sympy spends seconds evaluating. Checked before the worker is asked.
+_HUGE_POWER = re.compile(r"(\*\*|\^)\s*[{(]?\s*\+?\d{4,}|(\*\*|\^)\s*[{(]?\s*\+?\d+\s*[})]?\s*(\*\*|\^)")
+
 class MathTask(Task):
     """GSM8K / MATH-style problems, verified with math-verify under a time limit.
 
@@ -192,4 +196,7 @@ class MathTask(Task):
             answer = f"\\boxed{{{boxed}}}"
         else:
             answer = completion[-TAIL_CHARS:]
+        if _HUGE_POWER.search(answer):
+            # sympy would try to evaluate it and only math-verify's 1 s alarm would stop it
+            return Verdict(False, "the answer raises a number to a power too large to evaluate")
         return default_grader(self.timeout_s).grade(str(example["answer"]), answer)

@@ -186,11 +186,14 @@ class Trainer:
         if resume:
             ckpt = latest_checkpoint(self.out) if resume is True else Path(resume)
             if ckpt is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.out / 'checkpoints'}")
-            state = load_checkpoint(self.acc, ckpt)
-            self.start_step = int(state["step"])
-            self.scheduler.load_state_dict(state.get("scheduler") or _stepped(self.scheduler, self.start_step))
-            self.log(f"resumed from {ckpt} at step {self.start_step}")
+                # A run stopped before its first checkpoint: --resume starts it again from step 0 (its
+                # log lines are dropped below), so one command continues a run whatever point it reached.
+                self.log(f"--resume: no checkpoint yet in {self.out / 'checkpoints'}; starting from step 0")
+            else:
+                state = load_checkpoint(self.acc, ckpt)
+                self.start_step = int(state["step"])
+                self.scheduler.load_state_dict(state.get("scheduler") or _stepped(self.scheduler, self.start_step))
+                self.log(f"resumed from {ckpt} at step {self.start_step}")
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.yaml", dump_config(cfg))

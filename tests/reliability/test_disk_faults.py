@@ -41,7 +41,7 @@ def test_full_disk_during_train_then_resume(tmp_path):
                               "No space left on device")
         assert str(run) in msg
         check_latest_checkpoint(run)
-        resume = ["--resume"] if check_latest_checkpoint(run) is not None else []
+        resume = ["--resume"]  # also right before the first checkpoint: it then starts from step 0
         ok(r3rl(["train", *resume, f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN], tmp_path))
         for name in ("metrics.jsonl", "episodes.jsonl", "failures.jsonl"):
             assert without_timing(jsonl_rows(run / name, False)) == without_timing(jsonl_rows(ref / name, False)), name

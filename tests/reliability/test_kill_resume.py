@@ -149,7 +149,7 @@ def test_train_survives_kills(tmp_path):
         return tmp_path / f"run{next(dirs)}"
 
     def run_one(run: Path, fault: str):
-        resume = ["--resume"] if check_latest_checkpoint(run) is not None else []
+        resume = ["--resume"]  # also right before the first checkpoint: it then starts from step 0
         return r3rl(["train", *resume, f"train.output_dir={run}", f"failures.path={run}/failures.jsonl", *TRAIN], tmp_path, fault=fault)
 
     def check_after_kill(run: Path, fault: str) -> None:
@@ -185,7 +185,6 @@ def _eval_resume_flag(tmp_path: Path) -> list[str]:
     return ["--resume"] if "--resume" in proc.stdout else []
 
 
-@pytest.mark.xfail(strict=True, reason="r3rl eval resume lands with issue 10")
 def test_eval_resumes_where_it_stopped(tmp_path):
     """A killed evaluation keeps its finished work: the resumed run samples only what is left, and its
     results and episodes equal an uninterrupted run's."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,9 +82,9 @@ def test_remote_code_stays_off_unless_asked(tmp_path):
     model_dir = _remote_code_model(tmp_path / "model", sentinel)
     assert main(["eval", "--model", str(model_dir), "task.name=addition", "eval.num_examples=2", "-o", str(tmp_path / "ev")]) == 0
     assert not sentinel.exists(), "a model folder's own code ran without trust_remote_code"
-    # the check can see execution: asking for remote code runs it
-    try:
-        load_model(str(model_dir), trust_remote_code=True)
-    except Exception:  # noqa: BLE001 - only whether the module ran matters here
-        pass
+    # The check can see execution: asking for remote code runs it. In a child process, because
+    # loading that code registers transformers' own Qwen2 classes as "remote" for the whole process.
+    code = f"from r3rl.engine.loading import load_model\nload_model({str(model_dir)!r}, trust_remote_code=True)"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert sentinel.exists()
