@@ -32,7 +32,7 @@ reliability: install  ## the long reliability run: >=10 kills per command, 100,0
 	$(BIN)/python -m r3rl.checks.figures runs/reliability
 
 bench: install  ## benchmarks: rollout engine vs naive generate, training-step memory
-	$(BIN)/python bench/rollout.py --threads 1 --model tiny --workload all
+	$(BIN)/python bench/rollout.py --threads 1 --model tiny --workload all --quick
 	$(BIN)/python bench/rollout.py --threads 1 --model 0.5b --workload fc --quick
 	$(BIN)/python bench/memory.py
 

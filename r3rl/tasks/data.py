@@ -20,7 +20,7 @@ from typing import Any, Callable, Hashable, TypeVar
 
 from r3rl.io import json_error_place
 
-__all__ = ["DataError", "load_records", "row_error", "holdout_split", "sample"]
+__all__ = ["DataError", "load_records", "row_error", "holdout_split", "split_examples", "sample"]
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 T = TypeVar("T")
@@ -142,6 +142,19 @@ def holdout_split(records: list[T], split: str, test_fraction: float, key: Calla
     test_hashes = set(distinct[:n_test])
     want_test = split == "test"
     return [r for r, h in zip(records, hashes) if (h in test_hashes) == want_test]
+
+
+def split_examples(split: str, n: int | None, seed: int, load: Callable[[Any], list[T]], path: Any,
+                   test_path: Any, test_fraction: float, key: Callable[[T], Hashable]) -> list[T]:
+    """The examples of `split` for a file-backed task: a separate test file when given, else the
+    hash-based held-out part of `path` (see holdout_split); then a seeded sample of n."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if test_path is not None:
+        pool = load(test_path if split == "test" else path)
+    else:
+        pool = holdout_split(load(path), split, test_fraction, key=key)
+    return sample(pool, n, seed)
 
 
 def sample(records: list[T], n: int | None, seed: int) -> list[T]:

@@ -23,7 +23,7 @@ import warnings
 from typing import Any
 
 from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import holdout_split, load_records, row_error, sample
+from r3rl.tasks.data import load_records, row_error, split_examples
 from r3rl.tasks.fc_parse import ToolCall, compare_calls, parse_tool_calls
 from r3rl.types import Verdict
 
@@ -192,20 +192,21 @@ def normalize_tool(tool: Any) -> dict[str, Any]:
 
 def normalize_tools(tools: Any) -> list[dict[str, Any]]:
     """A list of tools (or a JSON string of one, or a single tool) -> OpenAI-style tools."""
-    tools = _decode_field(tools, "tools")
-    if isinstance(tools, dict):
-        tools = [tools]
-    if not isinstance(tools, list):
-        raise ValueError(f"field 'tools' must be a list, got {type(tools).__name__}")
-    return [normalize_tool(t) for t in tools]
+    return [normalize_tool(t) for t in _as_list(tools, "tools", "a list")]
+
+
+def _as_list(value: Any, field: str, what: str) -> list[Any]:
+    """A field that may be a JSON string, one object, or a list of them -> the list."""
+    value = _decode_field(value, field)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"field '{field}' must be {what}, got {type(value).__name__}")
+    return value
 
 
 def _normalize_answers(answers: Any) -> list[dict[str, Any]]:
-    answers = _decode_field(answers, "answers")
-    if isinstance(answers, dict):
-        answers = [answers]
-    if not isinstance(answers, list):
-        raise ValueError(f"field 'answers' must be a list of calls, got {type(answers).__name__}")
+    answers = _as_list(answers, "answers", "a list of calls")
     out = []
     for i, call in enumerate(answers):
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
@@ -299,13 +300,8 @@ class FunctionCallingTask(Task):
         return self._cache[key]
 
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if self.test_path is not None:
-            pool = self._source(self.test_path if split == "test" else self.path)
-        else:
-            pool = holdout_split(self._source(self.path), split, self.test_fraction, key=lambda ex: ex["query"])
-        return sample(pool, n, seed)
+        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
+                              key=lambda ex: ex["query"])
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:

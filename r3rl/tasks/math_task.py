@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import holdout_split, load_records, row_error, sample
+from r3rl.tasks.data import load_records, row_error, split_examples
 from r3rl.tasks.math_grade import MAX_TEXT_CHARS, default_grader
 from r3rl.types import Verdict
 
@@ -167,13 +167,8 @@ class MathTask(Task):
         return self._cache[key]
 
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if self.test_path is not None:
-            pool = self._source(self.test_path if split == "test" else self.path)
-        else:
-            pool = holdout_split(self._source(self.path), split, self.test_fraction, key=lambda ex: ex["question"])
-        return sample(pool, n, seed)
+        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
+                              key=lambda ex: ex["question"])
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:
