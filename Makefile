@@ -18,7 +18,7 @@ install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev 
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 
-demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 3 minutes on 2 CPU cores)
+demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 2 minutes on 2 CPU cores)
 	$(BIN)/r3rl demo --output runs/demo
 
 test: install  ## the whole suite, slow end-to-end tests included

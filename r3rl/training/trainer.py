@@ -397,7 +397,7 @@ class Trainer:
                 log_episode_texts(self.acc, logged, done)  # the same few episodes as episodes.jsonl, as text
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", zero_adv=f"{row['zero_adv_frac']:.2f}",
-                            len=f"{row['reflection_len']:.0f}", loss=f"{row['loss']:.4f}")
+                            len=f"{row['reflection_len']:.0f}", loss=f"{row['loss']:.1e}")  # GRPO's loss is ~1e-8: zero-mean advantages, ratio 1
             if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
                 save_checkpoint(self.acc, self.out, done, {"step": done, "scheduler": self.scheduler.state_dict()},
                                 tcfg.keep_checkpoints)
