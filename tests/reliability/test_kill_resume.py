@@ -203,3 +203,47 @@ def test_eval_resumes_where_it_stopped(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert {k: v for k, v in results.items() if k != "model"} == {k: v for k, v in ref_results.items() if k != "model"}
     assert jsonl_rows(run / "episodes.jsonl", allow_partial_tail=False) == ref_eps
+
+
+@pytest.mark.skipif(not LONG, reason="the long run only (make reliability); the short suite kills eval once above")
+def test_eval_survives_kills(tmp_path):
+    """>= 10 seeded kills of `r3rl eval` (JSONL appends, renames, generation calls, random delays), each
+    followed by a resume; every finished run ends with the uninterrupted run's results and episodes."""
+    counts_file = tmp_path / "counts.json"
+    t0 = time.perf_counter()
+    ok(r3rl(["eval", "-o", str(tmp_path / "ref"), *EVAL], tmp_path, counts=counts_file))
+    wall = time.perf_counter() - t0
+    counts = json.loads(counts_file.read_text())
+    ref_results = {k: v for k, v in json.loads((tmp_path / "ref" / "results.json").read_text()).items() if k != "model"}
+    ref_eps = jsonl_rows(tmp_path / "ref" / "episodes.jsonl", allow_partial_tail=False)
+    by_key = {(e["example_id"], e["sample"]): e for e in ref_eps}
+    dirs = iter(range(1000))
+    totals = {"lost": 0, "duplicated": 0, "wrong": 0}
+
+    def new_dir() -> Path:
+        return tmp_path / f"run{next(dirs)}"
+
+    def run_one(run: Path, fault: str):
+        return r3rl(["eval", "-o", str(run), *EVAL], tmp_path, fault=fault)
+
+    def check_after_kill(run: Path, fault: str) -> None:
+        rows = jsonl_rows(run / "episodes.jsonl")
+        keys = [(r["example_id"], r["sample"]) for r in rows]
+        assert len(keys) == len(set(keys)), f"after {fault}: duplicated episode rows"
+        wrong = [k for k, r in zip(keys, rows) if by_key.get(k) != r]
+        totals["wrong"] += len(wrong)
+        assert not wrong, f"after {fault}: rows differ from the uninterrupted run: {wrong[:3]}"
+
+    def finish(run: Path) -> None:
+        got = jsonl_rows(run / "episodes.jsonl", allow_partial_tail=False)
+        lost, dup = _lost_and_duplicated(ref_eps, got)
+        totals["lost"] += lost
+        totals["duplicated"] += dup
+        results = {k: v for k, v in json.loads((run / "results.json").read_text()).items() if k != "model"}
+        assert got == ref_eps and results == ref_results
+
+    points = [p for p in ("jsonl", "attempts", "reflect", "replace") if counts.get(p)]
+    faults = _faults(3, points, counts, wall, KILLS * 3)
+    figures = _chains(faults, KILLS, run_one, check_after_kill, finish, new_dir)
+    _record("eval", {**figures, "rows_reference": len(ref_eps), **totals})
+    assert figures["kills"] >= KILLS
