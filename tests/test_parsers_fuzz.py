@@ -144,7 +144,9 @@ def render(calls, style):
         return "\n".join(json.dumps(o) for o in objs)
     if style == "mistral":
         return "[TOOL_CALLS] " + json.dumps(objs)
-    if style == "python" and all(k.isidentifier() and not keyword.iskeyword(k) for _, a in calls for k in a):
+    if style == "python" and all(not keyword.iskeyword(n) for n, _ in calls) and all(
+            k.isidentifier() and not keyword.iskeyword(k) for _, a in calls for k in a):
+        # a call named `if` or an argument named `for` cannot be written in Python syntax
         # Python call syntax (argument names must be identifiers); repr of a JSON value is a Python literal
         return "[" + ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in a.items())})" for n, a in calls) + "]"
     return "Sure. " + " then ".join(json.dumps(o) for o in objs) + " Done."  # prose
