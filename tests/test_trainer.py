@@ -363,3 +363,17 @@ def test_training_logprobs_are_those_of_the_sampling_temperature(model_dir, tmp_
         untempered = full_logits_logprobs(trainer.model, *batch)[0, 3:5]
     torch.testing.assert_close(got[0, 3:5], by_hand, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got[0, 3:5], untempered)
+
+
+def test_verifier_errors_are_counted_in_the_metrics(model_dir, tmp_path):
+    from tests.trainer_fixtures import BrokenRetryCoinTask
+
+    BrokenRetryCoinTask.raised = 0
+    cfg = tiny_config(model_dir, tmp_path / "run", steps=2, save_every=0)
+    cfg.task.name = "tests.trainer_fixtures:BrokenRetryCoinTask"
+    cfg.rollout.max_verifier_errors = 1000
+    train(cfg, show_progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    counts = [r["verifier_errors"] for r in rows]
+    assert counts[-1] > 0 and counts == sorted(counts)  # cumulative, and the broken retries were counted
+    assert counts[-1] == BrokenRetryCoinTask.raised

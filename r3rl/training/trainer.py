@@ -369,6 +369,9 @@ class Trainer:
             self.scheduler.step()
             totals = self.acc.reduce(totals.to(self.acc.device), reduction="sum").cpu()
             t = dict(zip(METRIC_KEYS, totals.tolist()))
+            # verifier exceptions so far (scored as failures), over all ranks: a broken task shows in the log
+            verifier_errors = int(self.acc.reduce(torch.tensor([self.rollout.verify_errors], device=self.acc.device),
+                                                  reduction="sum").item())
             n_eps = max(t["episodes"], 1.0)
             row: dict[str, Any] = {
                 "step": step + 1,
@@ -384,6 +387,7 @@ class Trainer:
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens_per_s": t["gen_tokens"] / max(gen_time, 1e-9),
                 "step_time": time.perf_counter() - t0,
+                "verifier_errors": verifier_errors,
             }
             self._watch_signal(t)
             done = step + 1
