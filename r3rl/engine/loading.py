@@ -50,7 +50,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or not _HUB_ID.match(name)
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name)
 
 
 def hub_error_hint(name: str, kind: str, error: BaseException) -> str:
