@@ -3,9 +3,12 @@
 A generate call's rows (every prompt x sample) wait in a queue. Up to `max_batch_size`
 of them live in slots of one `SlotCache` (r3rl/engine/slots.py). Each iteration:
 
-1. admit: free slots take waiting rows; a prompt is prefilled once per call: rows of
-   it admitted later copy the first columns of a live row that started from it, and
-   the prompt's next-token logits kept while rows of it still wait (shared prefill);
+1. admit: free slots take waiting rows; a prompt is prefilled once per call (shared
+   prefill). With shared-prefix attention (the default) the prompt's KV lives once in
+   a prefix entry that all its rows attend to (r3rl/engine/slots.py, cascade
+   attention) and a slot holds only what its row adds; without it, rows of a prompt
+   admitted later copy the first columns of a live row that started from it. Either
+   way the prompt's next-token logits are kept while rows of it still wait;
 2. feed: every row with tokens not yet in its cache (a new prompt, or a finished
    row's last token plus its continuation suffix) gets them in chunk forwards,
    rows of similar chunk length together so padding stays small;
@@ -17,13 +20,15 @@ of them live in slots of one `SlotCache` (r3rl/engine/slots.py). Each iteration:
    the last live rows into them (swap-remove: one row's cache copied per hole);
 5. decode: one forward feeds the sampled token of every row still generating.
 
-A row's cache holds only its own tokens from column 0, so its position ids are its
-column numbers, and what it computes does not depend on which rows share its batch:
-greedy outputs equal those of the plain path (tests/test_engine.py).
+A row's cache holds only its own tokens from column 0 (after its prefix entry, if it
+has one), so its position ids are its column numbers (plus the prefix length), and what
+it computes does not depend on which rows share its batch: greedy outputs equal those of
+the plain path (tests/test_engine.py).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +37,7 @@ import torch
 
 from r3rl.engine.base import Continuation, ThenFn
 from r3rl.engine.sampling import RowSampling, sample_next, validate_params
-from r3rl.engine.slots import SlotCache, Step, model_cache
+from r3rl.engine.slots import Prefixes, SlotCache, Step, model_store
 from r3rl.types import Generation, SamplingParams
 
 # A chunk forward pads every row to the longest chunk of its group; a group grows while
@@ -84,7 +89,10 @@ class _Live:
     """A row in a slot. Its slot is its index in SlotScheduler.live."""
 
     row: Row
-    length: int = 0  # cache columns filled (= tokens fed = next position id)
+    length: int = 0  # slot columns filled (= tokens fed after the prefix entry)
+    entry: int = -1  # shared-prefix attention: the prefix entry the row attends to
+    prefix: int = 0  # tokens in that entry: the row's position ids start there
+    fresh: bool = False  # admitted to an entry: takes the entry's next-token logits before its first sample
     chunk: list[int] = field(default_factory=list)  # tokens to feed before the next sample
     origin: tuple[int, ...] = ()  # the prompt its cache starts with (prefilled from scratch)
     source: "_Live | None" = None  # shared prefill: copy this row's first len(origin) columns once it is fed
@@ -93,20 +101,38 @@ class _Live:
 
 
 class SlotScheduler:
-    """Runs one generate call's rows through at most `slots` decode slots (see module docstring)."""
+    """Runs one generate call's rows through at most `slots` decode slots (see module docstring).
 
-    def __init__(self, engine: Any, call: Call, slots: int, capacity: int, dtype: torch.dtype):
+    capacity: first guess of a slot's columns (each slot grows on demand); prompt_capacity:
+    of a prefix entry's. shared_prefix: shared-prefix (cascade) attention, else copies.
+    """
+
+    def __init__(self, engine: Any, call: Call, slots: int, capacity: int, dtype: torch.dtype,
+                 shared_prefix: bool = True, prompt_capacity: int = 0, prompts: int = 1):
         self.engine = engine
         self.call = call
-        self.cache: SlotCache = model_cache(_config_model(call.module), slots, capacity, dtype, call.device)
+        model = _config_model(call.module)
+        self.shared = shared_prefix
+        self.store = model_store(model, slots, capacity, dtype, call.device)
+        self.prefix_store = (model_store(model, max(1, min(slots, prompts)), prompt_capacity, dtype, call.device)
+                             if shared_prefix else None)
+        self.cache = SlotCache(self.store, self.prefix_store)
         self.slots = slots
         self.live: list[_Live] = []
         self.queue: deque[Row] = deque()
         self.logits: torch.Tensor | None = None  # [slots, V] next-token logits of each slot
         self.stop_set = set(call.stop.tolist())
         self.waiting: Counter[tuple[int, ...]] = Counter()  # queued rows per prompt
-        self.prompt_logits: dict[tuple[int, ...], torch.Tensor] = {}  # [V] after a prompt still waited for
+        self.prompt_logits: dict[tuple[int, ...], torch.Tensor] = {}  # copies: [V] after a prompt still waited for
+        # Shared-prefix entries: prompt -> entry, an entry's length (0 = free), key and next-token logits.
+        self.entry_of: dict[tuple[int, ...], int] = {}
+        self.entry_key: dict[int, tuple[int, ...]] = {}
+        self.entry_len: list[int] = []
+        self.entry_logits: dict[int, torch.Tensor] = {}
+        self.to_prefill: list[int] = []
+        self.free_entries: list[int] = []  # a heap: the lowest free entry is reused first
         self.forwards = 0
+        self.peak_kv_bytes = 0
 
     # ------------------------------------------------------------------ loop
 
@@ -121,7 +147,17 @@ class SlotScheduler:
             self._feed_decode()
 
     def _admit(self) -> None:
-        """Fill free slots. A prompt already in some live row's cache (same call) is copied, not prefilled."""
+        """Fill free slots. A prompt already prefilled in this call is attended to (or copied), not prefilled."""
+        if self.shared:
+            while self.queue and len(self.live) < self.slots:
+                row = self.queue.popleft()
+                key = tuple(row.prompt_ids)
+                self.waiting[key] -= 1
+                entry = self.entry_of.get(key)
+                if entry is None:
+                    entry = self._new_entry(key)
+                self.live.append(_Live(row, entry=entry, prefix=len(key), fresh=True))
+            return
         first = {lv.origin: lv for lv in self.live if lv.origin in self.prompt_logits}
         while self.queue and len(self.live) < self.slots:
             row = self.queue.popleft()
@@ -135,20 +171,56 @@ class SlotScheduler:
                 first[key] = live
             self.live.append(live)
 
-    def _feed_chunks(self) -> None:
-        todo = [s for s, lv in enumerate(self.live) if lv.chunk]
-        todo.sort(key=lambda s: len(self.live[s].chunk))
-        group: list[int] = []
+    def _new_entry(self, key: tuple[int, ...]) -> int:
+        entry = heapq.heappop(self.free_entries) if self.free_entries else len(self.entry_len)
+        if entry == len(self.entry_len):
+            self.entry_len.append(0)
+        self.prefix_store.ensure(len(key), entry + 1)
+        self.entry_of[key], self.entry_key[entry] = entry, key
+        self.to_prefill.append(entry)
+        return entry
+
+    def _free_unused_entries(self) -> None:
+        """An entry no live row attends to and no queued row will is free for the next prompt."""
+        used = {lv.entry for lv in self.live}
+        for key, entry in list(self.entry_of.items()):
+            if entry not in used and self.waiting[key] <= 0:
+                del self.entry_of[key], self.entry_key[entry]
+                self.entry_logits.pop(entry, None)
+                self.entry_len[entry] = 0
+                heapq.heappush(self.free_entries, entry)
+
+    def _groups(self, items: list[Any], length: Any) -> list[list[Any]]:
+        """Items sorted by chunk length, cut into groups whose padding stays within PAD_SLACK."""
+        groups: list[list[Any]] = []
+        group: list[Any] = []
         real = 0
-        for s in todo:
-            n = len(self.live[s].chunk)
+        for item in sorted(items, key=length):
+            n = length(item)
             if group and n * (len(group) + 1) > PAD_SLACK * (real + n):
-                self._forward(group, decode=False)
+                groups.append(group)
                 group, real = [], 0
-            group.append(s)
+            group.append(item)
             real += n
-        if group:
+        return groups + [group] if group else groups
+
+    def _feed_chunks(self) -> None:
+        if self.shared and self.to_prefill:
+            for group in self._groups(self.to_prefill, lambda e: len(self.entry_key[e])):
+                keys = [list(self.entry_key[e]) for e in group]
+                logits = self._call(group, keys, [0] * len(group), [0] * len(group), "prefix", False)
+                for e, key, lg in zip(group, keys, logits):
+                    self.entry_logits[e], self.entry_len[e] = lg, len(key)
+            self.to_prefill = []
+        if self.shared:
+            for s, lv in enumerate(self.live):
+                if lv.fresh:
+                    self.logits[s], lv.fresh = self.entry_logits[lv.entry], False
+        todo = [s for s, lv in enumerate(self.live) if lv.chunk]
+        for group in self._groups(todo, lambda s: len(self.live[s].chunk)):
             self._forward(group, decode=False)
+        if self.shared:
+            return
         for s in todo:
             lv = self.live[s]
             if lv.length == len(lv.origin) and self.waiting[lv.origin] > 0:  # a fresh prefill, wanted again
@@ -158,7 +230,7 @@ class SlotScheduler:
             if lv.source is not None:
                 length = len(lv.origin)
                 src = slot_of[id(lv.source)]
-                self.cache.copy_slot(src, s, length)
+                self.store.copy_row(src, s, length)
                 fresh = lv.source.length == length  # fed this step: its logits are still the prompt's
                 self.logits[s] = self.logits[src] if fresh else self.prompt_logits[lv.origin]
                 lv.length, lv.source = length, None
@@ -225,6 +297,8 @@ class SlotScheduler:
         self.queue.extendleft(reversed(scratch))
         self.waiting.update(tuple(r.prompt_ids) for r in scratch)
         self._release(freed)
+        if self.shared:
+            self._free_unused_entries()
 
     def _release(self, freed: list[int]) -> None:
         """Free slots; the last live rows move into the holes so live slots stay [0, count)."""
@@ -237,7 +311,7 @@ class SlotScheduler:
                 break
             last = len(self.live) - 1
             lv = self.live.pop()
-            self.cache.copy_slot(last, hole, lv.length)
+            self.store.copy_row(last, hole, lv.length)
             self.logits[hole] = self.logits[last]
             self.live[hole] = lv
             gone.discard(hole)
@@ -245,10 +319,53 @@ class SlotScheduler:
     # --------------------------------------------------------------- forward
 
     def _forward(self, slots: list[int], decode: bool) -> None:
-        """Feed each slot's chunk (left-padded to the longest) and store its next-token logits."""
+        """Feed each slot's chunk and store its next-token logits."""
+        lives = [self.live[s] for s in slots]
+        chunks = [lv.chunk for lv in lives]
+        prefixes = self._prefixes(lives, decode) if self.shared else None
+        logits = self._call(slots, chunks, [lv.length for lv in lives], [lv.prefix for lv in lives],
+                            "slots", decode, prefixes)
+        self.logits[torch.tensor(slots, device=logits.device)] = logits
+        for lv, c in zip(lives, chunks):
+            lv.length += len(c)
+            lv.chunk = []
+
+    def _prefixes(self, lives: list[_Live], decode: bool) -> Prefixes:
+        """Group the fed rows by prefix entry. Decode reads the entries [0, E) in place, a chunk gathers its few."""
+        entries = [lv.entry for lv in lives]
+        if decode:
+            ids = list(range(max(entries) + 1))
+            local = entries
+        else:
+            ids = sorted(set(entries))
+            index = {e: i for i, e in enumerate(ids)}
+            local = [index[e] for e in entries]
+        counts = [0] * len(ids)
+        places = []
+        for e in local:
+            places.append((e, counts[e]))
+            counts[e] += 1
+        n = max(counts)
+        place = torch.tensor([e * n + j for e, j in places], dtype=torch.long)  # [B]
+        group = torch.full((len(ids) * n,), len(lives), dtype=torch.long)
+        group[place] = torch.arange(len(lives))
+        lengths = torch.tensor([max(self.entry_len[e], 1) for e in ids], dtype=torch.long)  # a free entry: any column
+        kv_len = int(lengths.max())
+        mask = (torch.arange(kv_len)[None, :] < lengths[:, None]).view(len(ids), 1, 1, kv_len)
+        dev = self.call.device
+        return Prefixes(store=self.prefix_store, entries=None if decode else torch.tensor(ids, device=dev),
+                        count=len(ids), group=group.view(len(ids), n).to(dev), place=place.to(dev),
+                        mask=mask.to(dev), kv_len=kv_len)
+
+    def _call(self, rows_: list[int], chunks: list[list[int]], starts: list[int], offsets: list[int], store: str,
+              decode: bool, prefixes: Prefixes | None = None) -> torch.Tensor:
+        """One forward: each chunk (left-padded to the longest) written from its row's column `start`.
+
+        Position ids are the columns plus `offsets` (a row's prefix length). Returns the
+        next-token logits [B, V].
+        """
         call = self.call
-        chunks = [self.live[s].chunk for s in slots]
-        lengths = torch.tensor([self.live[s].length for s in slots], dtype=torch.long)  # [B]
+        lengths = torch.tensor(starts, dtype=torch.long)  # [B]
         width = max(len(c) for c in chunks)
         real = torch.tensor([len(c) for c in chunks], dtype=torch.long)  # [B]
         pad = width - real  # [B]
@@ -256,12 +373,14 @@ class SlotScheduler:
         # Real tokens at columns length..length+real-1, padding just past them (masked, overwritten later).
         cols = torch.where(j >= pad[:, None], lengths[:, None] + j - pad[:, None],
                            lengths[:, None] + real[:, None] + j)  # [B, S]
-        ids = torch.full((len(slots), width), self.engine.pad_token_id, dtype=torch.long)  # [B, S]
+        ids = torch.full((len(rows_), width), self.engine.pad_token_id, dtype=torch.long)  # [B, S]
         for b, c in enumerate(chunks):
             ids[b, width - len(c):] = torch.tensor(c, dtype=torch.long)
         kv_len = int(cols.max()) + 1
-        self.cache.ensure(kv_len)
-        rows = torch.tensor(slots, dtype=torch.long)  # [B]
+        kv = self.prefix_store if store == "prefix" else self.store
+        kv.ensure(kv_len)
+        self.peak_kv_bytes = max(self.peak_kv_bytes, self.cache.nbytes())
+        rows = torch.tensor(rows_, dtype=torch.long)  # [B]
         key_cols = torch.arange(kv_len)  # [K]
         active = len(self.live)
         if decode:
@@ -270,21 +389,19 @@ class SlotScheduler:
             mask[rows] = (key_cols[None, :] <= cols)[:, None, None, :]  # [B, 1, 1, K]
         else:
             mask = (key_cols[None, None, :] <= cols[:, :, None])[:, None]  # [B, 1, S, K]
+        positions = cols + torch.tensor(offsets, dtype=torch.long)[:, None]  # [B, S]
         dev = call.device
         step = Step(rows=rows.to(dev), cols=cols.to(dev), mask=mask.to(dev), kv_len=kv_len, active=active,
-                    decode=decode)
+                    decode=decode, store=store, prefixes=prefixes)
         self.cache.step = step
-        out = call.module(input_ids=ids.to(dev), position_ids=cols.to(dev), past_key_values=self.cache,
+        out = call.module(input_ids=ids.to(dev), position_ids=positions.to(dev), past_key_values=self.cache,
                           use_cache=False, r3rl_step=step, **call.forward_kwargs)
         self.cache.step = None
         self.forwards += 1
         logits = out.logits[:, -1, :]  # [B, V]; right-aligned, so the last column is a real token
         if self.logits is None:
             self.logits = logits.new_empty(self.slots, logits.shape[-1])  # [slots, V]
-        self.logits[rows.to(dev)] = logits
-        for s, c in zip(slots, chunks):
-            self.live[s].length += len(c)
-            self.live[s].chunk = []
+        return logits
 
 
 def _config_model(module: torch.nn.Module) -> torch.nn.Module:

@@ -98,7 +98,9 @@ class HFEngine(Engine):
     eval mode; every submodule's train/eval flag is restored afterwards.
 
     stop_token_ids overrides the tokenizer-derived stop set (an empty list means
-    "stop only at max_new_tokens", as benchmarks need).
+    "stop only at max_new_tokens", as benchmarks need). shared_prefix_attention (slots
+    path): a prompt's KV is stored once and attended to by all its rows (cascade
+    attention); False copies it into each row's slot instead.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class HFEngine(Engine):
         share_prefix: bool = True,
         reuse_cache: bool = True,
         stop_token_ids: Sequence[int] | None = None,
+        shared_prefix_attention: bool = True,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -117,6 +120,8 @@ class HFEngine(Engine):
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
         self.reuse_cache = reuse_cache
+        self.shared_prefix_attention = shared_prefix_attention
+        self.last_stats: dict[str, int] = {}  # the last slot-path call: forwards, peak KV bytes, prefix entries
         self._stop_override = None if stop_token_ids is None else sorted({int(t) for t in stop_token_ids})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
@@ -178,10 +183,15 @@ class HFEngine(Engine):
         rows = [Row(i, j, 0, list(p), params) for i, p in enumerate(prompts) for j in range(n)]
         base = _transformers_model(call.module)
         dtype = base.get_input_embeddings().weight.dtype
-        capacity = max(len(p) for p in prompts) + params.max_new_tokens + 1
-        scheduler = SlotScheduler(self, call, min(self.max_batch_size, len(rows)), capacity, dtype)
+        longest = max(len(p) for p in prompts)
+        shared = self.shared_prefix_attention
+        capacity = params.max_new_tokens + 1 + (0 if shared else longest)  # a first guess: slots grow on demand
+        scheduler = SlotScheduler(self, call, min(self.max_batch_size, len(rows)), capacity, dtype,
+                                  shared_prefix=shared, prompt_capacity=longest, prompts=len(prompts))
         with self._inference(call.module), slot_attention_enabled(base):
             scheduler.run(rows)
+        self.last_stats = {"forwards": scheduler.forwards, "kv_bytes": scheduler.peak_kv_bytes,
+                           "prefix_entries": len(scheduler.entry_len)}
 
     def _micro_batches(self, prompt_count: int, n: int) -> list[list[tuple[int, range]]]:
         """Group (prompt, sample range) units so that no micro-batch exceeds max_batch_size rows.

@@ -1,19 +1,27 @@
-"""A preallocated per-slot KV cache and the attention function that reads it.
+"""A preallocated per-slot KV cache, a shared-prefix store, and the attention that reads them.
 
 Each decode slot owns one row of a per-layer buffer K, V: [slots, kv_heads, capacity, head_dim].
-A slot's tokens sit contiguously from column 0, so a row never carries padding in its
-cache and its position ids are simply its column numbers. A forward call writes its new
-keys and values straight into the slots' columns (no `torch.cat` of the whole cache per
-step, unlike `DynamicCache`); the buffer grows, rarely, by at least half its length.
+A forward call writes its new keys and values straight into the rows' columns (no
+`torch.cat` of the whole cache per step, unlike `DynamicCache`); a buffer grows, rarely,
+by at least half its length.
+
+Shared-prefix (cascade) attention: a prompt's KV is stored once, in a row (an "entry")
+of a second store of the same shape, and a slot holds only what its row added after
+the prompt (the reflection, the retry suffix, the retry). A query attends to its
+entry's prefix and to its own slot separately and the two partial softmaxes are merged
+exactly by their log-sum-exp (Hydragen, arXiv 2402.05099; FlashInfer's cascade
+attention). The prefix part runs one matmul per entry for all the rows of its group
+([rows x heads, D] x [D, prefix]): the G rows of a failure read its 1,000-token context
+once per step instead of G times, and their copies are never made.
 
 How it plugs into a transformers model without touching its code: the attention layers
 of Llama/Qwen-style models call `past_key_values.update(k, v, layer_idx)` and then the
 function registered under `config._attn_implementation`, forwarding the model call's
 extra keyword arguments. `SlotCache` is that `past_key_values`; the keyword `r3rl_step`
-carries a `Step` (which slots, which columns) to `slot_attention`, registered with
-transformers' `AttentionInterface` and switched on only for the duration of a generate
-call (`slot_attention_enabled`). A custom attention name has no mask function, so
-transformers builds no mask: the `Step` is the mask.
+carries a `Step` (which rows, which columns, which prefixes) to `slot_attention`,
+registered with transformers' `AttentionInterface` and switched on only for the duration
+of a generate call (`slot_attention_enabled`). A custom attention name has no mask
+function, so transformers builds no mask: the `Step` is the mask.
 """
 
 from __future__ import annotations
@@ -31,14 +39,35 @@ SUPPORTED_MODEL_TYPES = {"qwen2", "qwen3", "llama", "mistral"}
 
 
 @dataclass
-class Step:
-    """One forward call over some slots.
+class Prefixes:
+    """The shared prefixes the fed rows of a forward attend to, laid out by group.
 
-    rows: [B] slot of each batch row. cols: [B, S] cache column each fed token goes to
-    (padding goes to a column past the row's real end, where it is masked and later
-    overwritten). mask: [B, 1, S, K] True where a query may attend, over columns [0, K).
-    decode: S == 1 and the attention runs over the contiguous slots [0, active), the
-    queries scattered into it, so the cache is read in place, never gathered.
+    entries: [E] long, the store rows read (None: the contiguous entries [0, E), read in
+    place). group: [E, n] index of the fed row in each place of a group (B = a zero
+    query: the place is empty). place: [B] long, e * n + j of each fed row. mask:
+    [E, 1, 1, L] True on an entry's real columns.
+    """
+
+    store: "KVStore"
+    entries: torch.Tensor | None
+    count: int
+    group: torch.Tensor
+    place: torch.Tensor
+    mask: torch.Tensor
+    kv_len: int
+
+
+@dataclass
+class Step:
+    """One forward call over some rows of one store.
+
+    rows: [B] row of each batch row (a slot, or a prefix entry when store == "prefix").
+    cols: [B, S] store column each fed token goes to (padding goes to a column past the
+    row's real end, where it is masked and later overwritten). mask: [B, 1, S, K] True
+    where a query may attend, over columns [0, K). decode: S == 1 and the attention runs
+    over the contiguous slots [0, active), the queries scattered into it, so the cache is
+    read in place, never gathered. prefixes: the shared prefixes the rows also attend to
+    (cascade attention), None when a row's cache holds its whole sequence.
     """
 
     rows: torch.Tensor
@@ -47,19 +76,23 @@ class Step:
     kv_len: int
     active: int
     decode: bool
+    store: str = "slots"
+    prefixes: Prefixes | None = None
+    layer: int = 0  # set by SlotCache.update: the layer whose attention runs next
 
 
-class SlotCache:
-    """Per-layer K, V buffers [slots, kv_heads, capacity, head_dim]; lengths are kept by the scheduler."""
+class KVStore:
+    """Per-layer K, V buffers [rows, kv_heads, capacity, head_dim]."""
 
-    is_compileable = False
-
-    def __init__(self, layers: int, slots: int, kv_heads: int, head_dim: int, capacity: int,
+    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, capacity: int,
                  dtype: torch.dtype, device: torch.device):
-        shape = (slots, kv_heads, capacity, head_dim)
+        shape = (rows, kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.step: Step | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0]
 
     @property
     def capacity(self) -> int:
@@ -68,29 +101,45 @@ class SlotCache:
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for k in self.keys)
 
-    def ensure(self, columns: int) -> None:
-        """Room for `columns` columns per slot; grows by at least half so that growth stays rare."""
-        if columns <= self.capacity:
+    def ensure(self, columns: int, rows: int = 0) -> None:
+        """Room for `columns` columns and `rows` rows; grows by at least half so that growth stays rare."""
+        if columns <= self.capacity and rows <= self.rows:
             return
-        new = max(columns, self.capacity * 3 // 2)
-        new = -(-new // 64) * 64
+        new_cols = self.capacity if columns <= self.capacity else -(-max(columns, self.capacity * 3 // 2) // 64) * 64
+        new_rows = self.rows if rows <= self.rows else max(rows, self.rows * 3 // 2)
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
-                grown = old.new_zeros(old.shape[0], old.shape[1], new, old.shape[3])  # [slots, H, new, D]
-                grown[:, :, : old.shape[2]] = old
+                grown = old.new_zeros(new_rows, old.shape[1], new_cols, old.shape[3])  # [rows, H, cols, D]
+                grown[: old.shape[0], :, : old.shape[2]] = old
                 store[i] = grown
 
-    def copy_slot(self, src: int, dst: int, length: int) -> None:
-        """Slot dst gets slot src's first `length` columns (fan-out of a shared prefill, compaction)."""
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Row dst gets row src's first `length` columns (fan-out of a shared prefill, compaction)."""
         for store in (self.keys, self.values):
             for t in store:
                 t[dst, :, :length] = t[src, :, :length]
 
+
+class SlotCache:
+    """The `past_key_values` of a slot forward: the slots' store and, for cascade attention, the prefix store."""
+
+    is_compileable = False
+
+    def __init__(self, slots: KVStore, prefixes: KVStore | None):
+        self.slots = slots
+        self.prefixes = prefixes
+        self.step: Step | None = None
+
+    def nbytes(self) -> int:
+        return self.slots.nbytes() + (self.prefixes.nbytes() if self.prefixes is not None else 0)
+
     # What a transformers attention layer calls.
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Write the new [B, H, S, D] keys/values into their slot columns; return what attention reads."""
+        """Write the new [B, H, S, D] keys/values into their columns; return what attention reads."""
         step = self.step
-        k_store, v_store = self.keys[layer_idx], self.values[layer_idx]
+        step.layer = layer_idx
+        store = self.prefixes if step.store == "prefix" else self.slots
+        k_store, v_store = store.keys[layer_idx], store.values[layer_idx]
         # Under autocast the projections and the rotary embedding may emit another dtype than the store's.
         key, value = key.to(k_store.dtype), value.to(v_store.dtype)
         if step.decode:
@@ -112,16 +161,19 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
         raise RuntimeError("r3rl slot attention was called without its r3rl_step (a forward outside HFEngine?)")
     out_dtype = query.dtype
     query = query.to(key.dtype)  # autocast may hand a half-precision query to the float32 cache
-    if step.decode:
-        out = _decode_attention(query, key, value, step, scaling)  # [B, Hq, 1, D]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if step.prefixes is not None:
+        out = cascade_attention(query, key, value, step, scale)  # [B, Hq, S, D]
+    elif step.decode:
+        out = _decode_attention(query, key, value, step, scale)  # [B, Hq, 1, D]
     else:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=step.mask, scale=scaling,
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=step.mask, scale=scale,
                                              enable_gqa=query.shape[1] != key.shape[1])  # [B, Hq, S, D]
     return out.transpose(1, 2).to(out_dtype).contiguous(), None
 
 
 def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, step: Step,
-                      scaling: float | None) -> torch.Tensor:
+                      scale: float) -> torch.Tensor:
     """One query per row against the cache where it lies: [A, Hkv, K, D] views, never copied.
 
     The fed rows' queries are placed among all active slots (the others get zeros and a
@@ -133,12 +185,77 @@ def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     q = query.new_zeros(active, heads, dim)  # [A, Hq, D]
     q[step.rows] = query[:, :, 0]
     q = q.view(active, kv_heads, heads // kv_heads, dim)  # [A, Hkv, rep, D]
-    scale = scaling if scaling is not None else dim**-0.5
     scores = torch.matmul(q, key.transpose(-1, -2)) * scale  # [A, Hkv, rep, K]
     scores = scores.float().masked_fill(~step.mask.view(active, 1, 1, kv_len), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [A, Hkv, rep, K]
     out = torch.matmul(probs, value)  # [A, Hkv, rep, D]
     return out.view(active, heads, 1, dim)[step.rows]  # [B, Hq, 1, D]
+
+
+def _partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unnormalised attention over one part of the keys: (exp(s - m) @ v, m, sum exp(s - m)).
+
+    q: [N, Hkv, M, D], k, v: [N, Hkv, L, D], mask: broadcastable to [N, Hkv, M, L]. Returns
+    o [N, Hkv, M, D] and the running max m and normaliser s, [N, Hkv, M] float32.
+    """
+    scores = (torch.matmul(q, k.transpose(-1, -2)).float() * scale).masked_fill(~mask, float("-inf"))
+    m = scores.amax(dim=-1, keepdim=True)  # [N, Hkv, M, 1]; every query sees at least one key
+    p = torch.exp(scores - m)
+    return torch.matmul(p.to(v.dtype), v), m[..., 0], p.sum(dim=-1)
+
+
+def cascade_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, step: Step,
+                      scale: float) -> torch.Tensor:
+    """Attention to a shared prefix (once per group) and to the row's own slot, merged by log-sum-exp.
+
+    query: [B, Hq, S, D]. key, value: the slots' part as `SlotCache.update` returned it
+    ([A, Hkv, K, D] in place for decode, [B, Hkv, K, D] gathered for a chunk). Every
+    prefix column precedes every slot column, so the prefix part needs no causal mask.
+    """
+    pre = step.prefixes
+    batch, heads, width, dim = query.shape
+    kv_heads = key.shape[1]
+    m_rows = heads // kv_heads * width  # queries per kv head of one row: rep heads x S positions
+    q = query.reshape(batch, kv_heads, m_rows, dim)  # heads sharing a kv head are adjacent
+
+    # Prefix: the rows of an entry stacked into one [n x m_rows, D] query block per entry and kv head.
+    kp, vp = _prefix_kv(pre, step.layer)  # [E, Hkv, L, D]
+    count, n = pre.group.shape
+    qz = torch.cat([q, q.new_zeros(1, kv_heads, m_rows, dim)])  # [B + 1, ...]: index B = empty place
+    qg = qz[pre.group.view(-1)].view(count, n, kv_heads, m_rows, dim).transpose(1, 2)
+    o1, m1, s1 = _partial(qg.reshape(count, kv_heads, n * m_rows, dim), kp, vp, pre.mask, scale)
+
+    def to_rows(t: torch.Tensor) -> torch.Tensor:  # [E, Hkv, n * m_rows, ...] -> [B, Hkv, m_rows, ...]
+        t = t.view(count, kv_heads, n, m_rows, *t.shape[3:]).transpose(1, 2)
+        return t.reshape(count * n, kv_heads, m_rows, *t.shape[4:])[pre.place]
+
+    o1, m1, s1 = to_rows(o1), to_rows(m1), to_rows(s1)
+
+    # The row's own columns.
+    if step.decode:  # queries scattered among the active slots, whose cache is read in place
+        active, kv_len = key.shape[0], key.shape[2]
+        qa = q.new_zeros(active, kv_heads, m_rows, dim)
+        qa[step.rows] = q
+        mask = step.mask.view(active, 1, 1, kv_len)
+        o2, m2, s2 = (t[step.rows] for t in _partial(qa, key, value, mask, scale))
+    else:  # [B, 1, S, K] -> [B, 1, rep x S, K], matching the query layout
+        mask = step.mask[:, :, None].expand(batch, 1, heads // kv_heads, width, key.shape[2])
+        o2, m2, s2 = _partial(q, key, value, mask.reshape(batch, 1, m_rows, key.shape[2]), scale)
+
+    m = torch.maximum(m1, m2)
+    w1, w2 = torch.exp(m1 - m), torch.exp(m2 - m)  # [B, Hkv, m_rows]
+    out = (o1.float() * w1[..., None] + o2.float() * w2[..., None]) / (s1 * w1 + s2 * w2)[..., None]
+    return out.to(value.dtype).view(batch, heads, width, dim)
+
+
+def _prefix_kv(pre: Prefixes, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's prefix keys and values of the step's entries: views, or a gather of a few entries."""
+    out = []
+    for t in (pre.store.keys[layer], pre.store.values[layer]):
+        t = t[: pre.count] if pre.entries is None else t[pre.entries]
+        out.append(t[:, :, : pre.kv_len])
+    return out[0], out[1]
 
 
 AttentionInterface.register(ATTN_NAME, slot_attention)
@@ -166,8 +283,8 @@ def slot_attention_enabled(model: torch.nn.Module) -> Iterator[None]:
         config._attn_implementation = before
 
 
-def model_cache(model: torch.nn.Module, slots: int, capacity: int, dtype: torch.dtype,
-                device: torch.device) -> SlotCache:
+def model_store(model: torch.nn.Module, rows: int, capacity: int, dtype: torch.dtype,
+                device: torch.device) -> KVStore:
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return SlotCache(c.num_hidden_layers, slots, c.num_key_value_heads, head_dim, capacity, dtype, device)
+    return KVStore(c.num_hidden_layers, rows, c.num_key_value_heads, head_dim, capacity, dtype, device)
