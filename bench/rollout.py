@@ -239,13 +239,17 @@ class Tally:
     flops: float = 0.0
     bound_s: float = 0.0
     shapes: list[tuple[int, int, int]] = field(default_factory=list)
+    device: torch.device | None = None  # set: each forward is timed (synchronised), decode ones summed
+    decode_flops: float = 0.0
+    decode_s: float = 0.0
+    _open: tuple[float, float, bool] | None = None
 
     def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         batch, q = ids.shape
         step = kwargs.get("r3rl_step")
-        if step is not None:  # r3rl's slot cache: the longest row attended to
-            kv_before = max(step.kv_len - q, 0)
+        if step is not None:  # r3rl's slot cache: the longest row attended to (its prefix entry included)
+            kv_before = max(step.kv_len - q, 0) + (step.prefixes.kv_len if step.prefixes is not None else 0)
         else:
             cache = kwargs.get("past_key_values")
             try:
@@ -262,10 +266,26 @@ class Tally:
         self.tokens += batch * q
         self.flops += flops
         self.bound_s += max(flops / self.peak_flops, nbytes / self.bandwidth)
+        if self.device is not None:
+            sync(self.device)
+            self._open = (time.perf_counter(), flops, q == 1)
+
+    def after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """Post-hook: a one-token (decode) forward's FLOPs and wall time go to the decode tally."""
+        if self._open is None:
+            return
+        sync(self.device)
+        t0, flops, decode = self._open
+        self._open = None
+        if decode:
+            self.decode_flops += flops
+            self.decode_s += time.perf_counter() - t0
 
 
 def timed(fn: Callable[[], Any], model: torch.nn.Module, tally: Tally, device: torch.device) -> tuple[float, Any]:
-    handle = model.register_forward_pre_hook(tally.hook, with_kwargs=True)
+    handles = [model.register_forward_pre_hook(tally.hook, with_kwargs=True)]
+    if tally.device is not None:
+        handles.append(model.register_forward_hook(tally.after, with_kwargs=True))
     try:
         sync(device)
         t0 = time.perf_counter()
@@ -273,7 +293,8 @@ def timed(fn: Callable[[], Any], model: torch.nn.Module, tally: Tally, device: t
         sync(device)
         return time.perf_counter() - t0, result
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 # -------------------------------------------------------------------------- main
@@ -341,15 +362,24 @@ def _params(tokens: int, sample: bool, seed: int) -> SamplingParams:
     return SamplingParams(max_new_tokens=tokens, temperature=1.0 if sample else 0.0, top_k=0, top_p=1.0, seed=seed)
 
 
-def real_r3rl(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0):
-    engine = HFEngine(model, tok, max_batch_size=64, stop_token_ids=stops)
+KV_BYTES: dict[str, int] = {}  # peak KV-cache bytes of the last r3rl run, by method
+
+
+def real_r3rl(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0, shared: bool = True):
+    engine = HFEngine(model, tok, max_batch_size=64, stop_token_ids=stops, shared_prefix_attention=shared)
     retry = _params(w.retry_tokens, sample, seed)
 
     def then(i: int, j: int, depth: int, gen: Any) -> Continuation | None:
         return Continuation(retry, suffix_ids=w.suffix) if depth == 0 else None
 
     out = engine.generate(w.contexts, _params(w.reflection_tokens, sample, seed), n=w.group, then=then)
+    KV_BYTES["r3rl" if shared else "r3rl-copies"] = engine.last_stats.get("kv_bytes", 0)
     return [g.token_ids for row in out for g in row], [g.next.token_ids for row in out for g in row]
+
+
+def real_r3rl_copies(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0):
+    """r3rl with shared-prefix attention off: each row's slot holds its own copy of the prompt's KV."""
+    return real_r3rl(model, tok, w, stops, sample, seed, shared=False)
 
 
 def _cut(seq: list[int], stops: set[int]) -> list[int]:
@@ -408,7 +438,8 @@ def real_cb(model, tok, w: Workload, stops: list[int], sample: bool, seed: int =
     return reflections, retries
 
 
-REAL_METHODS = {"r3rl": real_r3rl, "transformers-CB": real_cb, "naive": real_naive}
+REAL_METHODS = {"r3rl": real_r3rl, "r3rl-copies": real_r3rl_copies, "transformers-CB": real_cb,
+                "naive": real_naive}
 
 
 def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device: torch.device) -> bool:
@@ -417,26 +448,30 @@ def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device:
     stops = stop_set(vocab)
     cost = CostModel.of(model)
 
-    # Agreement: greedy, stop set on, a slice of the workload (2 failures), all three methods.
+    methods = {m: REAL_METHODS[m] for m in args.methods}
+    # Agreement: greedy, stop set on, a slice of the workload (2 failures), every method.
     small = Workload(w.contexts[:2], w.suffix, min(w.group, 2), w.reflection_tokens, w.retry_tokens)
-    greedy = {m: fn(model, tok, small, stops, False) for m, fn in REAL_METHODS.items()}
+    greedy = {m: fn(model, tok, small, stops, False) for m, fn in methods.items()}
     agree = {m: sum(a == b for a, b in zip(greedy["r3rl"][0] + greedy["r3rl"][1], out[0] + out[1]))
              for m, out in greedy.items() if m != "r3rl"}
     total = 2 * len(greedy["r3rl"][0])
 
-    times: dict[str, list[float]] = {m: [] for m in REAL_METHODS}
-    toks: dict[str, list[int]] = {m: [] for m in REAL_METHODS}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    toks: dict[str, list[int]] = {m: [] for m in methods}
     tallies: dict[str, Tally] = {}
+    decode: dict[str, list[float]] = {m: [] for m in methods}  # FLOP/s of the decode forwards, per run
     lengths: list[int] = []
     for rep in range(args.repeats):
-        for method, fn in REAL_METHODS.items():  # interleaved, so load from other processes hits all alike
-            tallies[method] = Tally(cost, peak, bw)
+        for method, fn in methods.items():  # interleaved, so load from other processes hits all alike
+            tallies[method] = Tally(cost, peak, bw, device=device if args.decode_timing else None)
             seconds, (refl, retr) = timed(lambda: fn(model, tok, w, stops, True, rep), model, tallies[method], device)
             times[method].append(seconds)
             toks[method].append(sum(map(len, refl)) + sum(map(len, retr)))
+            if tallies[method].decode_s:
+                decode[method].append(tallies[method].decode_flops / tallies[method].decode_s)
             if method == "r3rl":
                 lengths += [len(x) for x in refl]
-    rate = {m: statistics.median(n / t for n, t in zip(toks[m], times[m])) for m in REAL_METHODS}
+    rate = {m: statistics.median(n / t for n, t in zip(toks[m], times[m])) for m in methods}
     lengths.sort()
     print(f"\n== realistic {name}: {args.failures} failures x G={args.group}, contexts "
           f"{min(map(len, w.contexts))}-{max(map(len, w.contexts))} tokens, sampled (T=1), stop set 1/{STOP_EVERY} "
@@ -448,14 +483,16 @@ def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device:
     print("   greedy agreement with r3rl (2 failures, stop set on): "
           + ", ".join(f"{m} {k}/{total} sequences identical" for m, k in agree.items()))
     print(f"   {'method':16} {'gen tok/s':>10} {'median s':>9} {'gen tokens':>10} {'fwd calls':>9} "
-          f"{'tokens in':>9} {'%matmul':>8} {'r3rl x':>7}   runs (s)")
-    for m in REAL_METHODS:
+          f"{'tokens in':>9} {'%matmul':>8} {'decode %mm':>10} {'KV MiB':>7} {'r3rl x':>7}   runs (s)")
+    for m in methods:
         t = tallies[m]
         s = statistics.median(times[m])
+        dec = f"{100 * statistics.median(decode[m]) / peak:9.1f}%" if decode[m] else f"{'-':>10}"
+        kv = f"{KV_BYTES[m] / 2**20:7.1f}" if m in KV_BYTES else f"{'-':>7}"
         print(f"   {m:16} {rate[m]:10.1f} {s:9.2f} {statistics.median(toks[m]):10.0f} {t.calls:9d} {t.tokens:9d} "
-              f"{100 * t.flops / times[m][-1] / peak:7.1f}% {rate['r3rl'] / rate[m]:6.2f}x   "
+              f"{100 * t.flops / times[m][-1] / peak:7.1f}% {dec} {kv} {rate['r3rl'] / rate[m]:6.2f}x   "
               f"{', '.join(f'{x:.2f}' for x in times[m])}")
-    return agree["naive"] == total
+    return all(k == total for m, k in agree.items() if m in ("naive", "r3rl-copies"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,9 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5 tiny, 3 others)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and failures: a smoke run")
+    p.add_argument("--methods", nargs="+", choices=list(REAL_METHODS), default=list(REAL_METHODS),
+                   help="realistic mode: which methods to run (r3rl always runs)")
+    p.add_argument("--decode-timing", action="store_true",
+                   help="time every forward (synchronised) and report the decode forwards' FLOP/s as %% of matmul")
     p.add_argument("--fixed", action="store_true",
                    help="the old fixed-length workload (no stop tokens, r3rl vs naive only)")
     args = p.parse_args(argv)
+    args.methods = ["r3rl"] + [m for m in args.methods if m != "r3rl"]
 
     fixed_defaults = dict(group=4, reflection_tokens=32, retry_tokens=16)
     real_defaults = dict(group=8, reflection_tokens=96, retry_tokens=48)
@@ -511,13 +553,15 @@ def main(argv: list[str] | None = None) -> int:
 
     names = ["countdown", "fc"] if args.workload == "all" else [args.workload]
     if not args.fixed:
-        real_cb(model, tok, warm, stop_set(model.config.vocab_size), False)
+        if "transformers-CB" in args.methods:
+            real_cb(model, tok, warm, stop_set(model.config.vocab_size), False)
         ok = True
         for name in names:
             peak, bw = max(peak, matmul_peak(device, dtype)), max(bw, copy_bandwidth(device))
             ok &= bench_realistic(name, model, tok, args, peak, bw, device)
         if not ok:
-            print("\nFAIL: r3rl and the naive baseline produced different greedy outputs", file=sys.stderr)
+            print("\nFAIL: r3rl and the naive baseline (or r3rl-copies) produced different greedy outputs",
+                  file=sys.stderr)
         return 0 if ok else 1
     ok = True
     for name in names:

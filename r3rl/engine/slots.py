@@ -56,6 +56,12 @@ class Prefixes:
     mask: torch.Tensor
     kv_len: int
 
+    @property
+    def bias(self) -> torch.Tensor:
+        if getattr(self, "_bias", None) is None:
+            self._bias = _bias(self.mask)
+        return self._bias
+
 
 @dataclass
 class Step:
@@ -79,6 +85,13 @@ class Step:
     store: str = "slots"
     prefixes: Prefixes | None = None
     layer: int = 0  # set by SlotCache.update: the layer whose attention runs next
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """The mask as an additive float32 bias, made once per forward and shared by every layer."""
+        if getattr(self, "_bias", None) is None:
+            self._bias = _bias(self.mask)
+        return self._bias
 
 
 class KVStore:
@@ -185,24 +198,33 @@ def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     q = query.new_zeros(active, heads, dim)  # [A, Hq, D]
     q[step.rows] = query[:, :, 0]
     q = q.view(active, kv_heads, heads // kv_heads, dim)  # [A, Hkv, rep, D]
-    scores = torch.matmul(q, key.transpose(-1, -2)) * scale  # [A, Hkv, rep, K]
-    scores = scores.float().masked_fill(~step.mask.view(active, 1, 1, kv_len), float("-inf"))
+    scores = torch.matmul(q * scale, key.transpose(-1, -2)).float()  # [A, Hkv, rep, K]
+    scores += step.bias.view(active, 1, 1, kv_len)
     probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [A, Hkv, rep, K]
     out = torch.matmul(probs, value)  # [A, Hkv, rep, D]
     return out.view(active, heads, 1, dim)[step.rows]  # [B, Hq, 1, D]
 
 
-def _partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unnormalised attention over one part of the keys: (exp(s - m) @ v, m, sum exp(s - m)).
+def _bias(mask: torch.Tensor) -> torch.Tensor:
+    """Additive form of a boolean mask (0 where allowed, -inf elsewhere): one add instead of a masked_fill."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf"))
 
-    q: [N, Hkv, M, D], k, v: [N, Hkv, L, D], mask: broadcastable to [N, Hkv, M, L]. Returns
-    o [N, Hkv, M, D] and the running max m and normaliser s, [N, Hkv, M] float32.
+
+def _partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over one part of the keys and its log-sum-exp.
+
+    q: [N, Hkv, M, D], k, v: [N, Hkv, L, D], bias: additive, broadcastable to [N, Hkv, M, L].
+    Returns o [N, Hkv, M, D] (normalised over this part) and lse [N, Hkv, M] float32. The
+    log-sum-exp comes from the softmax itself: its largest probability is exp(max - lse)
+    >= 1/L, so lse = max - log(max probability) loses nothing, and the scores need no
+    separate exp pass (an unfused exp costs more than the whole fused softmax on CPU).
     """
-    scores = (torch.matmul(q, k.transpose(-1, -2)).float() * scale).masked_fill(~mask, float("-inf"))
-    m = scores.amax(dim=-1, keepdim=True)  # [N, Hkv, M, 1]; every query sees at least one key
-    p = torch.exp(scores - m)
-    return torch.matmul(p.to(v.dtype), v), m[..., 0], p.sum(dim=-1)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
+    scores += bias
+    probs = torch.softmax(scores, dim=-1)  # every query sees at least one key
+    lse = scores.amax(dim=-1) - torch.log(probs.amax(dim=-1))
+    return torch.matmul(probs.to(v.dtype), v), lse
 
 
 def cascade_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, step: Step,
@@ -224,28 +246,26 @@ def cascade_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     count, n = pre.group.shape
     qz = torch.cat([q, q.new_zeros(1, kv_heads, m_rows, dim)])  # [B + 1, ...]: index B = empty place
     qg = qz[pre.group.view(-1)].view(count, n, kv_heads, m_rows, dim).transpose(1, 2)
-    o1, m1, s1 = _partial(qg.reshape(count, kv_heads, n * m_rows, dim), kp, vp, pre.mask, scale)
+    o1, lse1 = _partial(qg.reshape(count, kv_heads, n * m_rows, dim), kp, vp, pre.bias, scale)
 
     def to_rows(t: torch.Tensor) -> torch.Tensor:  # [E, Hkv, n * m_rows, ...] -> [B, Hkv, m_rows, ...]
         t = t.view(count, kv_heads, n, m_rows, *t.shape[3:]).transpose(1, 2)
         return t.reshape(count * n, kv_heads, m_rows, *t.shape[4:])[pre.place]
 
-    o1, m1, s1 = to_rows(o1), to_rows(m1), to_rows(s1)
+    o1, lse1 = to_rows(o1), to_rows(lse1)
 
     # The row's own columns.
     if step.decode:  # queries scattered among the active slots, whose cache is read in place
         active, kv_len = key.shape[0], key.shape[2]
         qa = q.new_zeros(active, kv_heads, m_rows, dim)
         qa[step.rows] = q
-        mask = step.mask.view(active, 1, 1, kv_len)
-        o2, m2, s2 = (t[step.rows] for t in _partial(qa, key, value, mask, scale))
+        o2, lse2 = (t[step.rows] for t in _partial(qa, key, value, step.bias.view(active, 1, 1, kv_len), scale))
     else:  # [B, 1, S, K] -> [B, 1, rep x S, K], matching the query layout
-        mask = step.mask[:, :, None].expand(batch, 1, heads // kv_heads, width, key.shape[2])
-        o2, m2, s2 = _partial(q, key, value, mask.reshape(batch, 1, m_rows, key.shape[2]), scale)
+        bias = step.bias[:, :, None].expand(batch, 1, heads // kv_heads, width, key.shape[2])
+        o2, lse2 = _partial(q, key, value, bias.reshape(batch, 1, m_rows, key.shape[2]), scale)
 
-    m = torch.maximum(m1, m2)
-    w1, w2 = torch.exp(m1 - m), torch.exp(m2 - m)  # [B, Hkv, m_rows]
-    out = (o1.float() * w1[..., None] + o2.float() * w2[..., None]) / (s1 * w1 + s2 * w2)[..., None]
+    lse = torch.logaddexp(lse1, lse2)  # [B, Hkv, m_rows]
+    out = o1.float() * torch.exp(lse1 - lse)[..., None] + o2.float() * torch.exp(lse2 - lse)[..., None]
     return out.to(value.dtype).view(batch, heads, width, dim)
 
 
