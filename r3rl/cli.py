@@ -65,7 +65,7 @@ def _rollout(cfg, device=None):
 
     task = load_task(cfg.task.name, **cfg.task.options)
     model, tok = load_for_inference(cfg.model, device=device)
-    return Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
+    return Rollout(HFEngine.from_config(model, tok, cfg.generation), task, cfg.generation, cfg.rollout)
 
 
 def _launched_rollout(cfg):

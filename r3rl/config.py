@@ -70,6 +70,8 @@ class GenerationConfig:
     """Top-k sampling for every stage (0 = off)."""
     max_batch_size: int = 64
     """Rows (prompts x samples) generated at once; lower it if generation runs out of memory."""
+    shared_prefix_attention: str = "auto"
+    """Store a prompt's KV once and let its G rows attend to it together (cascade attention): on, off, or auto (on when a call samples several rows per prompt and prompts average 512 tokens or more)."""
     max_prompt_tokens: int = 0
     """Longest first-attempt prompt (chat template + task + tool schemas) in tokens, checked in mining, evaluation and online training; a longer one stops the run with an error naming the example (0 = no limit)."""
 
@@ -235,6 +237,7 @@ _CHOICES = {
     "train.loss_aggregation": ("sequence_mean", "token_sum"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "generation.shared_prefix_attention": ("auto", "on", "off"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 _POSITIVE = {
@@ -359,7 +362,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except ValueError:
             raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
     if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted on/off/yes/no as a bool
+            return "on" if value else "off"
+        if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.config import Config
+from r3rl.engine.base import prefix_setting, use_shared_prefix
 
 GIB = 1024 ** 3
 # Labelled assumptions (printed with every plan that uses them).
@@ -131,7 +132,14 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
     out["activations with gradient checkpointing"] = ckpt
     gen_len = (prompt_tokens + g.max_attempt_tokens + g.max_reflection_tokens + g.max_retry_tokens
                + 2 * INSTRUCTION_TOKENS)
-    out["KV cache at generation.max_batch_size"] = 2 * shape.layers * shape.kv_dim * HALF * g.max_batch_size * gen_len
+    kv_tokens = g.max_batch_size * gen_len
+    context = prompt_tokens + g.max_attempt_tokens + INSTRUCTION_TOKENS  # what a failure's G reflections share
+    if use_shared_prefix(prefix_setting(g.shared_prefix_attention), [[0] * context], cfg.rollout.group_size):
+        # Shared-prefix attention: each failure context once (the groups in the slots, one more
+        # finishing), each row only its reflection + retry suffix + retry.
+        groups = -(-g.max_batch_size // cfg.rollout.group_size) + 1
+        kv_tokens = groups * context + g.max_batch_size * (gen_len - context)
+    out["KV cache at generation.max_batch_size"] = 2 * shape.layers * shape.kv_dim * HALF * kv_tokens
     out["_rows"], out["_seq"], out["_gen_len"] = rows, seq, gen_len
     return out
 

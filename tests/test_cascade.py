@@ -139,7 +139,7 @@ def test_shared_prefix_attention_matches_plain_path_and_never_copies_a_prompt(mo
     copies: list[int] = []
     real_copy = KVStore.copy_row
     monkeypatch.setattr(KVStore, "copy_row", lambda self, s, d, n: (copies.append(n), real_copy(self, s, d, n)))
-    shared = HFEngine(model, tok, max_batch_size=cap, stop_token_ids=stops)
+    shared = HFEngine(model, tok, max_batch_size=cap, stop_token_ids=stops, shared_prefix_attention=True)
     got = shared.generate(prompts, first, n=4, then=_retry_then)
     assert [[chain(g) for g in row] for row in got] == [[chain(g) for g in row] for row in expected]
     shortest = min(map(len, prompts))
@@ -164,9 +164,27 @@ def test_prefix_stored_once_per_prompt(model, tok):
     prompts = [tok(("the target is 42 and the numbers are 1 2 3 " * 12) + str(k), add_special_tokens=False)
                ["input_ids"] for k in range(5)]
     params = SamplingParams(max_new_tokens=8, temperature=0.0)
-    shared = HFEngine(model, tok, stop_token_ids=[])
+    shared = HFEngine(model, tok, stop_token_ids=[], shared_prefix_attention=True)
     copying = HFEngine(model, tok, stop_token_ids=[], shared_prefix_attention=False)
     a, b = shared.generate(prompts, params, n=8), copying.generate(prompts, params, n=8)
     assert [[g.token_ids for g in r] for r in a] == [[g.token_ids for g in r] for r in b]
     assert shared.last_stats["prefix_entries"] == 5
     assert shared.last_stats["kv_bytes"] * 3 < copying.last_stats["kv_bytes"]
+
+
+def test_auto_setting_and_config(model, tok):
+    from r3rl.config import ConfigError, load_config
+    from r3rl.engine.base import SHARED_PREFIX_MIN_TOKENS, use_shared_prefix
+
+    long, short = [1] * SHARED_PREFIX_MIN_TOKENS, [1] * 100
+    assert use_shared_prefix(None, [long, long], 8)
+    assert not use_shared_prefix(None, [long, long], 1)  # G = 1: nothing to share
+    assert not use_shared_prefix(None, [short, short], 8)  # short prompts: the extra attention costs more
+    assert use_shared_prefix(True, [short], 1) and not use_shared_prefix(False, [long], 8)
+    assert HFEngine(model, tok, shared_prefix_attention="off").shared_prefix_attention is False
+    with pytest.raises(ValueError, match="shared_prefix_attention"):
+        HFEngine(model, tok, shared_prefix_attention="sometimes")
+    # YAML 1.1 reads an unquoted `off` as false: the config still means "off".
+    assert load_config(None, ["generation.shared_prefix_attention=off"]).generation.shared_prefix_attention == "off"
+    with pytest.raises(ConfigError, match="shared_prefix_attention"):
+        load_config(None, ["generation.shared_prefix_attention=maybe"])

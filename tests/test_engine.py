@@ -144,8 +144,9 @@ def _wide_then(i: int, j: int, depth: int, gen: Generation) -> Continuation | No
     return Continuation(SamplingParams(max_new_tokens=1 + (7 * i + 13 * j) % 40, temperature=0.0), suffix_ids=suffix)
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("cap", [64, 7, 3, 1])
-def test_early_stopping_rows_and_refilled_slots(model, tok, stops, cap):
+def test_early_stopping_rows_and_refilled_slots(model, tok, stops, cap, shared):
     """Rows stop after 1 to 40 tokens; freed slots are refilled from the queue; outputs equal the plain path.
 
     The check that finished rows leave the computation: every row fed to a one-token
@@ -158,7 +159,7 @@ def test_early_stopping_rows_and_refilled_slots(model, tok, stops, cap):
     few_stops = stops[::4]  # rarer stops: some rows run to their limit, others stop early
     reference = HFEngine(model, tok, share_prefix=False, reuse_cache=False, stop_token_ids=few_stops)
     expected = reference.generate(prompts_, first, n=3, then=_wide_then)
-    fast = HFEngine(model, tok, max_batch_size=cap, stop_token_ids=few_stops)
+    fast = HFEngine(model, tok, max_batch_size=cap, stop_token_ids=few_stops, shared_prefix_attention=shared)
     with record_forward_shapes(model) as shapes:
         got = fast.generate(prompts_, first, n=3, then=_wide_then)
     assert [[chain(g) for g in row] for row in got] == [[chain(g) for g in row] for row in expected]
@@ -321,6 +322,23 @@ def test_filter_logits_by_hand():
     tokens, logprobs = sample_next(logits, greedy, None)
     assert tokens.tolist() == [0, 3]
     assert torch.allclose(logprobs, torch.log(torch.tensor([0.5, 0.4])))
+
+
+def test_sampler_draws_each_token_with_its_probability():
+    """40,000 draws per row: frequencies match the tempered, filtered distribution; filtered tokens never come."""
+    probs = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625, 0.0], [0.1, 0.2, 0.3, 0.4, 0.0, 0.0]])
+    logits = torch.log(probs)  # [2, 6]; -inf where the probability is 0
+    draws = 40_000
+    rows = logits.repeat_interleave(draws, dim=0)  # [2 x draws, 6]
+    n = rows.shape[0]
+    sampling = RowSampling(torch.tensor([1.0] * draws + [0.5] * draws), torch.ones(n),
+                           torch.tensor([0] * draws + [2] * draws))
+    tokens, _ = sample_next(rows, sampling, torch.Generator().manual_seed(0))
+    expected = [probs[0], torch.tensor([0.0, 0.0, 0.36, 0.64, 0.0, 0.0])]  # row 1: T = 0.5 -> p^2, then top-2
+    for r in range(2):
+        freq = torch.bincount(tokens[r * draws:(r + 1) * draws], minlength=6).float() / draws
+        se = (expected[r] * (1 - expected[r]) / draws).sqrt()
+        assert ((freq - expected[r]).abs() <= 5 * se + 1e-9).all(), (r, freq, expected[r])
 
 
 # ---------------------------------------------------------------------- loading

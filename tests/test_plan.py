@@ -39,9 +39,14 @@ def test_memory_per_device(cfg):
     assert mem["reference model (frozen float32 copy, beta > 0)"] == 4 * p  # beta 0.001 in the preset
     assert mem["gradients (float32)"] == 4 * p
     assert mem["optimizer (AdamW, 2 x float32)"] == 8 * p
-    # KV cache: 2 (k, v) x 28 layers x 256 (2 kv heads x 128) x 2 bytes = 28,672 bytes per token;
-    # 128 rows (generation.max_batch_size) x (150 + 512 + 512 + 512 + 2 x 40) = 1766 tokens
-    assert mem["KV cache at generation.max_batch_size"] == 28_672 * 128 * 1766
+    # KV cache: 2 (k, v) x 28 layers x 256 (2 kv heads x 128) x 2 bytes = 28,672 bytes per token.
+    # Shared-prefix attention (auto: G = 8, 702-token contexts): 128 / 8 + 1 = 17 failure contexts of
+    # 150 + 512 + 40 = 702 tokens, and per row (128) 512 + 40 + 512 = 1064 tokens.
+    assert mem["KV cache at generation.max_batch_size"] == 28_672 * (17 * 702 + 128 * 1064)
+    # Without it: 128 rows x (150 + 512 + 512 + 512 + 2 x 40) = 1766 tokens each.
+    cfg.generation.shared_prefix_attention = "off"
+    off = memory_per_device(cfg, shape, processes=8, prompt_tokens=150)
+    assert off["KV cache at generation.max_batch_size"] == 28_672 * 128 * 1766
     # checkpointing keeps one bf16 hidden state per layer instead of every block's tensors
     assert mem["activations with gradient checkpointing"] < mem["activations without gradient checkpointing"] / 10
     # 16 failures x G 8 = 128 reflections of 150 + 512 + 40 + 512 = 1214 tokens; layer inputs alone: 28 x 1536 x 2 bytes

@@ -68,7 +68,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     t = time.perf_counter()
     model, tok = load_for_inference(cfg.model)
-    roll = Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
+    roll = Rollout(HFEngine.from_config(model, tok, cfg.generation), task, cfg.generation, cfg.rollout)
     before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path)
     print_table(results_table(before, "before training"))
     stage("evaluate before", t)
@@ -87,7 +87,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     t = time.perf_counter()
     cfg.model.name_or_path = str(final)
     model, tok = load_for_inference(cfg.model)
-    roll = Rollout(HFEngine(model, tok, max_batch_size=cfg.generation.max_batch_size), task, cfg.generation, cfg.rollout)
+    roll = Rollout(HFEngine.from_config(model, tok, cfg.generation), task, cfg.generation, cfg.rollout)
     after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final))
     print_table(results_table(after, "after training"))
     # The card written at the end of training had no "after" numbers yet.

@@ -85,3 +85,28 @@ class Engine(ABC):
                 drop.add(int(special))
         kept = [[t for t in row if t not in drop] for row in token_rows]
         return tok.batch_decode(kept, skip_special_tokens=False)
+
+
+# Shared-prefix attention reads a prompt's KV once per group instead of once per row and
+# stores it once, but runs a second, smaller attention and a merge in every layer. On
+# this project's CPU measurements (BENCHMARKS.md) it cost 11-14% on 120-token prompts or
+# G = 1 and broke even or won from about 1,000-token prompts with G = 8 (with 2.5-6x
+# less KV memory); the threshold sits between them.
+SHARED_PREFIX_MIN_TOKENS = 512
+
+
+def prefix_setting(value: bool | str) -> bool | None:
+    """True / False / None (auto) from a bool or the config's "on" / "off" / "auto"."""
+    if isinstance(value, bool):
+        return value
+    table = {"on": True, "off": False, "auto": None}
+    if value not in table:
+        raise ValueError(f"shared_prefix_attention must be on, off, auto or a bool, got {value!r}")
+    return table[value]
+
+
+def use_shared_prefix(setting: bool | None, prompts: list[list[int]], n: int) -> bool:
+    """Whether a call uses shared-prefix attention: the setting, or (auto) several rows of long prompts."""
+    if setting is not None:
+        return setting
+    return n > 1 and sum(map(len, prompts)) >= SHARED_PREFIX_MIN_TOKENS * len(prompts)

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from r3rl.engine.base import Engine, ThenFn
+from r3rl.engine.base import Engine, ThenFn, prefix_setting, use_shared_prefix
 from r3rl.engine.batch import Call, Row, SlotScheduler, check_continuation
 from r3rl.engine.sampling import RowSampling, sample_next, validate_params
 from r3rl.engine.slots import slot_attention_enabled, supports_slots
@@ -99,8 +99,9 @@ class HFEngine(Engine):
 
     stop_token_ids overrides the tokenizer-derived stop set (an empty list means
     "stop only at max_new_tokens", as benchmarks need). shared_prefix_attention (slots
-    path): a prompt's KV is stored once and attended to by all its rows (cascade
-    attention); False copies it into each row's slot instead.
+    path): True stores a prompt's KV once and lets all its rows attend to it (cascade
+    attention); False copies it into each row's slot; "auto" decides per call
+    (`use_shared_prefix`).
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class HFEngine(Engine):
         share_prefix: bool = True,
         reuse_cache: bool = True,
         stop_token_ids: Sequence[int] | None = None,
-        shared_prefix_attention: bool = True,
+        shared_prefix_attention: bool | str = "auto",
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -120,11 +121,17 @@ class HFEngine(Engine):
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix
         self.reuse_cache = reuse_cache
-        self.shared_prefix_attention = shared_prefix_attention
+        self.shared_prefix_attention = prefix_setting(shared_prefix_attention)
         self.last_stats: dict[str, int] = {}  # the last slot-path call: forwards, peak KV bytes, prefix entries
         self._stop_override = None if stop_token_ids is None else sorted({int(t) for t in stop_token_ids})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
+
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, tokenizer: Any, generation: Any) -> "HFEngine":
+        """The engine a run's `generation` config section asks for."""
+        return cls(model, tokenizer, max_batch_size=generation.max_batch_size,
+                   shared_prefix_attention=generation.shared_prefix_attention)
 
     def stop_token_ids(self) -> list[int]:
         if self._stop_override is not None:
@@ -184,7 +191,7 @@ class HFEngine(Engine):
         base = _transformers_model(call.module)
         dtype = base.get_input_embeddings().weight.dtype
         longest = max(len(p) for p in prompts)
-        shared = self.shared_prefix_attention
+        shared = use_shared_prefix(self.shared_prefix_attention, prompts, n)
         capacity = params.max_new_tokens + 1 + (0 if shared else longest)  # a first guess: slots grow on demand
         scheduler = SlotScheduler(self, call, min(self.max_batch_size, len(rows)), capacity, dtype,
                                   shared_prefix=shared, prompt_capacity=longest, prompts=len(prompts))

@@ -202,9 +202,11 @@ def load_engine(
     share_prefix: bool = True,
     reuse_cache: bool = True,
     stop_token_ids: list[int] | None = None,
+    shared_prefix_attention: bool | str = "auto",
     **load_kwargs: Any,
 ) -> HFEngine:
     """load_model + HFEngine; load_kwargs go to load_model (dtype, device, adapter, base, ...)."""
     model, tokenizer = load_model(name_or_path, **load_kwargs)
     return HFEngine(model, tokenizer, max_batch_size=max_batch_size, share_prefix=share_prefix,
-                    reuse_cache=reuse_cache, stop_token_ids=stop_token_ids)
+                    reuse_cache=reuse_cache, stop_token_ids=stop_token_ids,
+                    shared_prefix_attention=shared_prefix_attention)
