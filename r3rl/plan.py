@@ -139,6 +139,7 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
         # finishing), each row only its reflection + retry suffix + retry.
         groups = -(-g.max_batch_size // cfg.rollout.group_size) + 1
         kv_tokens = groups * context + g.max_batch_size * (gen_len - context)
+        out["_shared"] = 1
     out["KV cache at generation.max_batch_size"] = 2 * shape.layers * shape.kv_dim * HALF * kv_tokens
     out["_rows"], out["_seq"], out["_gen_len"] = rows, seq, gen_len
     return out
@@ -176,6 +177,7 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
                            f"(r3rl's engine has not been timed on a GPU); measure with bench/rollout.py and pass --tokens-per-s")
     mem = memory_per_device(cfg, shape, processes, prompt_tokens)
     rows, seq, gen_len = int(mem.pop("_rows")), int(mem.pop("_seq")), int(mem.pop("_gen_len"))
+    shared = bool(mem.pop("_shared", 0))
     t = cfg.train
     lines = [f"r3rl plan: {cfg.model.name_or_path} ({source})",
              f"parameters: {shape.params() / 1e9:.2f}B ({shape.params():,}); {shape.layers} layers, hidden {shape.hidden}, "
@@ -196,7 +198,9 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
         z2 = static - (mem["gradients (float32)"] + mem["optimizer (AdamW, 2 x float32)"]) * (1 - 1 / processes)
         lines.append(f"  with deepspeed-zero2 (gradients and optimizer sharded over {processes}): static {z2 / GIB:.2f} GiB")
     lines.append(f"  (training forward: micro_batch_size x group_size = {rows} reflections of up to {seq} tokens; "
-                 f"generation: {cfg.generation.max_batch_size} rows of up to {gen_len} tokens)")
+                 f"generation: {cfg.generation.max_batch_size} rows of up to {gen_len} tokens"
+                 + (", each failure context stored once for its group (shared-prefix attention))"
+                    if shared else ")"))
     lines += ["", f"generated tokens (upper bounds) and wall time at {tokens_per_s:,.0f} tokens/s per device{speed_note} x {processes}"]
     total_tokens = 0
     for name, n in generated_tokens(cfg).items():

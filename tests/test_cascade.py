@@ -188,3 +188,24 @@ def test_auto_setting_and_config(model, tok):
     assert load_config(None, ["generation.shared_prefix_attention=off"]).generation.shared_prefix_attention == "off"
     with pytest.raises(ConfigError, match="shared_prefix_attention"):
         load_config(None, ["generation.shared_prefix_attention=maybe"])
+
+
+@pytest.mark.parametrize("half", ["weights", "autocast"])
+def test_shared_prefix_attention_in_bfloat16(model, tok, half):
+    """bf16 stores (bf16 weights) and a float32 store under bf16 autocast: runs, finite, first tokens agree."""
+    import copy
+
+    m = copy.deepcopy(model).to(torch.bfloat16) if half == "weights" else model
+    prompts = [tok("the numbers are 1 2 3 and the target is " + str(k), add_special_tokens=False)["input_ids"]
+               for k in range(3)]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    outs = []
+    for shared in (True, False):
+        engine = HFEngine(m, tok, stop_token_ids=[], shared_prefix_attention=shared)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half == "autocast"):
+            outs.append(engine.generate(prompts, params, n=4, then=_retry_then))
+    for a_row, b_row in zip(*outs):
+        for a, b in zip(a_row, b_row):
+            assert len(a.token_ids) == 6 and all(torch.isfinite(torch.tensor(a.logprobs)))
+            assert a.token_ids[0] == b.token_ids[0]  # the prompt's own logits: the same computation in both
+            assert a.next is not None and all(torch.isfinite(torch.tensor(a.next.logprobs)))

@@ -273,8 +273,8 @@ def _prefix_kv(pre: Prefixes, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's prefix keys and values of the step's entries: views, or a gather of a few entries."""
     out = []
     for t in (pre.store.keys[layer], pre.store.values[layer]):
-        t = t[: pre.count] if pre.entries is None else t[pre.entries]
-        out.append(t[:, :, : pre.kv_len])
+        t = t[: pre.count, :, : pre.kv_len] if pre.entries is None else t[:, :, : pre.kv_len][pre.entries]
+        out.append(t)
     return out[0], out[1]
 
 
