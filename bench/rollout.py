@@ -366,11 +366,12 @@ def _params(tokens: int, sample: bool, seed: int) -> SamplingParams:
     return SamplingParams(max_new_tokens=tokens, temperature=1.0 if sample else 0.0, top_k=0, top_p=1.0, seed=seed)
 
 
+BATCH = {"rows": 64}  # r3rl's max_batch_size in realistic mode (--max-batch-size)
 KV_BYTES: dict[str, int] = {}  # peak KV-cache bytes of the last r3rl run, by method
 
 
 def real_r3rl(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0, shared: bool = True):
-    engine = HFEngine(model, tok, max_batch_size=64, stop_token_ids=stops, shared_prefix_attention=shared)
+    engine = HFEngine(model, tok, max_batch_size=BATCH["rows"], stop_token_ids=stops, shared_prefix_attention=shared)
     retry = _params(w.retry_tokens, sample, seed)
 
     def then(i: int, j: int, depth: int, gen: Any) -> Continuation | None:
@@ -519,12 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and failures: a smoke run")
     p.add_argument("--methods", nargs="+", choices=list(REAL_METHODS), default=list(REAL_METHODS),
                    help="realistic mode: which methods to run (r3rl always runs)")
+    p.add_argument("--max-batch-size", type=int, default=64,
+                   help="realistic mode: r3rl's max_batch_size (decode slots); the peers keep 64 rows per call")
     p.add_argument("--decode-timing", action="store_true",
                    help="time every forward (synchronised) and report the decode forwards' FLOP/s as %% of matmul")
     p.add_argument("--fixed", action="store_true",
                    help="the old fixed-length workload (no stop tokens, r3rl vs naive only)")
     args = p.parse_args(argv)
     args.methods = ["r3rl"] + [m for m in args.methods if m != "r3rl"]
+    BATCH["rows"] = args.max_batch_size
 
     fixed_defaults = dict(group=4, reflection_tokens=32, retry_tokens=16)
     real_defaults = dict(group=8, reflection_tokens=96, retry_tokens=48)
