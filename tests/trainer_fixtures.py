@@ -79,7 +79,7 @@ class NeverTask(CoinTask):
 
 
 class BrokenRetryCoinTask(CoinTask):
-    """CoinTask whose verifier raises on the retries of example 0 (verdicts of first attempts, in
+    """CoinTask whose verifier raises on the retries of even-numbered examples (verdicts of first attempts, in
     mining and in the failure set's validation, stay normal, so there are failures to train on)."""
 
     raised = 0
@@ -87,7 +87,7 @@ class BrokenRetryCoinTask(CoinTask):
     def verify(self, ex, completion):
         import inspect
 
-        if ex["id"] == "0" and any(f.function == "reflect_and_retry" for f in inspect.stack()):
+        if int(ex["id"]) % 2 == 0 and any(f.function == "reflect_and_retry" for f in inspect.stack()):
             BrokenRetryCoinTask.raised += 1
             raise ZeroDivisionError("a bug in the task")
         return super().verify(ex, completion)
