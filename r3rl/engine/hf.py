@@ -10,7 +10,8 @@ Two paths:
 
 * slots (Llama/Qwen-style full-attention models, r3rl/engine/batch.py and slots.py):
   continuous batching over a preallocated per-slot KV cache. Each prompt is prefilled
-  once and copied to its rows; a finished row leaves the batch at once (or, if `then`
+  once; its rows attend to that one copy (shared-prefix attention, for several rows of
+  long prompts) or copy it into their slots; a finished row leaves the batch at once (or, if `then`
   continues it with a suffix, stays in its slot and feeds only the suffix), and waiting
   rows take freed slots, so a batch stays full while work remains.
 * micro-batches (every other model, and the plain reference path): identical prompts
