@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import torch
@@ -56,11 +57,10 @@ class Prefixes:
     mask: torch.Tensor
     kv_len: int
 
-    @property
+    @cached_property
     def bias(self) -> torch.Tensor:
-        if getattr(self, "_bias", None) is None:
-            self._bias = _bias(self.mask)
-        return self._bias
+        """The mask as an additive float32 bias, made once per forward and shared by every layer."""
+        return _bias(self.mask)
 
 
 @dataclass
@@ -86,12 +86,10 @@ class Step:
     prefixes: Prefixes | None = None
     layer: int = 0  # set by SlotCache.update: the layer whose attention runs next
 
-    @property
+    @cached_property
     def bias(self) -> torch.Tensor:
         """The mask as an additive float32 bias, made once per forward and shared by every layer."""
-        if getattr(self, "_bias", None) is None:
-            self._bias = _bias(self.mask)
-        return self._bias
+        return _bias(self.mask)
 
 
 class KVStore:
