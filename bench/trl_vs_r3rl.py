@@ -61,14 +61,11 @@ def base_config(work: Path, failures: int, group: int, steps: int) -> Config:
 
 
 def mine_failures(cfg: Config) -> Path:
-    from r3rl.engine.hf import HFEngine
     from r3rl.mining import mine
-    from r3rl.rollout import Rollout
+    from r3rl.stack import build_rollout
     from r3rl.tasks import load_task
-    from r3rl.training.policy import load_for_inference
 
-    model, tok = load_for_inference(cfg.model)
-    roll = Rollout(HFEngine(model, tok), load_task("addition"), cfg.generation, cfg.rollout)
+    roll = build_rollout(cfg, task=load_task("addition"))
     mine(roll, cfg.failures, cfg.seed, show_progress=False)
     return Path(cfg.failures.path)
 

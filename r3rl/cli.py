@@ -58,14 +58,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _rollout(cfg, device=None):
     """The model behind an engine, and the rollout over the configured task."""
-    from r3rl.engine.hf import HFEngine
-    from r3rl.rollout import Rollout
-    from r3rl.tasks import load_task
-    from r3rl.training.policy import load_for_inference
+    from r3rl.stack import build_rollout
 
-    task = load_task(cfg.task.name, **cfg.task.options)
-    model, tok = load_for_inference(cfg.model, device=device)
-    return Rollout(HFEngine.from_config(model, tok, cfg.generation), task, cfg.generation, cfg.rollout)
+    return build_rollout(cfg, device=device)
 
 
 def _launched_rollout(cfg):

@@ -52,6 +52,8 @@ class TaskConfig:
 
 @dataclass
 class GenerationConfig:
+    backend: str = "hf"
+    """Generation backend: hf (r3rl's transformers engine, shares the training model's weights) or vllm (see generation.vllm)."""
     max_attempt_tokens: int = 256
     """Token limit of a first attempt."""
     max_reflection_tokens: int = 256
@@ -238,6 +240,7 @@ _CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "generation.shared_prefix_attention": ("auto", "on", "off"),
+    "generation.backend": ("hf", "vllm"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 _POSITIVE = {

@@ -57,7 +57,7 @@ def test_model_settings_reach_from_pretrained(model_dir, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     from r3rl.config import load_config
-    from r3rl.training.policy import load_for_inference
+    from r3rl.engine.loading import load_for_inference
 
     cfg = load_config(None, [f"model.name_or_path={model_dir}", "model.revision=v1", "model.attn_implementation=eager",
                              "model.init_kwargs.flag_for_test=true"])

@@ -41,14 +41,12 @@ def demo_config(out: Path, quick: bool = False, overrides: list[str] | None = No
 def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list[str] | None = None) -> int:
     import torch
 
-    from r3rl.engine.hf import HFEngine
     from r3rl.evaluation.accuracy import evaluate_model, results_table
     from r3rl.mining import mine
     from r3rl.training.model_card import push_folder, write_model_cards
-    from r3rl.training.policy import load_for_inference
     from r3rl.progress import print_table
     from r3rl.reporting.report import build_report, summary_table
-    from r3rl.rollout import Rollout
+    from r3rl.stack import build_rollout
     from r3rl.tasks import load_task
     from r3rl.training.trainer import train
 
@@ -67,8 +65,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
         print(f"[demo] {name}: {times[name]:.0f} s", flush=True)
 
     t = time.perf_counter()
-    model, tok = load_for_inference(cfg.model)
-    roll = Rollout(HFEngine.from_config(model, tok, cfg.generation), task, cfg.generation, cfg.rollout)
+    roll = build_rollout(cfg, task=task)
     before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path)
     print_table(results_table(before, "before training"))
     stage("evaluate before", t)
@@ -77,7 +74,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     summary = mine(roll, cfg.failures, cfg.seed)
     print(f"[demo] failure set: {summary['failure_set_size']} of {summary['examples']} examples failed at least once "
           f"(first-attempt pass rate {summary['attempt_pass_rate']:.1%})")
-    del roll, model
+    del roll
     stage("mine failures", t)
 
     t = time.perf_counter()
@@ -86,8 +83,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     t = time.perf_counter()
     cfg.model.name_or_path = str(final)
-    model, tok = load_for_inference(cfg.model)
-    roll = Rollout(HFEngine.from_config(model, tok, cfg.generation), task, cfg.generation, cfg.rollout)
+    roll = build_rollout(cfg, task=task)
     after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final))
     print_table(results_table(after, "after training"))
     # The card written at the end of training had no "after" numbers yet.

@@ -28,9 +28,9 @@ every continuation prefilled from scratch); tests use it as the reference.
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -114,6 +114,7 @@ class HFEngine(Engine):
         reuse_cache: bool = True,
         stop_token_ids: Sequence[int] | None = None,
         shared_prefix_attention: bool | str = "auto",
+        autocast: Callable[[], ContextManager[Any]] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -123,16 +124,11 @@ class HFEngine(Engine):
         self.share_prefix = share_prefix
         self.reuse_cache = reuse_cache
         self.shared_prefix_attention = prefix_setting(shared_prefix_attention)
+        self.autocast = autocast  # the trainer's mixed-precision context, entered around every call
         self.last_stats: dict[str, int] = {}  # the last slot-path call: forwards, peak KV bytes, prefix entries
         self._stop_override = None if stop_token_ids is None else sorted({int(t) for t in stop_token_ids})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
-
-    @classmethod
-    def from_config(cls, model: torch.nn.Module, tokenizer: Any, generation: Any) -> "HFEngine":
-        """The engine a run's `generation` config section asks for."""
-        return cls(model, tokenizer, max_batch_size=generation.max_batch_size,
-                   shared_prefix_attention=generation.shared_prefix_attention)
 
     def stop_token_ids(self) -> list[int]:
         if self._stop_override is not None:
@@ -156,6 +152,11 @@ class HFEngine(Engine):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        with self.autocast() if self.autocast is not None else nullcontext():
+            return self._generate(prompts, params, n, then)
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams, n: int,
+                  then: ThenFn | None) -> list[list[Generation]]:
         validate_params(params)
         for i, p in enumerate(prompts):
             if len(p) == 0:

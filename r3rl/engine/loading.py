@@ -13,11 +13,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from r3rl.engine.hf import HFEngine
+
+if TYPE_CHECKING:
+    from r3rl.config import ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -210,3 +213,12 @@ def load_engine(
     return HFEngine(model, tokenizer, max_batch_size=max_batch_size, share_prefix=share_prefix,
                     reuse_cache=reuse_cache, stop_token_ids=stop_token_ids,
                     shared_prefix_attention=shared_prefix_attention)
+
+
+def load_for_inference(mcfg: "ModelConfig", device: str | torch.device | None = None) -> tuple[Any, Any]:
+    """Model + tokenizer for mining / evaluation (a LoRA adapter folder loads on top of its base)."""
+    return load_model(
+        mcfg.name_or_path, dtype=mcfg.dtype, device=device,
+        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
+        attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs,
+    )

@@ -25,17 +25,6 @@ from r3rl.engine.loading import resolve_model_name
 from r3rl.training.logprobs import completion_logprobs
 
 
-def load_for_inference(mcfg: ModelConfig, device: str | torch.device | None = None) -> tuple[nn.Module, Any]:
-    """Model + tokenizer for mining / evaluation (a LoRA adapter folder loads on top of its base)."""
-    from r3rl.engine import load_model
-
-    return load_model(
-        mcfg.name_or_path, dtype=mcfg.dtype, device=device,
-        base=mcfg.base, trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision or None,
-        attn_implementation=mcfg.attn_implementation or None, init_kwargs=mcfg.init_kwargs,
-    )
-
-
 class LogprobModel(nn.Module):
     """forward() = reflection-token log-probs, so DDP / FSDP / DeepSpeed see the whole computation."""
 

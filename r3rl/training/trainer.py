@@ -37,11 +37,11 @@ from typing import Any, Callable
 import torch
 
 from r3rl.config import Config, dump_config
-from r3rl.engine.hf import HFEngine
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail
 from r3rl.mining import load_failures, mine
 from r3rl.progress import progress_bar
-from r3rl.rollout import Failure, Rollout, derive_seed
+from r3rl.rollout import Failure, derive_seed
+from r3rl.stack import build_rollout
 from r3rl.tasks import load_task
 from r3rl.training import grpo
 from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoint, load_checkpoint,
@@ -99,18 +99,6 @@ def _forget_accelerator_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-
-
-class _AutocastEngine(HFEngine):
-    """HFEngine over the training model, generating under the training forward's autocast."""
-
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, autocast: Callable[[], Any], **kwargs: Any):
-        super().__init__(model, tokenizer, **kwargs)
-        self._autocast = autocast
-
-    def generate(self, *args: Any, **kwargs: Any):
-        with self._autocast():
-            return super().generate(*args, **kwargs)
 
 
 @dataclass
@@ -179,8 +167,9 @@ class Trainer:
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
 
-        self.engine = _AutocastEngine(self.model, self.tok, self.acc.autocast, max_batch_size=cfg.generation.max_batch_size)
-        self.rollout = Rollout(self.engine, self.task, cfg.generation, cfg.rollout)
+        # the engine generates with the policy object itself, under the training forward's autocast
+        self.rollout = build_rollout(cfg, task=self.task, model=self.model, tokenizer=self.tok, autocast=self.acc.autocast)
+        self.engine = self.rollout.engine
 
         self.start_step = 0
         if resume:
