@@ -33,6 +33,11 @@ class Attempt:
     verdict: Verdict
     token_ids: list[int]
 
+    def as_failure(self, example_id: str = "") -> "Failure":
+        """This (failed) attempt as the input of reflection."""
+        return Failure(self.example, self.text, self.verdict.reason, example_id,
+                       attempt_class=self.verdict.failure_class)
+
 
 @dataclass
 class Failure:
@@ -42,6 +47,14 @@ class Failure:
     attempt_text: str
     attempt_reason: str = ""
     example_id: str = ""
+    attempt_class: str = ""  # the verifier's failure class of the attempt ("" = unclassified)
+
+
+def failed_attempts(row: list[Attempt], limit: int | None = None) -> list[Attempt]:
+    """The failed attempts among one example's first attempts, in sampling order, at most `limit`.
+
+    The one rule for "first attempts -> failures" (mining, online training, evaluation)."""
+    return [a for a in row if not a.verdict.ok][:limit]
 
 
 def derive_seed(*parts: Any) -> int:

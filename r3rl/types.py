@@ -13,10 +13,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Verdict:
-    """A verifier's answer: pass/fail and a human-readable reason (never shown to the model by default)."""
+    """A verifier's answer: pass/fail, a human-readable reason (never shown to the model by default),
+    and for a failure its class: a short stable name from the task's documented vocabulary
+    (`Task.failure_classes`); "" = unclassified (a user task that does not classify)."""
 
     ok: bool
     reason: str = ""
+    failure_class: str = ""
 
 
 @dataclass(frozen=True)
