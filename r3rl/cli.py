@@ -5,6 +5,7 @@
     r3rl eval   --config FILE [--model PATH] [overrides]
     r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
     r3rl report RUN_DIR
+    r3rl compare RUN_DIR RUN_DIR ... [--output DIR]   (runs on the same trials, paired tests)
     r3rl demo   [--quick]
     r3rl forgetting --model BEFORE --model AFTER [--tasks T ...]   (lm-eval on both, differences)
     r3rl tasks
@@ -209,6 +210,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from r3rl.progress import print_table
+    from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
+
+    data = compare_runs(args.run_dirs)
+    print_table(rich_table(data))
+    md = write_comparison(data, args.output)
+    print(f"wrote {md}, {md.with_suffix('.json')} and {md.with_suffix('.png')}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from r3rl.demo.run import run_demo
 
@@ -300,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="turn a run folder into report.md / report.html with plots")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="runs evaluated on the same examples side by side, with paired tests")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (their eval_after/) or eval folders")
+    p.add_argument("--output", "-o", default="runs/compare", help="folder for compare.md, compare.json, compare.png")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the offline demo: evaluate, mine, train, evaluate, report (CPU, minutes)")
     p.add_argument("--output", "-o", default="runs/demo", help="run folder (default runs/demo)")

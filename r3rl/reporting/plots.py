@@ -149,3 +149,39 @@ def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def run_bars(labels: Sequence[str], metrics: Sequence[str],
+             cells: Sequence[Sequence[tuple[float, tuple[float, float] | None] | None]]) -> Figure:
+    """Grouped bars, one group per metric and one bar per run, with 95% interval error bars.
+
+    cells[r][m] is (value, (lo, hi) or None) of run r on metric m, or None when that run did
+    not measure it: the bar is then left out, never drawn at zero.
+    """
+    fig = _new_figure((max(6.4, 1.2 * len(labels) * len(metrics)), 4.0))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(labels))
+    colors = [_BEFORE_COLOR, _AFTER_COLOR, "#1f4e79", "#c62828", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037"]
+    for r, label in enumerate(labels):
+        xs, heights, err_lo, err_hi = [], [], [], []
+        for m, cell in enumerate(cells[r]):
+            if cell is None:
+                continue
+            value, ci = cell
+            lo, hi = ci if ci is not None else (value, value)
+            xs.append(m - 0.4 + width * (r + 0.5))
+            heights.append(100.0 * value)
+            err_lo.append(100.0 * max(0.0, value - lo))
+            err_hi.append(100.0 * max(0.0, hi - value))
+        if xs:
+            ax.bar(xs, heights, width, label=label, color=colors[r % len(colors)],
+                   yerr=[err_lo, err_hi], capsize=3, error_kw={"elinewidth": 1.0})
+            for x, h, up in zip(xs, heights, err_hi):
+                ax.text(x, h + up + 1.0, f"{h:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Runs evaluated on the same trials (95% intervals)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return fig
