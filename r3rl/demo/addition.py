@@ -23,7 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask
 from r3rl.types import Verdict
 
 PROMPT_TEMPLATE = "What is {a} + {b}? Put the final answer inside <answer></answer> tags."
@@ -105,7 +106,7 @@ def read_examples_file(path: str | Path) -> list[Example]:
     return [_check_example(row, where) for where, row in rows]
 
 
-class AdditionTask(Task):
+class AdditionTask(FileTask):
     """Add two non-negative integers; answer inside `<answer></answer>` tags.
 
     Options:
@@ -123,14 +124,8 @@ class AdditionTask(Task):
                  test_path: str | None = None):
         if not 1 <= int(digits) <= 18:
             raise ValueError(f"digits must be in 1..18, got {digits}")
-        if not 0.0 < float(test_fraction) < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train file) too")
+        super().__init__(path, test_path, test_fraction)
         self.digits = int(digits)
-        self.test_fraction = float(test_fraction)
-        self.path = path
-        self.test_path = test_path
         self._sizes: dict[tuple[int, int, bool], int] = {}
 
     # ----------------------------------------------------------------- examples
@@ -141,12 +136,18 @@ class AdditionTask(Task):
             return self._from_files(split, n, seed)
         return self._generate(split, n if n is not None else 1000, seed)
 
+    def read_source(self, source: str | None) -> list[Example]:
+        assert source is not None, "generated problems do not come from a file (see load_examples)"
+        return read_examples_file(source)
+
     def _from_files(self, split: str, n: int | None, seed: int) -> list[Example]:
+        # Split by the pair's hash (pair_in_test_split), not FileTask's exact-size holdout: generated and
+        # file-read problems then fall in the same split.
         if self.test_path is not None:
-            rows = read_examples_file(self.test_path if split == "test" else self.path)
+            rows = list(self._source(self.test_path if split == "test" else self.path))
         else:
             want_test = split == "test"
-            rows = [r for r in read_examples_file(self.path)
+            rows = [r for r in self._source(self.path)
                     if pair_in_test_split(r["a"], r["b"], self.test_fraction) == want_test]
         if n is not None and n < len(rows):
             rows = random.Random(seed).sample(rows, n)

@@ -22,8 +22,8 @@ import re
 import warnings
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import load_records, row_error, split_examples
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask, load_records, row_error
 from r3rl.tasks.fc_parse import ToolCall, compare_calls, parse_tool_calls
 from r3rl.types import Verdict
 
@@ -259,7 +259,7 @@ def _warn_if_arrow_objects(rows: list[dict[str, Any]], source: str) -> None:
         )
 
 
-class FunctionCallingTask(Task):
+class FunctionCallingTask(FileTask):
     """xLAM / APIGen function calling with exact-match verification.
 
     Options:
@@ -277,31 +277,18 @@ class FunctionCallingTask(Task):
     name = "function_calling"
     system_prompt = SYSTEM_PROMPT
 
-    def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1):
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
-        self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
-        self._cache: dict[str, list[Example]] = {}
-
     # ----------------------------------------------------------------- examples
-    def _source(self, source: str | None) -> list[Example]:
-        key = source or "<built-in sample>"
-        if key not in self._cache:
-            if source is None:
-                from r3rl.tasks.fc_sample import SAMPLE
+    def read_source(self, source: str | None) -> list[Example]:
+        if source is None:
+            from r3rl.tasks.fc_sample import SAMPLE
 
-                self._cache[key] = _validate_rows(SAMPLE, "r3rl.tasks.fc_sample")
-            else:
-                rows = load_records(source)
-                _warn_if_arrow_objects(rows, str(source))
-                self._cache[key] = _validate_rows(rows, str(source))
-        return self._cache[key]
+            return _validate_rows(SAMPLE, "r3rl.tasks.fc_sample")
+        rows = load_records(source)
+        _warn_if_arrow_objects(rows, str(source))
+        return _validate_rows(rows, str(source))
 
-    def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
-        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
-                              key=lambda ex: ex["query"])
+    def split_key(self, example: Example) -> str:
+        return example["query"]
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import load_records, row_error, split_examples
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask, load_records, row_error
 from r3rl.tasks.math_grade import MAX_TEXT_CHARS, default_grader
 from r3rl.types import Verdict
 
@@ -126,7 +126,7 @@ def validate_row(row: dict[str, Any], source: str, index: int) -> Example:
 # and what sympy spends seconds evaluating. Checked before the worker is asked.
 _HUGE_POWER = re.compile(r"(\*\*|\^)\s*[{(]?\s*\+?\d{4,}|(\*\*|\^)\s*[{(]?\s*\+?\d+\s*[})]?\s*(\*\*|\^)")
 
-class MathTask(Task):
+class MathTask(FileTask):
     """GSM8K / MATH-style problems, verified with math-verify under a time limit.
 
     Options:
@@ -143,32 +143,23 @@ class MathTask(Task):
 
     def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1,
                  timeout_s: float = 5.0):
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
+        super().__init__(path, test_path, test_fraction)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
         self.timeout_s = float(timeout_s)
-        self._cache: dict[str, list[Example]] = {}
 
     # ----------------------------------------------------------------- examples
-    def _source(self, source: str | None) -> list[Example]:
-        key = source or "<built-in sample>"
-        if key not in self._cache:
-            if source is None:
-                from r3rl.tasks.math_sample import SAMPLE
+    def read_source(self, source: str | None) -> list[Example]:
+        if source is None:
+            from r3rl.tasks.math_sample import SAMPLE
 
-                rows, name = SAMPLE, "r3rl.tasks.math_sample"
-            else:
-                rows, name = load_records(source), str(source)
-            self._cache[key] = [validate_row(r, name, i) for i, r in enumerate(rows)]
-        return self._cache[key]
+            rows, name = SAMPLE, "r3rl.tasks.math_sample"
+        else:
+            rows, name = load_records(source), str(source)
+        return [validate_row(r, name, i) for i, r in enumerate(rows)]
 
-    def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
-        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
-                              key=lambda ex: ex["question"])
+    def split_key(self, example: Example) -> str:
+        return example["question"]
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:
