@@ -155,7 +155,8 @@ VERDICTS = [
      False, "parallel_function_checker_no_order:cannot_find_match: No call matches possible answer #2 ('spotify.play')."
             " First difference: value_error:string: Invalid value for parameter 'artist'"),
     ("parallel_0", py("spotify.play(artist='Taylor Swift', duration=20)"), False,
-     "parallel_function_checker:wrong_count: Wrong number of functions: expected 2 calls, got 1."),
+     # BFCL's own name for this check (bfcl_eval ast_checker.parallel_function_checker_no_order)
+     "parallel_function_checker_no_order:wrong_count: Wrong number of functions: expected 2 calls, got 1."),
     ("parallel_1", '{"name": "calculate_em_force", "arguments": {"b_field": 5, "area": 2, "d_time": 10}}\n'
                    '{"name": "calculate_em_force", "arguments": {"b_field": 5, "area": 2, "d_time": 4}}', True, "match"),
     # parallel_multiple, with list and optional values
@@ -193,6 +194,10 @@ def test_bfcl_rules(task, rows, row, completion, ok, reason):
     verdict = task.verify(rows[row], completion)
     assert verdict.ok is ok, verdict
     assert reason in verdict.reason, verdict
+    # The failure class is BFCL's error type, the reason's prefix; a pass has none.
+    expected_class = verdict.reason.split(": ", 1)[0] if not ok else ""
+    assert verdict.failure_class == expected_class
+    assert ok or expected_class in task.failure_classes
 
 
 def test_standardize_string_is_bfcls():

@@ -119,6 +119,12 @@ class AdditionTask(FileTask):
     """
 
     name = "addition"
+    failure_classes = {
+        "no_answer": "no non-empty <answer>...</answer> block",
+        "not_an_integer": "the answer is not a plain integer (words, decimals, an expression, or over 20 characters)",
+        "wrong_sum": "an integer that is not a + b",
+        "invalid_example": "the example itself has no integer 'a' and 'b' (a data problem, not the model's)",
+    }
 
     def __init__(self, digits: int = 2, test_fraction: float = 0.1, path: str | None = None,
                  test_path: str | None = None):
@@ -192,19 +198,20 @@ class AdditionTask(FileTask):
         try:
             expected = int(example["a"]) + int(example["b"])
         except (KeyError, TypeError, ValueError) as e:
-            return Verdict(False, f"bad example (needs integer 'a' and 'b'): {e!r}")
+            return Verdict(False, f"bad example (needs integer 'a' and 'b'): {e!r}", "invalid_example")
         if not isinstance(completion, str):
-            return Verdict(False, f"completion is not text: {type(completion).__name__}")
+            return Verdict(False, f"completion is not text: {type(completion).__name__}", "no_answer")
         answer = extract_answer(completion)
         if answer is None:
-            return Verdict(False, "no <answer>...</answer> block")
+            return Verdict(False, "no <answer>...</answer> block", "no_answer")
         if not answer:
-            return Verdict(False, "empty answer")
+            return Verdict(False, "empty answer", "no_answer")
         if len(answer) > MAX_ANSWER_CHARS:
-            return Verdict(False, f"answer too long ({len(answer)} chars): {answer[:MAX_ANSWER_CHARS]!r}...")
+            return Verdict(False, f"answer too long ({len(answer)} chars): {answer[:MAX_ANSWER_CHARS]!r}...",
+                           "not_an_integer")
         if not _INT_RE.fullmatch(answer):
-            return Verdict(False, f"answer is not an integer: {answer!r}")
+            return Verdict(False, f"answer is not an integer: {answer!r}", "not_an_integer")
         got = int(answer)
         if got != expected:
-            return Verdict(False, f"wrong answer: {got}")
+            return Verdict(False, f"wrong answer: {got}", "wrong_sum")
         return Verdict(True, "correct")

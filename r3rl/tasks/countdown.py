@@ -20,7 +20,8 @@ from typing import Any
 
 from r3rl.tasks.base import Example
 from r3rl.tasks.data import FileTask, load_records, row_error, sample
-from r3rl.tasks.safe_arith import DEFAULT_LIMITS, check_equation
+from r3rl.tasks.safe_arith import (DEFAULT_LIMITS, DISALLOWED_OPERATOR, DIVISION_BY_ZERO, NOT_AN_EXPRESSION,
+                                   NUMBERS_NOT_USED_ONCE, WRONG_VALUE, check_equation)
 from r3rl.types import Verdict
 
 __all__ = ["CountdownTask", "extract_answer", "generate_instance", "PROMPT_TEMPLATE"]
@@ -33,6 +34,7 @@ PROMPT_TEMPLATE = (
 )
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
+NO_ANSWER = "no_answer"
 _OPS = "+-*/"
 # Attempts per generated instance before giving up: a random expression over
 # numbers <= 99 lands in 1..1000 about a third of the time.
@@ -145,6 +147,15 @@ class CountdownTask(FileTask):
     """
 
     name = "countdown"
+    failure_classes = {
+        NO_ANSWER: "no complete, non-empty <answer>...</answer> block (missing, never closed, or empty)",
+        NOT_AN_EXPRESSION: "the answer is not an arithmetic expression over integers (words, stray characters, "
+                           "malformed syntax, decimals, a misused '=', or over the size limits)",
+        DISALLOWED_OPERATOR: "the expression uses an operation other than binary + - * / (powers, //, %, unary minus)",
+        NUMBERS_NOT_USED_ONCE: "the expression does not use each given number exactly once",
+        DIVISION_BY_ZERO: "the expression divides by zero",
+        WRONG_VALUE: "a valid expression over the given numbers whose value (or claimed result) is not the target",
+    }
 
     def __init__(
         self,
@@ -224,12 +235,13 @@ class CountdownTask(FileTask):
     def verify(self, example: Example, completion: str) -> Verdict:
         """Pass iff the last <answer> block is an equation over the given numbers equal to the target."""
         if not isinstance(completion, str):
-            return Verdict(False, f"completion is not text: {type(completion).__name__}")
+            return Verdict(False, f"completion is not text: {type(completion).__name__}", NO_ANSWER)
         answer, why = extract_answer(completion)
         if answer is None:
-            return Verdict(False, why)
+            return Verdict(False, why, NO_ANSWER)
         if not answer:
-            return Verdict(False, "empty <answer> block")
+            return Verdict(False, "empty <answer> block", NO_ANSWER)
         if len(answer) > DEFAULT_LIMITS.max_chars:
-            return Verdict(False, f"answer too long ({len(answer)} characters, limit {DEFAULT_LIMITS.max_chars})")
+            return Verdict(False, f"answer too long ({len(answer)} characters, limit {DEFAULT_LIMITS.max_chars})",
+                           NOT_AN_EXPRESSION)
         return check_equation(answer, example["nums"], example["target"])

@@ -29,7 +29,7 @@ from typing import Any
 
 from r3rl.tasks.base import Example
 from r3rl.tasks.data import FileTask, load_records, row_error
-from r3rl.tasks.math_grade import MAX_TEXT_CHARS, default_grader
+from r3rl.tasks.math_grade import MAX_TEXT_CHARS, NO_FINAL_ANSWER, UNVERIFIABLE, WRONG_ANSWER, default_grader
 from r3rl.types import Verdict
 
 __all__ = ["MathTask", "extract_boxed", "reference_answer", "PROMPT_SUFFIX"]
@@ -140,6 +140,13 @@ class MathTask(FileTask):
     """
 
     name = "math"
+    failure_classes = {
+        NO_FINAL_ANSWER: "no final answer to compare: an empty completion, a missing, empty, unclosed or overlong "
+                         "\\boxed{}, or nothing mathematical in the completion's end",
+        WRONG_ANSWER: "a final answer that math-verify parsed and found unequal to the reference",
+        UNVERIFIABLE: "the answer could not be checked: too long, too large a power, nested too deeply, "
+                      "or the check timed out or failed (the reason says which)",
+    }
 
     def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1,
                  timeout_s: float = 5.0):
@@ -169,20 +176,20 @@ class MathTask(FileTask):
     def verify(self, example: Example, completion: str) -> Verdict:
         """Pass iff the completion's final answer equals the reference by math-verify."""
         if not isinstance(completion, str):
-            return Verdict(False, f"completion is not text: {type(completion).__name__}")
+            return Verdict(False, f"completion is not text: {type(completion).__name__}", NO_FINAL_ANSWER)
         if not completion.strip():
-            return Verdict(False, "empty completion")
+            return Verdict(False, "empty completion", NO_FINAL_ANSWER)
         boxed, why = extract_boxed(completion)
         if why:
-            return Verdict(False, why)
+            return Verdict(False, why, NO_FINAL_ANSWER)
         if boxed is not None:
             if not boxed:
-                return Verdict(False, "empty \\boxed{} answer")
+                return Verdict(False, "empty \\boxed{} answer", NO_FINAL_ANSWER)
             # Re-boxed so that math-verify reads exactly this answer and strips units the way it does for boxes.
             answer = f"\\boxed{{{boxed}}}"
         else:
             answer = completion[-TAIL_CHARS:]
         if _HUGE_POWER.search(answer):
             # sympy would try to evaluate it and only math-verify's 1 s alarm would stop it
-            return Verdict(False, "the answer raises a number to a power too large to evaluate")
+            return Verdict(False, "the answer raises a number to a power too large to evaluate", UNVERIFIABLE)
         return default_grader(self.timeout_s).grade(str(example["answer"]), answer)
