@@ -315,7 +315,8 @@ def _answers(ex, rng: random.Random) -> list[list[dict]]:
 
 
 def test_verdicts_agree_with_bfcls_own_checker():
-    """Every real row, with its first listed answer and eight perturbations: same verdict as BFCL's ast_checker."""
+    """Every real row, with its first listed answer and eight perturbations: same verdict as BFCL's ast_checker,
+    and on a failure the same error type (r3rl's failure class)."""
     task = _installed_task()
     ast_checker, python = _bfcl_checker()
     rng = random.Random(0)
@@ -327,14 +328,17 @@ def test_verdicts_agree_with_bfcls_own_checker():
             text = json.dumps(calls)
             model_output = [{c["name"]: c["arguments"]} for c in calls]
             try:
-                theirs = ast_checker(ex["functions"], model_output, ex["ground_truth"], python, category, "r3rl")["valid"]
+                result = ast_checker(ex["functions"], model_output, ex["ground_truth"], python, category, "r3rl")
             except (KeyError, TypeError, IndexError, AttributeError):
                 continue  # BFCL's checker crashes on this input; ours must still answer (checked below)
+            theirs = result["valid"]
             ours = task.verify(ex, text)
             checked += 1
             passed += ours.ok
             if ours.ok != theirs:
                 disagreements.append((ex["id"], text[:200], theirs, ours.reason))
+            elif not theirs and ours.failure_class != result["error_type"]:  # the failure class is BFCL's error type
+                disagreements.append((ex["id"], text[:200], result["error_type"], ours.failure_class))
     assert checked > 15_000 and 2_000 < passed < checked - 5_000
     assert not disagreements, disagreements[:5]
 
