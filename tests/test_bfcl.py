@@ -155,7 +155,8 @@ VERDICTS = [
      False, "parallel_function_checker_no_order:cannot_find_match: No call matches possible answer #2 ('spotify.play')."
             " First difference: value_error:string: Invalid value for parameter 'artist'"),
     ("parallel_0", py("spotify.play(artist='Taylor Swift', duration=20)"), False,
-     "parallel_function_checker:wrong_count: Wrong number of functions: expected 2 calls, got 1."),
+     # BFCL's own name for this check (bfcl_eval ast_checker.parallel_function_checker_no_order)
+     "parallel_function_checker_no_order:wrong_count: Wrong number of functions: expected 2 calls, got 1."),
     ("parallel_1", '{"name": "calculate_em_force", "arguments": {"b_field": 5, "area": 2, "d_time": 10}}\n'
                    '{"name": "calculate_em_force", "arguments": {"b_field": 5, "area": 2, "d_time": 4}}', True, "match"),
     # parallel_multiple, with list and optional values
@@ -193,6 +194,10 @@ def test_bfcl_rules(task, rows, row, completion, ok, reason):
     verdict = task.verify(rows[row], completion)
     assert verdict.ok is ok, verdict
     assert reason in verdict.reason, verdict
+    # The failure class is BFCL's error type, the reason's prefix; a pass has none.
+    expected_class = verdict.reason.split(": ", 1)[0] if not ok else ""
+    assert verdict.failure_class == expected_class
+    assert ok or expected_class in task.failure_classes
 
 
 def test_standardize_string_is_bfcls():
@@ -310,7 +315,8 @@ def _answers(ex, rng: random.Random) -> list[list[dict]]:
 
 
 def test_verdicts_agree_with_bfcls_own_checker():
-    """Every real row, with its first listed answer and eight perturbations: same verdict as BFCL's ast_checker."""
+    """Every real row, with its first listed answer and eight perturbations: same verdict as BFCL's ast_checker,
+    and on a failure the same error type (r3rl's failure class)."""
     task = _installed_task()
     ast_checker, python = _bfcl_checker()
     rng = random.Random(0)
@@ -322,14 +328,17 @@ def test_verdicts_agree_with_bfcls_own_checker():
             text = json.dumps(calls)
             model_output = [{c["name"]: c["arguments"]} for c in calls]
             try:
-                theirs = ast_checker(ex["functions"], model_output, ex["ground_truth"], python, category, "r3rl")["valid"]
+                result = ast_checker(ex["functions"], model_output, ex["ground_truth"], python, category, "r3rl")
             except (KeyError, TypeError, IndexError, AttributeError):
                 continue  # BFCL's checker crashes on this input; ours must still answer (checked below)
+            theirs = result["valid"]
             ours = task.verify(ex, text)
             checked += 1
             passed += ours.ok
             if ours.ok != theirs:
                 disagreements.append((ex["id"], text[:200], theirs, ours.reason))
+            elif not theirs and ours.failure_class != result["error_type"]:  # the failure class is BFCL's error type
+                disagreements.append((ex["id"], text[:200], result["error_type"], ours.failure_class))
     assert checked > 15_000 and 2_000 < passed < checked - 5_000
     assert not disagreements, disagreements[:5]
 

@@ -36,6 +36,8 @@ def verify_timed(task, example, text) -> Verdict:
     assert time.perf_counter() - start < BUDGET
     assert isinstance(verdict, Verdict) and isinstance(verdict.ok, bool) and isinstance(verdict.reason, str)
     assert len(verdict.reason) <= MAX_REASON_CHARS, verdict.reason
+    # A built-in failure always names a class of its task's vocabulary; a pass names none.
+    assert verdict.failure_class == "" if verdict.ok else verdict.failure_class in task.failure_classes, verdict
     return verdict
 
 

@@ -23,7 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask
 from r3rl.types import Verdict
 
 PROMPT_TEMPLATE = "What is {a} + {b}? Put the final answer inside <answer></answer> tags."
@@ -105,7 +106,7 @@ def read_examples_file(path: str | Path) -> list[Example]:
     return [_check_example(row, where) for where, row in rows]
 
 
-class AdditionTask(Task):
+class AdditionTask(FileTask):
     """Add two non-negative integers; answer inside `<answer></answer>` tags.
 
     Options:
@@ -118,19 +119,19 @@ class AdditionTask(Task):
     """
 
     name = "addition"
+    failure_classes = {
+        "no_answer": "no non-empty <answer>...</answer> block",
+        "not_an_integer": "the answer is not a plain integer (words, decimals, an expression, or over 20 characters)",
+        "wrong_sum": "an integer that is not a + b",
+        "invalid_example": "the example itself has no integer 'a' and 'b' (a data problem, not the model's)",
+    }
 
     def __init__(self, digits: int = 2, test_fraction: float = 0.1, path: str | None = None,
                  test_path: str | None = None):
         if not 1 <= int(digits) <= 18:
             raise ValueError(f"digits must be in 1..18, got {digits}")
-        if not 0.0 < float(test_fraction) < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train file) too")
+        super().__init__(path, test_path, test_fraction)
         self.digits = int(digits)
-        self.test_fraction = float(test_fraction)
-        self.path = path
-        self.test_path = test_path
         self._sizes: dict[tuple[int, int, bool], int] = {}
 
     # ----------------------------------------------------------------- examples
@@ -141,12 +142,18 @@ class AdditionTask(Task):
             return self._from_files(split, n, seed)
         return self._generate(split, n if n is not None else 1000, seed)
 
+    def read_source(self, source: str | None) -> list[Example]:
+        assert source is not None, "generated problems do not come from a file (see load_examples)"
+        return read_examples_file(source)
+
     def _from_files(self, split: str, n: int | None, seed: int) -> list[Example]:
+        # Split by the pair's hash (pair_in_test_split), not FileTask's exact-size holdout: generated and
+        # file-read problems then fall in the same split.
         if self.test_path is not None:
-            rows = read_examples_file(self.test_path if split == "test" else self.path)
+            rows = list(self._source(self.test_path if split == "test" else self.path))
         else:
             want_test = split == "test"
-            rows = [r for r in read_examples_file(self.path)
+            rows = [r for r in self._source(self.path)
                     if pair_in_test_split(r["a"], r["b"], self.test_fraction) == want_test]
         if n is not None and n < len(rows):
             rows = random.Random(seed).sample(rows, n)
@@ -191,19 +198,20 @@ class AdditionTask(Task):
         try:
             expected = int(example["a"]) + int(example["b"])
         except (KeyError, TypeError, ValueError) as e:
-            return Verdict(False, f"bad example (needs integer 'a' and 'b'): {e!r}")
+            return Verdict(False, f"bad example (needs integer 'a' and 'b'): {e!r}", "invalid_example")
         if not isinstance(completion, str):
-            return Verdict(False, f"completion is not text: {type(completion).__name__}")
+            return Verdict(False, f"completion is not text: {type(completion).__name__}", "no_answer")
         answer = extract_answer(completion)
         if answer is None:
-            return Verdict(False, "no <answer>...</answer> block")
+            return Verdict(False, "no <answer>...</answer> block", "no_answer")
         if not answer:
-            return Verdict(False, "empty answer")
+            return Verdict(False, "empty answer", "no_answer")
         if len(answer) > MAX_ANSWER_CHARS:
-            return Verdict(False, f"answer too long ({len(answer)} chars): {answer[:MAX_ANSWER_CHARS]!r}...")
+            return Verdict(False, f"answer too long ({len(answer)} chars): {answer[:MAX_ANSWER_CHARS]!r}...",
+                           "not_an_integer")
         if not _INT_RE.fullmatch(answer):
-            return Verdict(False, f"answer is not an integer: {answer!r}")
+            return Verdict(False, f"answer is not an integer: {answer!r}", "not_an_integer")
         got = int(answer)
         if got != expected:
-            return Verdict(False, f"wrong answer: {got}")
+            return Verdict(False, f"wrong answer: {got}", "wrong_sum")
         return Verdict(True, "correct")

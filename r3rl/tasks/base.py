@@ -8,6 +8,16 @@ Evaluation can report results by group (BFCL reports accuracy per category): a
 task returns an example's group from `breakdown`; the evaluator stores it in
 each episode as "group" and adds `summarize(episodes)` to results.json under
 "by_group". The default summary is `group_accuracy`: acc@1 and acc@2 per group.
+
+A failed Verdict names its failure class, one of the task's `failure_classes`
+(a small, stable vocabulary: name -> one-line meaning, documented in
+docs/failure-classes.md), so evaluation can say which failures a reflection
+fixes. A user task that does not classify leaves the vocabulary empty and its
+verdicts' class "" ("unclassified").
+
+Tasks whose examples come from a data file derive from `FileTask`
+(`r3rl.tasks.data`), which owns the `path`, `test_path` and `test_fraction`
+options and their loading.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Any
+from typing import Any, ClassVar
 
 from r3rl.types import Verdict
 
@@ -52,6 +62,8 @@ class Task(ABC):
     name: str = "task"
     #: the system prompt put before the first user turn, if any
     system_prompt: str | None = None
+    #: the failure classes `verify` returns: name -> one-line meaning; {} = this task does not classify
+    failure_classes: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
@@ -63,7 +75,11 @@ class Task(ABC):
 
     @abstractmethod
     def verify(self, example: Example, completion: str) -> Verdict:
-        """Judge a completion. Must never raise and must return quickly for any input."""
+        """Judge a completion. Must never raise and must return quickly for any input.
+
+        A failed verdict's `failure_class` is one of `failure_classes` (or "" when
+        the task declares none); a passing verdict's is "".
+        """
 
     def tools(self, example: Example) -> list[dict[str, Any]] | None:
         """Tool schemas offered to the model for this example (function calling), else None."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.tasks.base import Example, Message, Task, group_accuracy
-from r3rl.tasks.bfcl_ast import check_calls
+from r3rl.tasks.bfcl_ast import DECODER_FAILED, ERROR_TYPES, check_calls
 from r3rl.tasks.data import DataError, holdout_split, sample
 from r3rl.tasks.fc_parse import parse_tool_calls
 from r3rl.tasks.function_calling import SYSTEM_PROMPT
@@ -224,6 +224,7 @@ class BFCLTask(Task):
 
     name = "bfcl"
     system_prompt = SYSTEM_PROMPT
+    failure_classes = ERROR_TYPES  # BFCL's own error types
 
     def __init__(self, categories: str | list[str] = "all", path: str | None = None,
                  test_fraction: float | None = None):
@@ -268,7 +269,7 @@ class BFCLTask(Task):
         """BFCL's AST check of the calls in the completion (any parseable format)."""
         parsed = parse_tool_calls(completion)
         if not parsed.ok:
-            return Verdict(False, f"ast_decoder:decoder_failed: could not parse tool calls: {parsed.error}")
+            return Verdict(False, f"{DECODER_FAILED}: could not parse tool calls: {parsed.error}", DECODER_FAILED)
         return check_calls(example["category"], example["functions"], example["ground_truth"], parsed.calls)
 
     def example_id(self, example: Example) -> str:

@@ -18,7 +18,8 @@ with the BFCL leaderboard:
 
 The original raises on malformed function docs; here a verdict is always returned
 (the task validates the data when it loads it). Reasons start with BFCL's
-error_type (e.g. "value_error:string") so that they can be tallied like BFCL's.
+error_type (e.g. "value_error:string") so that they can be tallied like BFCL's, and a failed
+verdict's failure class is that error_type (`ERROR_TYPES` lists them all).
 """
 
 from __future__ import annotations
@@ -29,7 +30,35 @@ from typing import Any
 from r3rl.tasks.fc_parse import ToolCall
 from r3rl.types import Verdict
 
-__all__ = ["check_calls", "checker_kind", "standardize_string"]
+__all__ = ["check_calls", "checker_kind", "standardize_string", "ERROR_TYPES", "DECODER_FAILED"]
+
+DECODER_FAILED = "ast_decoder:decoder_failed"
+#: every error_type a failed verdict can carry (its failure class), with BFCL's names and what each means
+ERROR_TYPES: dict[str, str] = {
+    DECODER_FAILED: "the completion's tool calls could not be parsed",
+    "simple_function_checker:wrong_count": "simple category: not exactly one call",
+    "multiple_function_checker:wrong_count": "multiple category: not as many calls as answers (one)",
+    "parallel_function_checker_no_order:wrong_count": "parallel categories: not as many calls as answers",
+    "parallel_function_checker_no_order:cannot_find_match": "parallel categories: no remaining call fits an answer "
+                                                            "(the reason quotes the first difference)",
+    "simple_function_checker:wrong_func_name": "the call names another function than the expected one",
+    "simple_function_checker:missing_required": "a parameter the function requires is absent",
+    "simple_function_checker:unexpected_param": "a parameter that is not the function's or not in the answer",
+    "simple_function_checker:missing_optional": "a parameter left out that the answer does not mark as optional",
+    "type_error:simple": "a value of the wrong type",
+    "type_error:nested": "a list (or list of dicts) whose items have the wrong type",
+    "value_error:string": "a string that is none of the possible values (after BFCL's standardisation)",
+    "value_error:list/tuple": "a list that is none of the possible values",
+    "value_error:dict_key": "a dict with a key the answer does not have, or without one it needs",
+    "value_error:dict_value": "a dict whose value for a key is none of the possible values",
+    "value_error:list_dict_count": "a list of dicts of another length than the possible answers",
+    "value_error:others": "a number, boolean or other value that is none of the possible values",
+    "dict_checker:unclear": "a dict parameter whose possible answers hold no dict to compare with",
+    "list_dict_checker:unclear": "a list-of-dicts parameter with no possible answer to compare with",
+}
+# BFCL's checker function per kind of category; its name prefixes the wrong_count error type.
+_CHECKERS = {"simple": "simple_function_checker", "multiple": "multiple_function_checker",
+             "parallel": "parallel_function_checker_no_order"}
 
 # BFCL's PYTHON_TYPE_MAPPING
 _PY_TYPES: dict[str, type] = {"string": str, "integer": int, "float": float, "boolean": bool, "array": list,
@@ -219,7 +248,7 @@ def check_calls(category: str, functions: list[dict[str, Any]], answers: list[di
             raise _Mismatch("simple_function_checker:wrong_count",
                             f"Wrong number of functions: expected 1 call, got {len(calls)}.")
         if len(calls) != len(answers):
-            raise _Mismatch(f"{kind}_function_checker:wrong_count",
+            raise _Mismatch(f"{_CHECKERS[kind]}:wrong_count",
                             f"Wrong number of functions: expected {len(answers)} calls, got {len(calls)}.")
         if kind != "parallel":
             _check_one(_find(functions, next(iter(answers[0]))), calls[0], answers[0])
@@ -245,5 +274,5 @@ def check_calls(category: str, functions: list[dict[str, Any]], answers: list[di
                 raise _Mismatch("parallel_function_checker_no_order:cannot_find_match",
                                 f"No call matches possible answer #{i + 1} ({_short(name)}).{why}")
     except _Mismatch as e:
-        return Verdict(False, f"{e.error_type}: {e.message}")
+        return Verdict(False, f"{e.error_type}: {e.message}", e.error_type)
     return Verdict(True, "all calls match BFCL's possible answers")

@@ -18,9 +18,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import holdout_split, load_records, row_error, sample
-from r3rl.tasks.safe_arith import DEFAULT_LIMITS, check_equation
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask, load_records, row_error, sample
+from r3rl.tasks.safe_arith import (DEFAULT_LIMITS, DISALLOWED_OPERATOR, DIVISION_BY_ZERO, NOT_AN_EXPRESSION,
+                                   NUMBERS_NOT_USED_ONCE, WRONG_VALUE, check_equation)
 from r3rl.types import Verdict
 
 __all__ = ["CountdownTask", "extract_answer", "generate_instance", "PROMPT_TEMPLATE"]
@@ -33,6 +34,7 @@ PROMPT_TEMPLATE = (
 )
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
+NO_ANSWER = "no_answer"
 _OPS = "+-*/"
 # Attempts per generated instance before giving up: a random expression over
 # numbers <= 99 lands in 1..1000 about a third of the time.
@@ -129,7 +131,7 @@ def validate_row(row: dict[str, Any], source: str, index: int) -> Example:
     return example
 
 
-class CountdownTask(Task):
+class CountdownTask(FileTask):
     """Countdown with 3 or 4 numbers: generated offline, or read from a file / HF dataset.
 
     Options:
@@ -145,6 +147,15 @@ class CountdownTask(Task):
     """
 
     name = "countdown"
+    failure_classes = {
+        NO_ANSWER: "no complete, non-empty <answer>...</answer> block (missing, never closed, or empty)",
+        NOT_AN_EXPRESSION: "the answer is not an arithmetic expression over integers (words, stray characters, "
+                           "malformed syntax, decimals, a misused '=', or over the size limits)",
+        DISALLOWED_OPERATOR: "the expression uses an operation other than binary + - * / (powers, //, %, unary minus)",
+        NUMBERS_NOT_USED_ONCE: "the expression does not use each given number exactly once",
+        DIVISION_BY_ZERO: "the expression divides by zero",
+        WRONG_VALUE: "a valid expression over the given numbers whose value (or claimed result) is not the target",
+    }
 
     def __init__(
         self,
@@ -165,11 +176,7 @@ class CountdownTask(Task):
             raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
         if max_number < 1 or max_target < 1:
             raise ValueError(f"max_number and max_target must be >= 1, got {max_number}, {max_target}")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
-        self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
+        super().__init__(path, test_path, test_fraction)
         self.n_train, self.n_test = int(n_train), int(n_test)
         self.num_range = (int(lo), int(hi))
         self.max_number, self.max_target, self.seed = int(max_number), int(max_target), int(seed)
@@ -180,10 +187,8 @@ class CountdownTask(Task):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if self.path is None:
-            pool = self._generated()[split]
-        else:
-            pool = self._from_source(split)
-        return sample(pool, n, seed)
+            return sample(self._generated()[split], n, seed)
+        return super().load_examples(split, n, seed)
 
     def _generated(self) -> dict[str, list[Example]]:
         """Both splits from one seeded stream: the first n_test distinct instances are the test split.
@@ -215,13 +220,12 @@ class CountdownTask(Task):
             self._splits = {"test": out[: self.n_test], "train": out[self.n_test:]}
         return self._splits
 
-    def _from_source(self, split: str) -> list[Example]:
-        assert self.path is not None
-        source = self.test_path if (split == "test" and self.test_path) else self.path
-        rows = [validate_row(r, str(source), i) for i, r in enumerate(load_records(source))]
-        if self.test_path is not None:
-            return rows
-        return holdout_split(rows, split, self.test_fraction, key=lambda ex: (tuple(sorted(ex["nums"])), ex["target"]))
+    def read_source(self, source: str | None) -> list[Example]:
+        assert source is not None, "generated instances do not come from a source (see load_examples)"
+        return [validate_row(r, str(source), i) for i, r in enumerate(load_records(source))]
+
+    def split_key(self, example: Example) -> tuple[tuple[int, ...], int]:
+        return tuple(sorted(example["nums"])), example["target"]
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:
@@ -231,12 +235,13 @@ class CountdownTask(Task):
     def verify(self, example: Example, completion: str) -> Verdict:
         """Pass iff the last <answer> block is an equation over the given numbers equal to the target."""
         if not isinstance(completion, str):
-            return Verdict(False, f"completion is not text: {type(completion).__name__}")
+            return Verdict(False, f"completion is not text: {type(completion).__name__}", NO_ANSWER)
         answer, why = extract_answer(completion)
         if answer is None:
-            return Verdict(False, why)
+            return Verdict(False, why, NO_ANSWER)
         if not answer:
-            return Verdict(False, "empty <answer> block")
+            return Verdict(False, "empty <answer> block", NO_ANSWER)
         if len(answer) > DEFAULT_LIMITS.max_chars:
-            return Verdict(False, f"answer too long ({len(answer)} characters, limit {DEFAULT_LIMITS.max_chars})")
+            return Verdict(False, f"answer too long ({len(answer)} characters, limit {DEFAULT_LIMITS.max_chars})",
+                           NOT_AN_EXPRESSION)
         return check_equation(answer, example["nums"], example["target"])

@@ -6,6 +6,11 @@ Errors name the file and the line or row, because a 60k-row dataset with one bad
 line is otherwise a needle in a haystack.
 
 Row numbers in messages are 1-based, like line numbers.
+
+`FileTask` is the base of the tasks whose examples are rows of such a source:
+it owns the `path`, `test_path` and `test_fraction` options and the
+cached, split loading, so a command can ask `isinstance(task, FileTask)` to
+know that a task reads a file (and how it is split).
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import math
 import os
 import random
 from pathlib import Path
+from abc import abstractmethod
 from typing import Any, Callable, Hashable, TypeVar
 
 from r3rl.io import json_error_place
+from r3rl.tasks.base import Example, Task
 
-__all__ = ["DataError", "load_records", "row_error", "holdout_split", "split_examples", "sample"]
+__all__ = ["DataError", "FileTask", "load_records", "row_error", "holdout_split", "split_examples", "sample"]
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 T = TypeVar("T")
@@ -164,3 +171,47 @@ def sample(records: list[T], n: int | None, seed: int) -> list[T]:
     if n is None or n >= len(records):
         return list(records)
     return random.Random(seed).sample(records, n)
+
+
+class FileTask(Task):
+    """A task whose examples are the rows of a data file or Hugging Face dataset.
+
+    Options (every file-backed task takes them):
+        path: JSON/JSONL/Parquet file or HF dataset id; None: the task's
+            built-in examples (a bundled sample, or generated ones).
+        test_path: a separate test source; without it the test split is a
+            deterministic held-out `test_fraction` of `path` (see holdout_split).
+        test_fraction: share of distinct `split_key`s held out as the test split.
+
+    Subclasses implement `read_source` (validated examples of one source) and may
+    override `split_key` (what must never be in both splits). The default
+    `load_examples` is `split_examples` over the cached sources; a task with its
+    own split rule (generated examples, another hash) overrides it and keeps the
+    options' meaning.
+    """
+
+    def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1):
+        if not 0.0 < float(test_fraction) < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if test_path is not None and path is None:
+            raise ValueError("test_path needs path (the train data) too")
+        self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
+        self._sources: dict[str, list[Example]] = {}
+
+    @abstractmethod
+    def read_source(self, source: str | None) -> list[Example]:
+        """The validated examples of one source (None: the built-in ones); errors name the file, row and field."""
+
+    def split_key(self, example: Example) -> Hashable:
+        """What decides an example's split: examples with equal keys are always in the same split."""
+        return self.example_id(example)
+
+    def _source(self, source: str | None) -> list[Example]:
+        key = "<built-in>" if source is None else str(source)
+        if key not in self._sources:
+            self._sources[key] = self.read_source(source)
+        return self._sources[key]
+
+    def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
+        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
+                              key=self.split_key)

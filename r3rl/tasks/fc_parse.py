@@ -47,6 +47,16 @@ MAX_SCAN_ATTEMPTS = 64  # JSON starts tried in free text before giving up
 MAX_REASON_ITEMS = 4  # differences listed in a verdict's reason
 MAX_VALUES = 128  # JSON values in one block (JSON Lines); more is not a plausible answer
 
+# Failure classes of `compare_calls`, most structural first: the class names the first kind of
+# difference in this order (a wrong function before its arguments). FunctionCallingTask adds
+# no_call, unparseable_call and unknown_function, which need the text or the offered tools.
+WRONG_FUNCTION = "wrong_function"
+MISSING_CALL = "missing_call"
+EXTRA_CALL = "extra_call"
+MISSING_ARGUMENT = "missing_argument"
+UNEXPECTED_ARGUMENT = "unexpected_argument"
+WRONG_ARGUMENT_VALUE = "wrong_argument_value"
+
 _TAG_OPEN, _TAG_CLOSE = "<tool_call>", "</tool_call>"
 _THINK_CLOSE = "</think>"
 _PYTHON_TAG = "<|python_tag|>"  # Llama 3.1: what follows is a tool call
@@ -404,8 +414,24 @@ def _argument_differences(gold: ToolCall, got: ToolCall) -> list[str]:
     return diffs
 
 
+def _argument_class(gold: ToolCall, got: ToolCall) -> str:
+    if any(k not in got.arguments for k in gold.arguments):
+        return MISSING_ARGUMENT
+    if any(k not in gold.arguments for k in got.arguments):
+        return UNEXPECTED_ARGUMENT
+    return WRONG_ARGUMENT_VALUE
+
+
+_ARGUMENT_ORDER = (MISSING_ARGUMENT, UNEXPECTED_ARGUMENT, WRONG_ARGUMENT_VALUE)
+
+
 def compare_calls(gold: Iterable[ToolCall], predicted: Iterable[ToolCall]) -> Verdict:
-    """Pass iff the two multisets of calls are equal (order ignored); the reason lists what differed."""
+    """Pass iff the two multisets of calls are equal (order ignored); the reason lists what differed.
+
+    The failure class is the most structural difference: a missing call of one function next to
+    an extra call of another is wrong_function; else missing_call, extra_call; else, within the
+    calls paired by name, missing_argument, unexpected_argument, wrong_argument_value.
+    """
     missing = list(gold)
     extra = list(predicted)
     n_gold = len(missing)
@@ -422,16 +448,27 @@ def compare_calls(gold: Iterable[ToolCall], predicted: Iterable[ToolCall]) -> Ve
     problems: list[str] = []
     # A missing and an extra call with the same name are one call with wrong arguments.
     still_missing: list[ToolCall] = []
+    argument_classes: set[str] = set()
     for g in missing:
         same_name = [j for j, p in enumerate(extra) if p.name == g.name]
         if not same_name:
             still_missing.append(g)
             continue
         best = min(same_name, key=lambda j: len(_argument_differences(g, extra[j])))
-        problems += _argument_differences(g, extra.pop(best))
+        paired = extra.pop(best)
+        problems += _argument_differences(g, paired)
+        argument_classes.add(_argument_class(g, paired))
     problems += [f"missing call {format_call(g)}" for g in still_missing]
     problems += [f"extra call {format_call(p)}" for p in extra]
     shown = problems[:MAX_REASON_ITEMS]
     if len(problems) > len(shown):
         shown.append(f"and {len(problems) - len(shown)} more difference(s)")
-    return Verdict(False, "; ".join(shown))
+    if still_missing and extra:
+        failure_class = WRONG_FUNCTION
+    elif still_missing:
+        failure_class = MISSING_CALL
+    elif extra:
+        failure_class = EXTRA_CALL
+    else:
+        failure_class = next(c for c in _ARGUMENT_ORDER if c in argument_classes)
+    return Verdict(False, "; ".join(shown), failure_class)

@@ -17,14 +17,16 @@ equality rules), which is the paper's exact-match criterion.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import load_records, row_error, split_examples
-from r3rl.tasks.fc_parse import ToolCall, compare_calls, parse_tool_calls
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask, load_records, row_error
+from r3rl.tasks.fc_parse import (EXTRA_CALL, MISSING_ARGUMENT, MISSING_CALL, UNEXPECTED_ARGUMENT,
+                                  WRONG_ARGUMENT_VALUE, WRONG_FUNCTION, ToolCall, compare_calls, parse_tool_calls)
 from r3rl.types import Verdict
 
 __all__ = ["FunctionCallingTask", "normalize_tool", "normalize_tools", "normalize_example", "SYSTEM_PROMPT"]
@@ -259,7 +261,7 @@ def _warn_if_arrow_objects(rows: list[dict[str, Any]], source: str) -> None:
         )
 
 
-class FunctionCallingTask(Task):
+class FunctionCallingTask(FileTask):
     """xLAM / APIGen function calling with exact-match verification.
 
     Options:
@@ -276,32 +278,33 @@ class FunctionCallingTask(Task):
 
     name = "function_calling"
     system_prompt = SYSTEM_PROMPT
-
-    def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1):
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
-        self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
-        self._cache: dict[str, list[Example]] = {}
+    # Checked in this order; the first that applies is the class (docs/failure-classes.md).
+    failure_classes = {
+        "unparseable_call": "the text tries to call tools but the calls cannot be read (malformed JSON or "
+                            "Python call syntax, a call without a name, non-object arguments, too long)",
+        "no_call": "no tool call at all where the answer has some",
+        "unknown_function": "a call names a function that is not among the offered tools",
+        WRONG_FUNCTION: "a call of an offered function in place of an expected one (a missing call and an "
+                        "extra call of different functions)",
+        MISSING_CALL: "fewer calls than the answer: an expected call is absent",
+        EXTRA_CALL: "a call the answer does not have (a repeated or superfluous call)",
+        MISSING_ARGUMENT: "the right function, but an argument of the answer's call is absent",
+        UNEXPECTED_ARGUMENT: "the right function, but with an argument the answer's call does not have",
+        WRONG_ARGUMENT_VALUE: "the right function and argument names, but a value differs",
+    }
 
     # ----------------------------------------------------------------- examples
-    def _source(self, source: str | None) -> list[Example]:
-        key = source or "<built-in sample>"
-        if key not in self._cache:
-            if source is None:
-                from r3rl.tasks.fc_sample import SAMPLE
+    def read_source(self, source: str | None) -> list[Example]:
+        if source is None:
+            from r3rl.tasks.fc_sample import SAMPLE
 
-                self._cache[key] = _validate_rows(SAMPLE, "r3rl.tasks.fc_sample")
-            else:
-                rows = load_records(source)
-                _warn_if_arrow_objects(rows, str(source))
-                self._cache[key] = _validate_rows(rows, str(source))
-        return self._cache[key]
+            return _validate_rows(SAMPLE, "r3rl.tasks.fc_sample")
+        rows = load_records(source)
+        _warn_if_arrow_objects(rows, str(source))
+        return _validate_rows(rows, str(source))
 
-    def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
-        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
-                              key=lambda ex: ex["query"])
+    def split_key(self, example: Example) -> str:
+        return example["query"]
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:
@@ -315,10 +318,22 @@ class FunctionCallingTask(Task):
         """Pass iff the calls in the completion equal the gold calls as a multiset."""
         parsed = parse_tool_calls(completion)
         if not parsed.ok:
-            return Verdict(False, f"could not parse tool calls: {parsed.error}")
+            return Verdict(False, f"could not parse tool calls: {parsed.error}", "unparseable_call")
         # A malformed gold answer is a data bug, not a model failure: let it raise.
         gold = [ToolCall(a["name"], a["arguments"]) for a in _normalize_answers(example["answers"])]
         if gold and not parsed.calls:
-            return Verdict(False, "no tool calls found; " + compare_calls(gold, []).reason)
-        return compare_calls(gold, parsed.calls)
+            return Verdict(False, "no tool calls found; " + compare_calls(gold, []).reason, "no_call")
+        verdict = compare_calls(gold, parsed.calls)
+        if not verdict.ok:
+            offered = self._tool_names(example)
+            if offered is not None and any(c.name not in offered for c in parsed.calls):
+                return dataclasses.replace(verdict, failure_class="unknown_function")
+        return verdict
+
+    @staticmethod
+    def _tool_names(example: Example) -> set[str] | None:
+        """Names of the offered tools; None when the example carries no tools (nothing to judge a name by)."""
+        if example.get("tools") is None:
+            return None
+        return {t["function"]["name"] for t in normalize_tools(example["tools"])}
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from r3rl.types import Verdict
 
-__all__ = ["MathGrader", "default_grader", "MAX_TEXT_CHARS"]
+__all__ = ["MathGrader", "default_grader", "MAX_TEXT_CHARS", "NO_FINAL_ANSWER", "WRONG_ANSWER", "UNVERIFIABLE"]
 
 #: longest text (reference or answer) the worker will parse; longer is failed without parsing
 MAX_TEXT_CHARS = 2_000
@@ -41,6 +41,11 @@ MAX_TEXT_CHARS = 2_000
 _START_TIMEOUT_S = 60.0
 #: math-verify's own (signal) timeout inside the worker, in whole seconds as signal.alarm wants
 _INNER_TIMEOUT_S = 1
+
+# Failure classes (MathTask.failure_classes says what each means).
+NO_FINAL_ANSWER = "no_final_answer"
+WRONG_ANSWER = "wrong_answer"
+UNVERIFIABLE = "unverifiable"
 
 
 # --------------------------------------------------------------------- the worker side
@@ -53,36 +58,36 @@ def _parse_reference(text: str) -> Any:
     return parse(f"\\boxed{{{text}}}", parsing_timeout=_INNER_TIMEOUT_S)
 
 
-def _compare(reference: str, answer: str) -> tuple[bool, str]:
-    """(ok, reason) for one request, in the worker. Exceptions are turned into reasons by the caller."""
+def _compare(reference: str, answer: str) -> tuple[bool, str, str]:
+    """(ok, reason, failure class) for one request, in the worker. Exceptions are turned into reasons by the caller."""
     from math_verify import parse, verify
 
     if len(reference) > MAX_TEXT_CHARS or len(answer) > MAX_TEXT_CHARS:
-        return False, f"text too long to parse (limit {MAX_TEXT_CHARS} characters)"
+        return False, f"text too long to parse (limit {MAX_TEXT_CHARS} characters)", UNVERIFIABLE
     # math-verify swallows its own timeouts (an empty parse, a False comparison); the clock tells them apart.
     late = 0.9 * _INNER_TIMEOUT_S
     start = time.perf_counter()
     gold = _parse_reference(reference)
     if not gold:
-        return False, f"the reference answer {reference[:80]!r} could not be parsed"
+        return False, f"the reference answer {reference[:80]!r} could not be parsed", UNVERIFIABLE
     start = time.perf_counter()
     pred = parse(answer, parsing_timeout=_INNER_TIMEOUT_S)
     if not pred:
         if time.perf_counter() - start >= late:
-            return False, f"parsing the answer timed out after {_INNER_TIMEOUT_S} s"
-        return False, "no mathematical answer could be parsed from the completion"
+            return False, f"parsing the answer timed out after {_INNER_TIMEOUT_S} s", UNVERIFIABLE
+        return False, "no mathematical answer could be parsed from the completion", NO_FINAL_ANSWER
     # parse() returns [sympy object, the matched text]; the text is what a person recognises.
     shown = str(pred[-1])[:80]
     start = time.perf_counter()
     if verify(gold, pred, timeout_seconds=_INNER_TIMEOUT_S):
-        return True, f"answer {shown} equals the reference {reference[:80]}"
+        return True, f"answer {shown} equals the reference {reference[:80]}", ""
     if time.perf_counter() - start >= late:
-        return False, f"comparing answer {shown} with the reference {reference[:80]} timed out"
-    return False, f"answer {shown} does not equal the reference {reference[:80]}"
+        return False, f"comparing answer {shown} with the reference {reference[:80]} timed out", UNVERIFIABLE
+    return False, f"answer {shown} does not equal the reference {reference[:80]}", WRONG_ANSWER
 
 
 def _serve(stdin: Any, stdout: Any) -> None:
-    """Answer requests until stdin closes: `{"reference", "answer"}` -> `{"ok", "reason"}`."""
+    """Answer requests until stdin closes: `{"reference", "answer"}` -> `{"ok", "reason", "failure_class"}`."""
     import logging
 
     # math-verify logs a warning per timeout; the verdict already says so.
@@ -91,12 +96,12 @@ def _serve(stdin: Any, stdout: Any) -> None:
     for line in stdin:
         try:
             request = json.loads(line)
-            ok, reason = _compare(str(request["reference"]), str(request["answer"]))
+            ok, reason, failure_class = _compare(str(request["reference"]), str(request["answer"]))
         except RecursionError:
-            ok, reason = False, "the answer is nested too deeply to parse"
+            ok, reason, failure_class = False, "the answer is nested too deeply to parse", UNVERIFIABLE
         except Exception as e:  # noqa: BLE001 - one bad request must not end the worker; the reason names it
-            ok, reason = False, f"math-verify failed on this answer ({type(e).__name__})"
-        stdout.write(json.dumps({"ok": bool(ok), "reason": reason}) + "\n")
+            ok, reason, failure_class = False, f"math-verify failed on this answer ({type(e).__name__})", UNVERIFIABLE
+        stdout.write(json.dumps({"ok": bool(ok), "reason": reason, "failure_class": failure_class}) + "\n")
         stdout.flush()
 
 
@@ -180,7 +185,7 @@ class MathGrader:
     def grade(self, reference: str, answer: str) -> Verdict:
         """Does `answer` (text holding a final answer) equal `reference`? Never raises."""
         if len(reference) > MAX_TEXT_CHARS or len(answer) > MAX_TEXT_CHARS:
-            return Verdict(False, f"text too long to parse (limit {MAX_TEXT_CHARS} characters)")
+            return Verdict(False, f"text too long to parse (limit {MAX_TEXT_CHARS} characters)", UNVERIFIABLE)
         if self._pid != os.getpid():
             # A forked copy of this object: the worker and its pipes belong to the parent process.
             self._proc, self._lock, self._pid = None, threading.Lock(), os.getpid()
@@ -191,18 +196,19 @@ class MathGrader:
                     self._start()
             except Exception as e:  # noqa: BLE001 - a verifier must not raise; say why it could not run
                 self._kill()
-                return Verdict(False, f"the math verifier could not start ({type(e).__name__}: {e})"[:200])
+                return Verdict(False, f"the math verifier could not start ({type(e).__name__}: {e})"[:200],
+                               UNVERIFIABLE)
             if self._proc is None:
-                return Verdict(False, "the math verifier could not start (its worker process exited)")
+                return Verdict(False, "the math verifier could not start (its worker process exited)", UNVERIFIABLE)
             start = time.perf_counter()
             reply = self._request(reference, answer, self.timeout_s)
         if reply is None:
             late = time.perf_counter() - start >= self.timeout_s
             why = f"timed out after {self.timeout_s:g} s" if late else "its worker process died"
-            return Verdict(False, f"verification stopped: {why}")
+            return Verdict(False, f"verification stopped: {why}", UNVERIFIABLE)
         # The reason quotes the answer, which may hold lone surrogates that no UTF-8 log file accepts.
         reason = str(reply["reason"]).encode("utf-8", "replace").decode("utf-8")
-        return Verdict(bool(reply["ok"]), reason)
+        return Verdict(bool(reply["ok"]), reason, str(reply["failure_class"]))
 
 
 _SHARED: dict[float, MathGrader] = {}

@@ -27,9 +27,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from r3rl.tasks.base import Example, Task
-from r3rl.tasks.data import load_records, row_error, split_examples
-from r3rl.tasks.math_grade import MAX_TEXT_CHARS, default_grader
+from r3rl.tasks.base import Example
+from r3rl.tasks.data import FileTask, load_records, row_error
+from r3rl.tasks.math_grade import MAX_TEXT_CHARS, NO_FINAL_ANSWER, UNVERIFIABLE, WRONG_ANSWER, default_grader
 from r3rl.types import Verdict
 
 __all__ = ["MathTask", "extract_boxed", "reference_answer", "PROMPT_SUFFIX"]
@@ -126,7 +126,7 @@ def validate_row(row: dict[str, Any], source: str, index: int) -> Example:
 # and what sympy spends seconds evaluating. Checked before the worker is asked.
 _HUGE_POWER = re.compile(r"(\*\*|\^)\s*[{(]?\s*\+?\d{4,}|(\*\*|\^)\s*[{(]?\s*\+?\d+\s*[})]?\s*(\*\*|\^)")
 
-class MathTask(Task):
+class MathTask(FileTask):
     """GSM8K / MATH-style problems, verified with math-verify under a time limit.
 
     Options:
@@ -140,35 +140,33 @@ class MathTask(Task):
     """
 
     name = "math"
+    failure_classes = {
+        NO_FINAL_ANSWER: "no final answer to compare: an empty completion, a missing, empty, unclosed or overlong "
+                         "\\boxed{}, or nothing mathematical in the completion's end",
+        WRONG_ANSWER: "a final answer that math-verify parsed and found unequal to the reference",
+        UNVERIFIABLE: "the answer could not be checked: too long, too large a power, nested too deeply, "
+                      "or the check timed out or failed (the reason says which)",
+    }
 
     def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1,
                  timeout_s: float = 5.0):
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
+        super().__init__(path, test_path, test_fraction)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
         self.timeout_s = float(timeout_s)
-        self._cache: dict[str, list[Example]] = {}
 
     # ----------------------------------------------------------------- examples
-    def _source(self, source: str | None) -> list[Example]:
-        key = source or "<built-in sample>"
-        if key not in self._cache:
-            if source is None:
-                from r3rl.tasks.math_sample import SAMPLE
+    def read_source(self, source: str | None) -> list[Example]:
+        if source is None:
+            from r3rl.tasks.math_sample import SAMPLE
 
-                rows, name = SAMPLE, "r3rl.tasks.math_sample"
-            else:
-                rows, name = load_records(source), str(source)
-            self._cache[key] = [validate_row(r, name, i) for i, r in enumerate(rows)]
-        return self._cache[key]
+            rows, name = SAMPLE, "r3rl.tasks.math_sample"
+        else:
+            rows, name = load_records(source), str(source)
+        return [validate_row(r, name, i) for i, r in enumerate(rows)]
 
-    def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
-        return split_examples(split, n, seed, self._source, self.path, self.test_path, self.test_fraction,
-                              key=lambda ex: ex["question"])
+    def split_key(self, example: Example) -> str:
+        return example["question"]
 
     # ------------------------------------------------------------------- prompt
     def prompt(self, example: Example) -> str:
@@ -178,20 +176,20 @@ class MathTask(Task):
     def verify(self, example: Example, completion: str) -> Verdict:
         """Pass iff the completion's final answer equals the reference by math-verify."""
         if not isinstance(completion, str):
-            return Verdict(False, f"completion is not text: {type(completion).__name__}")
+            return Verdict(False, f"completion is not text: {type(completion).__name__}", NO_FINAL_ANSWER)
         if not completion.strip():
-            return Verdict(False, "empty completion")
+            return Verdict(False, "empty completion", NO_FINAL_ANSWER)
         boxed, why = extract_boxed(completion)
         if why:
-            return Verdict(False, why)
+            return Verdict(False, why, NO_FINAL_ANSWER)
         if boxed is not None:
             if not boxed:
-                return Verdict(False, "empty \\boxed{} answer")
+                return Verdict(False, "empty \\boxed{} answer", NO_FINAL_ANSWER)
             # Re-boxed so that math-verify reads exactly this answer and strips units the way it does for boxes.
             answer = f"\\boxed{{{boxed}}}"
         else:
             answer = completion[-TAIL_CHARS:]
         if _HUGE_POWER.search(answer):
             # sympy would try to evaluate it and only math-verify's 1 s alarm would stop it
-            return Verdict(False, "the answer raises a number to a power too large to evaluate")
+            return Verdict(False, "the answer raises a number to a power too large to evaluate", UNVERIFIABLE)
         return default_grader(self.timeout_s).grade(str(example["answer"]), answer)

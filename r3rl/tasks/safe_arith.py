@@ -68,12 +68,22 @@ _OP_NAMES = {ast.Pow: "power (**)", ast.FloorDiv: "floor division (//)", ast.Mod
              ast.LShift: "'<<'", ast.RShift: "'>>'"}
 
 
-class ArithmeticRejected(ValueError):
-    """The expression is not in the accepted language; `reason` says why, for the verdict."""
+#: failure classes of `check_equation` (CountdownTask.failure_classes adds "no_answer")
+NOT_AN_EXPRESSION = "not_an_expression"
+DISALLOWED_OPERATOR = "disallowed_operator"
+DIVISION_BY_ZERO = "division_by_zero"
+NUMBERS_NOT_USED_ONCE = "numbers_not_used_once"
+WRONG_VALUE = "wrong_value"
 
-    def __init__(self, reason: str):
+
+class ArithmeticRejected(ValueError):
+    """The expression is not in the accepted language; `reason` says why, for the verdict, and
+    `failure_class` which kind of rejection it is (a malformed expression unless said otherwise)."""
+
+    def __init__(self, reason: str, failure_class: str = NOT_AN_EXPRESSION):
         super().__init__(reason)
         self.reason = reason
+        self.failure_class = failure_class
 
 
 def _preview(text: str, limit: int = 40) -> str:
@@ -97,12 +107,14 @@ def _check_characters(expr: str) -> None:
     word = _WORD.search(expr)
     if word:
         raise ArithmeticRejected(f"names, words and function calls are not allowed (found {_preview(word.group())})")
-    for token, what in (("**", "powers (**) are not allowed"), ("//", "floor division (//) is not allowed"),
-                        ("^", "'^' is not allowed (no powers)"), ("%", "modulo (%) is not allowed"),
-                        (".", "decimal numbers are not allowed; use the given integers"),
-                        ("=", _ONE_EQUALS)):
+    for token, what, kind in (("**", "powers (**) are not allowed", DISALLOWED_OPERATOR),
+                              ("//", "floor division (//) is not allowed", DISALLOWED_OPERATOR),
+                              ("^", "'^' is not allowed (no powers)", DISALLOWED_OPERATOR),
+                              ("%", "modulo (%) is not allowed", DISALLOWED_OPERATOR),
+                              (".", "decimal numbers are not allowed; use the given integers", NOT_AN_EXPRESSION),
+                              ("=", _ONE_EQUALS, NOT_AN_EXPRESSION)):
         if token in expr:
-            raise ArithmeticRejected(what)
+            raise ArithmeticRejected(what, kind)
     previous = "("  # the start of the text behaves like an opening parenthesis
     for ch in expr:
         if ch not in _ALLOWED_CHARS:
@@ -112,7 +124,7 @@ def _check_characters(expr: str) -> None:
         # Caught here, not only in the tree: a chain of 900 unary minuses makes ast.parse
         # recurse once per sign and can raise RecursionError.
         if ch in "+-" and previous in "(+-*/":
-            raise ArithmeticRejected(_UNARY_REASON.format(sign="minus" if ch == "-" else "plus"))
+            raise ArithmeticRejected(_UNARY_REASON.format(sign="minus" if ch == "-" else "plus"), DISALLOWED_OPERATOR)
         if ch != " ":
             previous = ch
 
@@ -169,6 +181,13 @@ def _check_structure(expr: str) -> None:
         raise ArithmeticRejected(f"'{last_op}' at the end has no number on its right")
 
 
+def _rejected(node: ast.AST) -> ArithmeticRejected:
+    """The rejection of a syntax-tree node outside the accepted language: an operator other than
+    + - * / (or a unary sign) is a disallowed operator, anything else not an expression."""
+    kind = DISALLOWED_OPERATOR if isinstance(node, (ast.BinOp, ast.UnaryOp)) else NOT_AN_EXPRESSION
+    return ArithmeticRejected(_describe(node), kind)
+
+
 def _describe(node: ast.AST) -> str:
     if isinstance(node, ast.BinOp):
         return _OP_NAMES.get(type(node.op), type(node.op).__name__) + " is not allowed"
@@ -221,7 +240,7 @@ def parse_expression(expr: str, limits: Limits = DEFAULT_LIMITS) -> tuple[ast.Ex
             continue
         if isinstance(node, ast.Constant) and type(node.value) is int:
             continue
-        raise ArithmeticRejected(_describe(node))
+        raise _rejected(node)
     # Only digits can form literals here, so the digit runs are the literals, in reading order.
     return tree, [int(run) for run in _DIGIT_RUN.findall(expr)]
 
@@ -246,10 +265,10 @@ def evaluate(tree: ast.Expression) -> Fraction:
                 continue
             right, left = values.pop(), values.pop()
             if isinstance(node.op, ast.Div) and right == 0:
-                raise ArithmeticRejected("division by zero is not allowed")
+                raise ArithmeticRejected("division by zero is not allowed", DIVISION_BY_ZERO)
             values.append(_BIN_OPS[type(node.op)](left, right))
         else:  # only reachable if the tree did not come from parse_expression
-            raise ArithmeticRejected(_describe(node))
+            raise _rejected(node)
     (value,) = values
     return value
 
@@ -308,20 +327,21 @@ def check_equation(answer: str, nums: Sequence[int], target: int, limits: Limits
     itself. Never raises for any `answer`.
     """
     if len(answer) > limits.max_chars:
-        return Verdict(False, f"answer too long ({len(answer)} characters, limit {limits.max_chars})")
+        return Verdict(False, f"answer too long ({len(answer)} characters, limit {limits.max_chars})",
+                       NOT_AN_EXPRESSION)
     try:
         expr, claimed = _split_claimed_result(answer, limits)
         if claimed is not None and claimed != target:
-            return Verdict(False, f"the equation says the result is {claimed}, but the target is {target}")
+            return Verdict(False, f"the equation says the result is {claimed}, but the target is {target}", WRONG_VALUE)
         tree, used = parse_expression(expr, limits)
         # Checked before evaluating, so only expressions over the given numbers are ever computed.
         problem = _compare_numbers(used, nums)
         if problem:
-            return Verdict(False, problem)
+            return Verdict(False, problem, NUMBERS_NOT_USED_ONCE)
         value = evaluate(tree)
     except ArithmeticRejected as e:
-        return Verdict(False, e.reason)
+        return Verdict(False, e.reason, e.failure_class)
     if value != target:
         shown = str(value) if value.denominator == 1 else f"{value} (= {float(value):.4g})"
-        return Verdict(False, f"the expression equals {shown}, not the target {target}")
+        return Verdict(False, f"the expression equals {shown}, not the target {target}", WRONG_VALUE)
     return Verdict(True, "correct")
