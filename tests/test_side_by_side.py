@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 
 from r3rl.reporting.run import ReportError
-from r3rl.reporting.side_by_side import compare_runs, holm, write_comparison
+from r3rl.reporting.side_by_side import compare_runs, write_comparison
 
 
 def _eval(folder: Path, outcomes: list[tuple[bool, bool]], model: str, task: str = "addition") -> None:
@@ -85,13 +84,6 @@ def test_refuses_a_folder_without_an_evaluation(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="no evaluation to compare"):
         compare_runs([a, tmp_path / "empty"])
-
-
-def test_holm_by_hand():
-    # sorted p: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.5 (x1 = 0.5); monotone and in input order
-    assert holm([0.5, 0.01, 0.02]) == pytest.approx([0.5, 0.03, 0.04])
-    assert holm([0.04, 0.03]) == pytest.approx([0.06, 0.06])  # the running maximum keeps them monotone
-    assert all(not math.isnan(p) for p in holm([1.0, 1.0]))
 
 
 def test_cli_compare_writes_the_files_and_refuses_in_one_sentence(tmp_path, capsys):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from r3rl.evaluation.classes import holm_bonferroni
 from r3rl.evaluation.stats import paired_comparison
 from r3rl.reporting.compare import PASSED, trial_key
 from r3rl.reporting.run import ACC_KEYS, EvalResults, ReportError, load_eval
@@ -31,18 +32,6 @@ class RunEval:
     label: str
     path: Path
     eval: EvalResults
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (monotone, capped at 1), in the input order."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def final_eval(path: Path) -> EvalResults:
@@ -119,7 +108,7 @@ def comparisons(rows: list[RunEval]) -> list[dict[str, Any]]:
             pairs = [(e.get("example_id"), ok(ref_by_key[trial_key(e)]), ok(e)) for e in r.eval.episodes]
             cmp = paired_comparison(pairs)
             out.append({"metric": metric, "first": ref.label, "second": r.label, **cmp.to_json()})
-    for row, adj in zip(out, holm([c["p_value"] for c in out])):
+    for row, adj in zip(out, holm_bonferroni([c["p_value"] for c in out])):
         row["p_holm"] = adj
     return out
 
