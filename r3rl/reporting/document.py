@@ -358,6 +358,13 @@ def report_blocks(run: RunData) -> list[Block]:
     blocks += [Para(n, style="note") for n in run.notes]
     blocks += _config_blocks(run)
     blocks += _results_blocks(run)
+    # Imported here: these sections build on the block types defined above.
+    from r3rl.reporting.classes_section import failure_class_blocks, run_classes
+    from r3rl.reporting.diagnostics_section import diagnostics_blocks
+
+    evals = run_classes(run)
+    blocks += failure_class_blocks(run, evals)
     blocks += _training_blocks(run)
+    blocks += diagnostics_blocks(run, evals)
     blocks += _example_blocks(run)
     return blocks

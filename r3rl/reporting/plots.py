@@ -185,3 +185,63 @@ def run_bars(labels: Sequence[str], metrics: Sequence[str],
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     return fig
+
+
+def transition_heatmap(sources: Sequence[str], outcomes: Sequence[str], counts: Sequence[Sequence[int]],
+                       *, title: str) -> Figure:
+    """Failure class of the first attempt (rows) -> outcome of the retry (columns).
+
+    counts[i][j] is how many failures of class sources[i] ended as outcomes[j]. A cell's colour is
+    its share of the row (where that class's failures went), so a small class reads as clearly as a
+    big one; each cell is written as "count" over "share %", empty cells as nothing.
+    """
+    rows, cols = len(sources), len(outcomes)
+    longest = max((len(s) for s in [*sources, *outcomes]), default=4)
+    fig = _new_figure((max(5.0, 1.0 * cols + 0.07 * longest + 2.0), max(2.6, 0.55 * rows + 0.06 * longest + 1.6)))
+    ax = fig.add_subplot()
+    shares = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in counts]
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(rows):
+        for j in range(cols):
+            n = counts[i][j]
+            if n:
+                share = shares[i][j]
+                ax.text(j, i, f"{n}\n{100 * share:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white" if share > 0.55 else "#1b1b1b")
+    ax.set_xticks(range(cols), outcomes, rotation=30 if longest > 10 else 0, ha="right" if longest > 10 else "center")
+    ax.set_yticks(range(rows), [f"{s} (n={sum(r)})" for s, r in zip(sources, counts)])
+    ax.set_xlabel("outcome of the retry")
+    ax.set_ylabel("first attempt failed as")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of the row", fraction=0.05)
+    return fig
+
+
+def diversity_curve(distinct_2: tuple[Sequence[int], Sequence[float]] | None,
+                    duplicate_share: tuple[Sequence[int], Sequence[float]] | None) -> Figure:
+    """distinct-2 and the duplicate share of each step's reflections, (steps, values) each, one axis.
+
+    Both are fractions. Mode collapse onto one template reads as the distinct-2 line falling and
+    the duplicate share rising. A series given as None is left out, never drawn as zeros.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for series, label, color in ((distinct_2, "distinct-2 (distinct word bigrams / all)", _TREND_COLOR),
+                                 (duplicate_share, "duplicate share (exact copies)", "#c62828")):
+        if series is None:
+            continue
+        steps, values = series
+        long_run = len(values) >= SMOOTH_MIN_POINTS
+        ax.plot(steps, values, color=color, linewidth=1.0 if long_run else 1.8, alpha=0.45 if long_run else 1.0,
+                marker=None if long_run else "o", markersize=3.5, label=label)
+        if long_run:
+            window = max(5, len(values) // 20)
+            ax.plot(steps, rolling_mean(values, window), color=color, linewidth=2.0)
+    ax.set_title("Diversity of each step's reflections")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, frameon=False)
+    return fig
