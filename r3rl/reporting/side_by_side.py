@@ -4,7 +4,9 @@ Each run contributes its final evaluation (eval_after/, or the folder itself whe
 results.json). Runs are comparable only when their trials are the same (example_id, sample)
 pairs of the same task: then every accuracy difference between two runs is a paired one, and
 it is tested as such (r3rl.evaluation.stats.paired_comparison: exact McNemar, clustered by
-example with several samples), each run against the first. The p-values of all comparisons
+example with several samples), each run against the first. When the evaluations carry failure
+classes, each run's per-class gain of reflection over the control is given, and each run's
+first attempts by class against the first row's (r3rl.evaluation.classes.compare_classes). The p-values of all comparisons
 made are adjusted together by Holm's step-down method, which controls the family-wise error
 rate without assuming the tests independent. When the runs share one eval_before (the same
 base model evaluated alike), it is shown as the first row, "base".
@@ -17,10 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3rl.evaluation.classes import holm_bonferroni
+from r3rl.evaluation.classes import HOLM, compare_classes, holm_bonferroni
 from r3rl.evaluation.stats import paired_comparison
+from r3rl.reporting.class_results import eval_dir_of, load_eval_classes
+from r3rl.reporting.classes_section import fmt_p_cell, rate_cell
 from r3rl.reporting.compare import PASSED, trial_key
 from r3rl.reporting.run import ACC_KEYS, EvalResults, ReportError, load_eval
+from r3rl.reporting.wording import fmt_pts, fmt_pts_ci
 
 COMPARED = ("acc@1", "acc@2")  # metrics tested between runs; the control is shown, not tested
 
@@ -125,6 +130,25 @@ def accuracy_rows(rows: list[RunEval]) -> list[dict[str, Any]]:
     return table
 
 
+def class_gains(rows: list[RunEval]) -> dict[str, Any]:
+    """Per failure class, each row's gain of reflection over the control, and each row's first attempts vs the first's.
+
+    by_class: {run: per_class_table or None (its evaluation classifies no failure)};
+    first_attempt: [{"first", "second", **compare_classes}] for each row after the first whose
+    evaluation and the first's both carry classes (the trials are the same: check_same_trials).
+    Holm's correction is applied within each table (over its classes), as evaluation.classes does.
+    """
+    classes = [(r, load_eval_classes(eval_dir_of(r.path), r.eval)) for r in rows]
+    ref, ref_classes = classes[0]
+    first_attempt = []
+    for r, c in classes[1:]:
+        if ref_classes.records is not None and c.records is not None:
+            first_attempt.append({"first": ref.label, "second": r.label,
+                                  **compare_classes(ref_classes.records, c.records)})
+    return {"by_class": {r.label: c.by_class for r, c in classes}, "first_attempt": first_attempt,
+            "correction": HOLM + ", within each table"}
+
+
 def compare_runs(run_dirs: list[str | os.PathLike[str]]) -> dict[str, Any]:
     """The whole comparison as JSON-ready data (what compare.json holds)."""
     rows = collect(run_dirs)
@@ -134,6 +158,7 @@ def compare_runs(run_dirs: list[str | os.PathLike[str]]) -> dict[str, Any]:
         "runs": accuracy_rows(rows),
         "comparisons": comparisons(rows),
         "correction": "Holm-Bonferroni over all comparisons listed",
+        "classes": class_gains(rows),
     }
 
 
@@ -161,10 +186,49 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {c['metric']} | {c['first']} | {c['second']} | {100 * c['difference']:+.1f} | "
                      f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {c['first_only']} / {c['second_only']} | "
                      f"{c['p_value']:.3g} | {c['p_holm']:.3g} | {c['test']} |")
+    lines += class_markdown(data.get("classes"))
     for section in data.get("extra_sections", []):
         lines += ["", section]
     lines += ["", "![accuracy by run](compare.png)", ""]
     return "\n".join(lines)
+
+
+def class_markdown(classes: dict[str, Any] | None) -> list[str]:
+    """compare.md's per-class sections: each run's gain over the control, and first attempts vs the first run."""
+    if classes is None:
+        return []
+    tables = {run: t for run, t in classes["by_class"].items() if t is not None}
+    if not tables:
+        return ["", "No run's evaluation gives a failure class for its failed first attempts, so there are no "
+                "per-class tables."]
+    lines = ["", "## Per failure class: retry after reflection vs without (the control), per run", "",
+             f"Paired on each run's own trials; p (Holm): {classes['correction']}.", "",
+             "| run | failure class | failures | retry after reflection | retry without reflection | gain | "
+             "95% interval | p | p (Holm) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run, table in tables.items():
+        for cls, row in table["classes"].items():
+            gain = row["gain"]
+            lines.append(" | ".join([
+                f"| {run}", f"`{cls}`", str(row["failures"]), rate_cell(row["retry"]),
+                rate_cell(row["control"], "not run"), fmt_pts(gain["difference"]) if gain else "—",
+                fmt_pts_ci(tuple(gain["difference_ci"])) if gain else "—",
+                fmt_p_cell(gain["p_value"]) if gain else "—", fmt_p_cell(gain.get("p_holm")) if gain else "—"]) + " |")
+    missing = [run for run, t in classes["by_class"].items() if t is None]
+    if missing:
+        lines += ["", f"Not classified (no failure class in its evaluation): {', '.join(missing)}."]
+    if classes["first_attempt"]:
+        lines += ["", "## First attempts by outcome class, each run vs the first row", "",
+                  f"Paired by trial; p (Holm): {classes['correction']}.", "",
+                  "| first | second | first attempt | first run | second run | change | 95% interval | p | p (Holm) |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for cmp in classes["first_attempt"]:
+            for cls, row in cmp["first_attempt"].items():
+                gain = row["gain"]
+                lines.append(f"| {cmp['first']} | {cmp['second']} | `{cls}` | {row['before']} | {row['after']} | "
+                             f"{fmt_pts(gain['difference'])} | {fmt_pts_ci(tuple(gain['difference_ci']))} | "
+                             f"{fmt_p_cell(gain['p_value'])} | {fmt_p_cell(gain['p_holm'])} |")
+    return lines
 
 
 def rich_table(data: dict[str, Any]):
