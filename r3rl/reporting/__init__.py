@@ -7,4 +7,8 @@ wording.py    numbers and verdicts in words
 document.py   the report's content as format-free blocks
 render.py     blocks -> Markdown / HTML through templates/*.j2
 plots.py      matplotlib figures
+class_results.py       an evaluation's failure classes, transitions and reflection diagnostics
+classes_section.py     the "Failure classes" section and its model-card summary
+diagnostics_section.py the "Reflection diagnostics" section (evals and per training step)
+side_by_side.py        `r3rl compare`: runs on the same trials, with per-class gains
 """
