@@ -49,7 +49,7 @@ def test_per_class_table_before_and_after_by_hand(reported: tuple[Path, str, str
     _, md, _ = reported
     section = _section(md, "Failure classes").split("### First attempts")[0]
     # Rows: class by class (after's order), before then after.
-    rows = [line for line in section.splitlines() if line.startswith("| wrong_sum |") or line.startswith("| no_answer |")]
+    rows = [line for line in section.splitlines() if line.startswith(("| wrong_sum |", "| no_answer |"))]
     assert [r.split(" | ")[:2] for r in rows] == [["| wrong_sum", "before"], ["| wrong_sum", "after"],
                                                   ["| no_answer", "before"], ["| no_answer", "after"]]
     assert rows[1] == AFTER_ROWS[0] and rows[3] == AFTER_ROWS[1]
@@ -201,12 +201,14 @@ def test_model_card_summary(tmp_path: Path) -> None:
     card = failure_class_card(load_run(class_run(tmp_path / "run", metrics=False)))
     lines = card.splitlines()
     assert lines[0].startswith("| failure class | failures before | failures after |")
-    assert lines[2] == "| `wrong_sum` | 10 | 8 | 20.0% (2/10) [5.7%, 51.0%] | 87.5% (7/8) [52.9%, 97.8%] | +87.5 pts | 0.0312 |"
+    assert lines[2] == ("| `wrong_sum` | 10 | 8 | 20.0% (2/10) [5.7%, 51.0%] | 87.5% (7/8) [52.9%, 97.8%] | +87.5 pts "
+                        "| 0.0312 |")
     assert lines[3] == "| `no_answer` | 2 | 2 | 0.0% (0/2) [0.0%, 65.8%] | 50.0% (1/2) [9.5%, 90.5%] | +0.0 pts | 1 |"
     assert "Holm-Bonferroni" in card
     shutil.rmtree(tmp_path / "run" / "eval_before")
     only_after = failure_class_card(load_run(tmp_path / "run"))
-    assert only_after.splitlines()[2] == "| `wrong_sum` | — | 8 | — | 87.5% (7/8) [52.9%, 97.8%] | +87.5 pts | 0.0312 |"
+    assert only_after.splitlines()[2] == ("| `wrong_sum` | — | 8 | — | 87.5% (7/8) [52.9%, 97.8%] | +87.5 pts "
+                                          "| 0.0312 |")
 
 
 # --------------------------------------------------------------------------- r3rl compare
@@ -231,8 +233,9 @@ def test_compare_gives_per_class_gains_per_run_and_first_attempts_vs_the_first(t
     # first_attempt has the same first attempts as base: no change anywhere, p = 1.
     (vs_reflection, vs_first_attempt) = classes["first_attempt"]
     assert (vs_reflection["first"], vs_reflection["second"]) == ("base", "reflection")
-    assert vs_reflection["first_attempt"]["pass"]["before"] == 0 and vs_reflection["first_attempt"]["pass"]["after"] == 2
-    assert vs_reflection["first_attempt"]["pass"]["gain"]["p_value"] == pytest.approx(0.5)
+    passed = vs_reflection["first_attempt"]["pass"]
+    assert (passed["before"], passed["after"]) == (0, 2)
+    assert passed["gain"]["p_value"] == pytest.approx(0.5)
     assert all(r["gain"]["difference"] == 0 and r["gain"]["p_value"] == 1.0
                for r in vs_first_attempt["first_attempt"].values())
     md = write_comparison(data, tmp_path / "cmp").read_text()

@@ -4,12 +4,15 @@ Each run contributes its final evaluation (eval_after/, or the folder itself whe
 results.json). Runs are comparable only when their trials are the same (example_id, sample)
 pairs of the same task: then every accuracy difference between two runs is a paired one, and
 it is tested as such (r3rl.evaluation.stats.paired_comparison: exact McNemar, clustered by
-example with several samples), each run against the first. When the evaluations carry failure
-classes, each run's per-class gain of reflection over the control is given, and each run's
-first attempts by class against the first row's (r3rl.evaluation.classes.compare_classes). The p-values of all comparisons
+example with several samples), each run against the first. The p-values of all comparisons
 made are adjusted together by Holm's step-down method, which controls the family-wise error
 rate without assuming the tests independent. When the runs share one eval_before (the same
 base model evaluated alike), it is shown as the first row, "base".
+
+When the evaluations carry failure classes, compare.json's `classes` (and compare.md) adds each
+run's per-class gain of reflection over the control, and each run's first attempts by class
+against the first row's (r3rl.evaluation.classes.compare_classes); Holm's correction is then
+applied within each table, over its classes.
 """
 
 from __future__ import annotations
@@ -143,8 +146,11 @@ def class_gains(rows: list[RunEval]) -> dict[str, Any]:
     first_attempt = []
     for r, c in classes[1:]:
         if ref_classes.records is not None and c.records is not None:
-            first_attempt.append({"first": ref.label, "second": r.label,
-                                  **compare_classes(ref_classes.records, c.records)})
+            try:
+                cmp = compare_classes(ref_classes.records, c.records)
+            except ValueError as e:  # a trial listed twice in one episodes.jsonl
+                raise ReportError(f"{r.path} vs {ref.path}: {e}") from e
+            first_attempt.append({"first": ref.label, "second": r.label, **cmp})
     return {"by_class": {r.label: c.by_class for r, c in classes}, "first_attempt": first_attempt,
             "correction": HOLM + ", within each table"}
 
@@ -213,7 +219,8 @@ def class_markdown(classes: dict[str, Any] | None) -> list[str]:
                 f"| {run}", f"`{cls}`", str(row["failures"]), rate_cell(row["retry"]),
                 rate_cell(row["control"], "not run"), fmt_pts(gain["difference"]) if gain else "—",
                 fmt_pts_ci(tuple(gain["difference_ci"])) if gain else "—",
-                fmt_p_cell(gain["p_value"]) if gain else "—", fmt_p_cell(gain.get("p_holm")) if gain else "—"]) + " |")
+                fmt_p_cell(gain["p_value"]) if gain else "—",
+                fmt_p_cell(gain.get("p_holm")) if gain else "—"]) + " |")
     missing = [run for run, t in classes["by_class"].items() if t is None]
     if missing:
         lines += ["", f"Not classified (no failure class in its evaluation): {', '.join(missing)}."]
