@@ -261,3 +261,17 @@ def test_compare_without_classes_says_so_in_one_sentence(tmp_path: Path) -> None
             "tables.") in md
     assert "Per failure class" not in md
 
+
+
+def test_several_samples_per_example_use_the_clustered_test(tmp_path: Path) -> None:
+    # Each trial twice (samples 0 and 1, same outcomes): wrong_sum's examples e0..e6 each gain +2 trials,
+    # so the sign-flip test over examples gives p = 2 / 2^7 again, not the 2 / 2^14 of 14 independent pairs.
+    run = tmp_path / "run"
+    recs = [dict(r, sample=s) for r in after_records() for s in (0, 1)]
+    write_eval(run / "eval_after", recs, tables=False)
+    md, _ = _report(run)
+    section = _section(md, "Failure classes")
+    assert "exact McNemar test clustered by example (two-sided sign-flip test over examples)" in section
+    row = next(line for line in section.splitlines() if line.startswith("| wrong_sum | after |"))
+    assert row.startswith("| wrong_sum | after | 16 (80.0%) | 87.5% (14/16) [")
+    assert row.endswith("| 0.0156 | 0.0312 |")
