@@ -7,4 +7,5 @@ wording.py    numbers and verdicts in words
 document.py   the report's content as format-free blocks
 render.py     blocks -> Markdown / HTML through templates/*.j2
 plots.py      matplotlib figures
+model_card.py the model card (README.md) of final/ and the optional push to the Hub
 """
