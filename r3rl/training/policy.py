@@ -13,6 +13,7 @@ so it may sit in the half-precision compute dtype; its adapters stay float32.
 from __future__ import annotations
 
 import copy
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,6 @@ def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
                  mixed_precision: str = "no") -> tuple[nn.Module, Any, nn.Module | None]:
     """(trainable model, tokenizer, frozen reference or None). LoRA -> the reference is the model itself
     with adapters disabled, returned as None here (see `reference_logprobs`)."""
-    import warnings
-
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from r3rl.engine import load_model

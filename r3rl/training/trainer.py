@@ -26,13 +26,16 @@ Precision as the HF Trainer / TRL: float32 trainable weights and optimizer state
 (training, reference, and generation) under `train.mixed_precision` autocast.
 Log-probs: the training forward's are of softmax(logits / T) at the reflection temperature T
 (without top-k / top-p truncation). PPO's "old" log-probs are that same forward before the
-step's first update (detached from the first pass's own forward; with several updates per batch
-a no-grad forward before the first), so the first pass's ratio is 1. The engine's sampling
+step's first update (the first pass's own forward, detached; with several updates per batch a
+no-grad forward before the first pass), so the first pass's ratio is 1. The engine's sampling
 log-probs (`Episode.reflection_logprobs`, of log_softmax(logits) at temperature 1, engine/sampling.py)
 are compared with the old ones when T is 1 (or 0, greedy): their mismatch is logged
 (`logprob_diff_mean` / `_max`) and, with `train.sampling_correction=tis`, each token's policy term
 is weighted by min(exp(old - sampling), train.sampling_correction_cap), as TRL's
-vllm_importance_sampling_correction.
+vllm_importance_sampling_correction. It is off by default: with the hf engine (the training
+weights themselves, under the same autocast) the mismatch measured on a 2-layer test model was
+2e-7 mean / 1e-6 max per token in float32 and 3e-4 / 2e-3 under bf16 autocast, weights within
+0.2% of 1; a backend with its own kernels (vLLM) is where it matters.
 """
 
 from __future__ import annotations
@@ -145,6 +148,8 @@ class StepTotals:
 
 
 class Trainer:
+    """`r3rl train` as a recipe: __init__ composes the setup steps, train() runs the loop."""
+
     def __init__(self, cfg: Config, resume: bool | str = False, show_progress: bool = True):
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
