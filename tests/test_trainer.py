@@ -454,3 +454,16 @@ def test_policy_setup_uses_the_current_transformers_names(model_dir):
             model, _, _ = build_policy(cfg.model, cfg.train, torch.device("cpu"))
         inner = model.get_base_model() if lora else model
         assert inner.is_activation_checkpointing if hasattr(inner, "is_activation_checkpointing") else inner.is_gradient_checkpointing
+
+
+def test_sampling_correction_settings_are_checked():
+    from r3rl.config import ConfigError, load_config
+
+    assert load_config(None, []).train.sampling_correction == "none"  # off by default (see trainer.py)
+    with pytest.raises(ConfigError, match="train.sampling_correction: 'is' is not one of none, tis"):
+        load_config(None, ["train.sampling_correction=is"])
+    with pytest.raises(ConfigError, match="train.sampling_correction_cap: must be > 0"):
+        load_config(None, ["train.sampling_correction=tis", "train.sampling_correction_cap=0"])
+    with pytest.raises(ConfigError, match="generation.reflection_temperature=0.7; set it to 1"):
+        load_config(None, ["train.sampling_correction=tis", "generation.reflection_temperature=0.7"])
+    assert load_config(None, ["train.sampling_correction=tis"]).train.sampling_correction_cap == 2.0
