@@ -171,6 +171,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from r3rl.distributed import launch_rank
+    from r3rl.reporting.model_card import publish_final
     from r3rl.training.checkpoint import latest_checkpoint
     from r3rl.training.trainer import train
 
@@ -186,6 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}",
                                 extra="--resume")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
+    if launch_rank() == 0:  # the model cards (and the Hub push) once; training has closed the process group
+        publish_final(cfg.train.output_dir, final, cfg.train.push_to_hub, cfg.train.hub_model_id)
     _say(f"final model: {final}")
     return 0
 

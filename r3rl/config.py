@@ -154,7 +154,11 @@ class TrainConfig:
     loss_aggregation: str = "sequence_mean"
     """sequence_mean: mean over each reflection's tokens, then over reflections (GRPO); token_sum: token sum / constant (Dr. GRPO)."""
     updates_per_batch: int = 1
-    """Optimizer passes over each rollout batch (>1 uses sampling-time log-probs as old)."""
+    """Optimizer passes over each rollout batch (>1: PPO's old log-probs are a no-grad training forward before the first pass)."""
+    sampling_correction: str = "none"
+    """none, or tis: weight each reflection token's policy term by min(exp(training - sampling log-prob), cap) (TRL's vllm_importance_sampling_correction); needs generation.reflection_temperature 0 or 1."""
+    sampling_correction_cap: float = 2.0
+    """Upper bound of the truncated importance-sampling weight (train.sampling_correction=tis)."""
     lora: bool = True
     """Train a LoRA adapter (reference = base with adapters off) instead of all weights."""
     lora_r: int = 16
@@ -241,6 +245,7 @@ _CHOICES = {
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "generation.shared_prefix_attention": ("auto", "on", "off"),
     "generation.backend": ("hf", "vllm"),
+    "train.sampling_correction": ("none", "tis"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 _POSITIVE = {
@@ -417,6 +422,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.learning_rate: must be positive, got {cfg.train.learning_rate}")
     if cfg.train.beta < 0:
         raise ConfigError(f"train.beta: must be >= 0, got {cfg.train.beta}")
+    if cfg.train.sampling_correction_cap <= 0:
+        raise ConfigError(f"train.sampling_correction_cap: must be > 0, got {cfg.train.sampling_correction_cap}")
+    if cfg.train.sampling_correction == "tis" and cfg.generation.reflection_temperature not in (0, 1):
+        raise ConfigError("train.sampling_correction=tis compares the engine's log-probs, taken at temperature 1, with the "
+                          f"training forward's at generation.reflection_temperature={cfg.generation.reflection_temperature}; "
+                          "set it to 1 (or 0) or train.sampling_correction=none")
     for stage in ("attempt", "reflection", "retry"):
         if getattr(cfg.generation, f"{stage}_temperature") < 0:
             raise ConfigError(f"generation.{stage}_temperature: must be >= 0")

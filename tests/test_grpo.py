@@ -243,6 +243,35 @@ def test_micro_batches_sum_to_full_batch_random(aggregation):
     assert abs(full.item()) > 1e-3  # a vanishing loss would make the comparison empty
 
 
+def test_truncated_importance_sampling_loss_by_hand():
+    """TIS (train.sampling_correction=tis): w = min(exp(old - sampling), cap) multiplies each token's policy
+    term. One sequence, A = 1, ratio 1 (old = logp), tokens at t = 1, 2:
+      w_1 = exp(-1.0 - -1.5) = e^0.5 = 1.648721 (under the cap), w_2 = min(exp(-2.0 - -4.0) = e^2, 2) = 2 (capped);
+      loss = -(w_1 + w_2) / 2 = -1.824361; d loss / d logp_t = -w_t / 2 = -0.824361, -1.0."""
+    logp = torch.tensor([[0.0, -1.0, -2.0]], requires_grad=True)
+    sampling = torch.tensor([[0.0, -1.5, -4.0]])
+    mask = torch.tensor([[0, 1, 1]])
+    w = grpo.truncated_is_weights(logp.detach(), sampling, mask, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.648721, 2.0]]))
+    loss, _ = grpo.policy_loss(logp, logp.detach(), torch.tensor([1.0]), mask, is_weights=w)
+    assert float(loss.detach()) == pytest.approx(-1.824361, abs=1e-6)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -0.824361, -1.0]]))
+    # the KL term is not weighted: with beta > 0 it adds beta * mean_t k3 whatever w is
+    ref = torch.tensor([[0.0, -1.5, -2.0]])  # k3 at t = 1: e^-0.5 + 0.5 - 1 = 0.106531; at t = 2: 0
+    weighted, _ = grpo.policy_loss(logp.detach(), logp.detach(), torch.tensor([1.0]), mask, beta=0.5, logp_ref=ref, is_weights=w)
+    assert float(weighted) == pytest.approx(-1.824361 + 0.5 * 0.106531 / 2, abs=1e-6)
+
+
+def test_logprob_mismatch_by_hand():
+    old = torch.tensor([[0.0, -1.0, -2.0], [0.0, -0.5, 9.0]])
+    sampling = torch.tensor([[5.0, -1.5, -1.0], [0.0, -0.25, 0.0]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]])  # off-mask garbage (5.0, 9.0) is ignored
+    got = grpo.logprob_mismatch(old, sampling, mask)
+    assert got == pytest.approx({"diff_sum": 0.5 + 1.0 + 0.25, "diff_max": 1.0, "diff_tokens": 3.0})
+    assert grpo.logprob_mismatch(old, sampling, torch.zeros_like(mask)) == {"diff_sum": 0.0, "diff_max": 0.0, "diff_tokens": 0.0}
+
+
 def test_policy_loss_shape_errors():
     with pytest.raises(ValueError):
         grpo.policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), torch.ones(2, 3))

@@ -10,8 +10,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from r3rl.config import Config, ConfigError, dump_config, load_config
-from r3rl.training import model_card
-from r3rl.training.model_card import build_model_card, hub_repo_id, push_folder, write_model_cards
+from r3rl.reporting import model_card
+from r3rl.reporting.model_card import build_model_card, hub_repo_id, push_folder, write_model_cards
 
 
 def results(acc1: float, acc2: float, control: float, n: int = 500) -> dict:
@@ -147,19 +147,21 @@ def test_push_needs_a_repo_id():
     assert cfg.train.push_to_hub and cfg.train.hub_model_id == "me/model"
 
 
-def test_training_writes_the_card_and_pushes_the_final_folder(tmp_path, monkeypatch):
+def test_r3rl_train_writes_the_card_and_pushes_the_final_folder(tmp_path, monkeypatch):
+    """The trainer saves final/; `r3rl train` (its caller) writes the card and pushes (training never imports reporting)."""
     import huggingface_hub
 
+    from r3rl import cli
     from r3rl.demo.tiny import save_tiny_model
-    from r3rl.training.trainer import train
-    from tests.trainer_fixtures import tiny_config
+    from tests.trainer_fixtures import cli_overrides, tiny_config
 
     uploads, created = [], []
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: uploads.append(kw))
     monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: created.append(repo_id))
     model_dir = save_tiny_model(tmp_path / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
     cfg = tiny_config(model_dir, tmp_path / "run", steps=2, save_every=0, push_to_hub=True, hub_model_id="me/tiny")
-    final = train(cfg, show_progress=False)
+    assert cli.main(["train", *cli_overrides(cfg)]) == 0
+    final = tmp_path / "run" / "final"
     text = (final / "README.md").read_text()
     meta = front_matter(text)
     assert meta["library_name"] == "transformers" and "r3rl" in meta["tags"]
@@ -167,3 +169,13 @@ def test_training_writes_the_card_and_pushes_the_final_folder(tmp_path, monkeypa
     assert created == ["me/tiny"]
     assert [u["folder_path"] for u in uploads] == [str(final)] and uploads[0]["repo_id"] == "me/tiny"
     assert model_card.hub_repo_id(str(model_dir)) is None
+
+
+def test_training_does_not_import_reporting():
+    import subprocess
+    import sys
+
+    code = ("import sys, r3rl.training.trainer, r3rl.training.failures, r3rl.training.metrics; "
+            "print(sorted(m for m in sys.modules if m.startswith('r3rl.reporting')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -377,3 +377,93 @@ def test_verifier_errors_are_counted_in_the_metrics(model_dir, tmp_path):
     counts = [r["verifier_errors"] for r in rows]
     assert counts[-1] > 0 and counts == sorted(counts)  # cumulative, and the broken retries were counted
     assert counts[-1] == BrokenRetryCoinTask.raised
+
+
+def test_the_trainer_engine_honours_shared_prefix_attention(model_dir, tmp_path):
+    """generation.shared_prefix_attention reaches the engine training generates with (it once built its own
+    engine without it, while `r3rl plan` sized memory from the configured value)."""
+    for value, expected in (("on", True), ("off", False)):
+        cfg = tiny_config(model_dir, tmp_path / value, steps=1)
+        cfg.generation.shared_prefix_attention = value
+        assert Trainer(cfg, show_progress=False).engine.shared_prefix_attention is expected, value
+
+
+def test_sampling_logprob_mismatch_is_logged_per_step(model_dir, tmp_path):
+    """float32 on CPU: the engine's sampling log-probs and the training forward's agree to float32 noise;
+    both columns are written; at another reflection temperature they are not comparable: None."""
+    train(tiny_config(model_dir, tmp_path / "f32", steps=2, save_every=0), show_progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "f32" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert 0.0 <= r["logprob_diff_mean"] <= r["logprob_diff_max"] < 1e-4, r
+    cfg = tiny_config(model_dir, tmp_path / "t07", steps=1, save_every=0)
+    cfg.generation.reflection_temperature = 0.7
+    train(cfg, show_progress=False)
+    [row] = [json.loads(x) for x in (tmp_path / "t07" / "metrics.jsonl").read_text().splitlines()]
+    assert row["logprob_diff_mean"] is None and row["logprob_diff_max"] is None
+
+
+def test_truncated_importance_sampling_weights_the_policy_term(model_dir, tmp_path):
+    """train.sampling_correction=tis: with ratio 1 the loss is -sum_seq A_seq mean_t w_t / (batch x G),
+    w_t = min(exp(logp_train - logp_sampling), cap). Sampling log-probs set to logp_train - log 3 (row 0,
+    w = min(3, 2) = 2, capped) and logp_train - log 1.5 (row 1, w = 1.5)."""
+    import math
+
+    from r3rl.training.logprobs import completion_logprobs
+
+    cfg = tiny_config(model_dir, tmp_path / "tis", batch_size=2, micro_batch_size=2, sampling_correction="tis",
+                      sampling_correction_cap=2.0)
+    cfg.rollout.group_size = 2
+    trainer = Trainer(cfg, show_progress=False)
+    episodes = [_episode("g", [4, 5, 6], 1.0), _episode("g", [7, 8], 0.0)]
+    probe = trainer._micro(episodes)
+    with torch.no_grad():
+        logp = completion_logprobs(trainer.model, *probe.batch)  # [2, T]
+    mask = probe.batch[2].bool()
+    for row, (e, shift) in enumerate(zip(episodes, (math.log(3.0), math.log(1.5)))):
+        e.reflection_logprobs = (logp[row][mask[row]] - shift).tolist()
+    micro = trainer._micro(episodes)
+    with trainer.acc.accumulate(trainer.policy):
+        stats = trainer._backward(micro, None)
+    a0, a1 = micro.advantages.tolist()
+    expected = -(a0 * 2.0 + a1 * 1.5) / (cfg.train.batch_size * cfg.rollout.group_size)
+    assert abs(expected) > 0.05
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    # the logged mismatch of the same tokens: |log 3| on row 0's 3 tokens, |log 1.5| on row 1's 2
+    assert stats["diff_max"] == pytest.approx(math.log(3.0), rel=1e-5)
+    assert stats["diff_sum"] / stats["diff_tokens"] == pytest.approx((3 * math.log(3.0) + 2 * math.log(1.5)) / 5, rel=1e-5)
+    # without the correction the same micro-batch's loss is -(a0 + a1) / (batch x G) = 0: the advantages cancel
+    trainer.cfg.train.sampling_correction = "none"
+    with trainer.acc.accumulate(trainer.policy):
+        assert trainer._backward(trainer._micro(episodes), None)["loss"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_policy_setup_uses_the_current_transformers_names(model_dir):
+    """transformers 5.24 deprecates gradient_checkpointing_enable / is_gradient_checkpointing (FutureWarning):
+    building the policy with activation checkpointing, full or LoRA, warns nothing of the kind."""
+    import warnings
+
+    from r3rl.config import Config
+    from r3rl.training.policy import build_policy
+
+    cfg = Config()
+    cfg.model.name_or_path = str(model_dir)
+    for lora in (False, True):
+        cfg.train.lora, cfg.train.gradient_checkpointing = lora, True
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            model, _, _ = build_policy(cfg.model, cfg.train, torch.device("cpu"))
+        inner = model.get_base_model() if lora else model
+        assert inner.is_activation_checkpointing if hasattr(inner, "is_activation_checkpointing") else inner.is_gradient_checkpointing
+
+
+def test_sampling_correction_settings_are_checked():
+    from r3rl.config import ConfigError, load_config
+
+    assert load_config(None, []).train.sampling_correction == "none"  # off by default (see trainer.py)
+    with pytest.raises(ConfigError, match="train.sampling_correction: 'is' is not one of none, tis"):
+        load_config(None, ["train.sampling_correction=is"])
+    with pytest.raises(ConfigError, match="train.sampling_correction_cap: must be > 0"):
+        load_config(None, ["train.sampling_correction=tis", "train.sampling_correction_cap=0"])
+    with pytest.raises(ConfigError, match="generation.reflection_temperature=0.7; set it to 1"):
+        load_config(None, ["train.sampling_correction=tis", "generation.reflection_temperature=0.7"])
+    assert load_config(None, ["train.sampling_correction=tis"]).train.sampling_correction_cap == 2.0

@@ -43,8 +43,8 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     from r3rl.evaluation.accuracy import evaluate_model, results_table
     from r3rl.mining import mine
-    from r3rl.training.model_card import push_folder, write_model_cards
     from r3rl.progress import print_table
+    from r3rl.reporting.model_card import publish_final, push_folder, write_model_cards
     from r3rl.reporting.report import build_report, summary_table
     from r3rl.stack import build_rollout
     from r3rl.tasks import load_task
@@ -79,6 +79,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     t = time.perf_counter()
     final = train(cfg)
+    publish_final(out, final, cfg.train.push_to_hub, cfg.train.hub_model_id)
     stage("train", t)
 
     t = time.perf_counter()

@@ -19,22 +19,25 @@ from r3rl.reporting.run import ACC_KEYS, EvalResults, RunData, is_number, lookup
 from r3rl.reporting.wording import (
     fmt_ci, fmt_change, fmt_num, fmt_p, fmt_pct, fmt_pts, fmt_pts_ci, fmt_sci, significance_sentence, truncate,
 )
+from r3rl.training.metrics import MetricsRow, column
 
+# metrics.jsonl columns, named through the trainer's schema (MetricsRow): a column the trainer
+# no longer writes fails here, at import, instead of silently leaving a plot out.
 # Plotted metric -> (plot title, y label, what it means for the table).
 TRAIN_PLOTS: dict[str, tuple[str, str, str]] = {
-    "reward_mean": ("Mean reflection reward", "reward", "mean reward of sampled reflections (retry passed)"),
-    "retry_success": ("Retry success rate", "fraction of retries passed", "share of retries that passed"),
-    "reflection_len": ("Reflection length", "tokens", "mean reflection length in tokens"),
-    "zero_adv_frac": ("Zero-advantage groups", "fraction of groups", "share of groups with equal rewards (no gradient)"),
-    "kl": ("KL to the reference model", "KL (k3 estimate)", "KL estimate to the reference model"),
+    column("reward_mean"): ("Mean reflection reward", "reward", "mean reward of sampled reflections (retry passed)"),
+    column("retry_success"): ("Retry success rate", "fraction of retries passed", "share of retries that passed"),
+    column("reflection_len"): ("Reflection length", "tokens", "mean reflection length in tokens"),
+    column("zero_adv_frac"): ("Zero-advantage groups", "fraction of groups", "share of groups with equal rewards (no gradient)"),
+    column("kl"): ("KL to the reference model", "KL (k3 estimate)", "KL estimate to the reference model"),
 }
 # Tabulated but not plotted: useful for debugging, not for judging the method.
 TRAIN_TABLE_ONLY: dict[str, str] = {
-    "loss": "policy loss",
-    "lr": "learning rate",
-    "tokens_per_s": "generated tokens per second",
+    column("loss"): "policy loss",
+    column("lr"): "learning rate",
+    column("tokens_per_s"): "generated tokens per second",
 }
-EVAL_METRIC_KEYS: tuple[str, ...] = ("eval/acc@1", "eval/acc@2")
+EVAL_METRIC_KEYS: tuple[str, ...] = (column("eval/acc@1"), column("eval/acc@2"))
 CONFIG_SUMMARY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("model.name_or_path",)),
     ("task", ("task.name",)),
@@ -191,19 +194,29 @@ def _paired_blocks(run: RunData, headline) -> list[Block]:
 # --------------------------------------------------------------------------- training curves
 
 
+def _rows(run: RunData) -> list[dict[str, Any]]:
+    """metrics.jsonl rows as the trainer's schema reads them (rows of older runs included: a missing
+    column is None, an unknown one is kept)."""
+    return [MetricsRow.from_json(r).to_json() for r in run.metrics]
+
+
+def _series(run: RunData, key: str) -> tuple[list[int], list[float]]:
+    return metric_series(_rows(run), column(key))
+
+
 def _kl_state(run: RunData) -> str:
     """'measured', or why the logged KL values are not measurements."""
     beta = lookup(run.config, "train.beta", "train.kl_coef")
     if is_number(beta) and beta == 0:
         return "not measured (beta = 0)"
-    _, kl = metric_series(run.metrics, "kl")
+    _, kl = _series(run, "kl")
     if beta is None and kl and all(v == 0 for v in kl):
         return "not measured (0 at every step and config.yaml gives no beta)"
     return "measured"
 
 
 def _same_series(run: RunData, a: str, b: str) -> bool:
-    sa, sb = metric_series(run.metrics, a), metric_series(run.metrics, b)
+    sa, sb = _series(run, a), _series(run, b)
     return bool(sa[1]) and sa[0] == sb[0] and all(abs(x - y) <= 1e-12 for x, y in zip(sa[1], sb[1]))
 
 
@@ -221,7 +234,7 @@ def _training_blocks(run: RunData) -> list[Block]:
         meanings["reward_mean"] += "; equal to retry_success at every step (one retry per reflection)"
     rows = []
     for key, meaning in meanings.items():
-        xs, ys = metric_series(run.metrics, key)
+        xs, ys = _series(run, key)
         if key == "kl" and kl_state != "measured":
             if ys:
                 rows.append([key, meaning, kl_state, kl_state, "—"])
@@ -229,27 +242,27 @@ def _training_blocks(run: RunData) -> list[Block]:
         fmt = fmt_sci if key == "loss" else fmt_num
         if ys:
             rows.append([key, meaning, fmt(ys[0]), fmt(ys[-1]), f"{xs[-1]}"])
-        bad = non_finite_steps(run.metrics, key)
+        bad = non_finite_steps(_rows(run), column(key))
         if bad:
             blocks.append(Para(f"{key} was NaN or infinite at {len(bad)} step(s), first at step {bad[0]}.",
                                style="note"))
     if rows:
         blocks.append(TableBlock(["metric", "meaning", "first", "final", "final step"], rows))
     blocks += _loss_note(run)
-    if kl_state != "measured" and metric_series(run.metrics, "kl")[1]:
+    if kl_state != "measured" and _series(run, "kl")[1]:
         blocks.append(Para(f"KL to the reference model: {kl_state}, so it is not plotted; the trainer logs 0 "
                            "when it does not compute it.", style="note"))
     blocks += _zero_advantage_notes(run, warning=False)
     for key, (title, ylabel, _) in TRAIN_PLOTS.items():
         if (key == "kl" and kl_state != "measured") or (key == "retry_success" and one_panel):
             continue
-        xs, ys = metric_series(run.metrics, key)
+        xs, ys = _series(run, key)
         if ys:
             if key == "reward_mean" and one_panel:
                 title = "Mean reflection reward = retry success rate"
             fig = plots.metric_curve(xs, ys, title=title, ylabel=ylabel)
             blocks.append(Image(key, f"{title} ({key}) over optimizer steps", plots.png_bytes(fig)))
-    eval_series = {k: v for k in EVAL_METRIC_KEYS if (v := metric_series(run.metrics, k))[1]}
+    eval_series = {k: v for k in EVAL_METRIC_KEYS if (v := _series(run, k))[1]}
     if eval_series:
         blocks.append(Image("eval_accuracy", "Periodic eval accuracy during training",
                             plots.png_bytes(plots.eval_curves(eval_series))))
@@ -257,7 +270,7 @@ def _training_blocks(run: RunData) -> list[Block]:
 
 
 def _loss_note(run: RunData) -> list[Block]:
-    _, loss = metric_series(run.metrics, "loss")
+    _, loss = _series(run, "loss")
     if not loss or max(abs(v) for v in loss) >= TINY_LOSS:
         return []
     return [Para(
@@ -272,7 +285,7 @@ def _loss_note(run: RunData) -> list[Block]:
 def _zero_advantage_notes(run: RunData, *, warning: bool) -> list[Block]:
     """warning=True: the top-of-report warning for a run with no learning signal at any step;
     warning=False: the training section's note on steps without signal in an otherwise live run."""
-    xs, ys = metric_series(run.metrics, "zero_adv_frac")
+    xs, ys = _series(run, "zero_adv_frac")
     dead = [x for x, y in zip(xs, ys) if y >= 1.0 - 1e-12]
     if not dead:
         return []

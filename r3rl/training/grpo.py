@@ -11,9 +11,12 @@ Deliberate choices (each one a place where GRPO implementations differ):
   the advantages +-0.707. A group whose rewards are all equal (a group of one
   included) gets an advantage of exactly 0.0, never NaN, and is flagged by
   `zero_signal_mask` so the trainer may drop it from the backward pass.
-* Log-probabilities are those of the distribution the reflections were sampled
-  from, softmax(logits / T) at the reflection temperature T (as TRL's GRPO), for
-  the current, the "old" and the reference policy alike (logprobs.py computes them).
+* The training log-probs are of softmax(logits / T) at the reflection temperature
+  T (as TRL's GRPO; top-k / top-p truncation is not applied), for the current, the
+  "old" and the reference policy alike (logprobs.py computes them). The "old" policy
+  is the training forward before the step's first update, never the engine's
+  sampling log-probs; those enter only through the optional truncated importance
+  sampling weight (`truncated_is_weights`) and the logged mismatch (`logprob_mismatch`).
 * The KL penalty is the k3 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman,
   "Approximating KL divergence"), unbiased for KL(pi || ref) and always >= 0.
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 from enum import Enum
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -132,11 +134,13 @@ def policy_loss(
     logp_ref: Tensor | None = None,
     aggregation: LossAggregation | str = LossAggregation.SEQUENCE_MEAN,
     norm_constant: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped GRPO surrogate with an optional k3 KL penalty, over the masked tokens.
 
-    Per token: -min(rho * A, clip(rho, 1 - clip_eps, 1 + clip_eps_high) * A) + beta * KL_k3,
-    rho = exp(logp - logp_old), KL_k3 = exp(ref - logp) - (ref - logp) - 1.
+    Per token: -w * min(rho * A, clip(rho, 1 - clip_eps, 1 + clip_eps_high) * A) + beta * KL_k3,
+    rho = exp(logp - logp_old), KL_k3 = exp(ref - logp) - (ref - logp) - 1, and w the
+    importance-sampling weight (`is_weights`, 1 without it) on the policy term only.
 
     Aggregation and the normaliser `norm_constant`:
       * SEQUENCE_MEAN: sum over sequences of (token mean of the sequence), divided by
@@ -159,6 +163,8 @@ def policy_loss(
             (a larger upper value is DAPO's "clip higher").
         beta: KL coefficient; needs logp_ref when > 0.
         logp_ref: [B, T] reference-model log-probs (no grad), or None.
+        is_weights: [B, T] per-token weights of the policy term (no grad), e.g.
+            `truncated_is_weights`, or None.
     Returns:
         (loss, stats). stats holds detached python floats over the masked tokens:
         kl (mean k3, 0.0 without logp_ref), clip_frac (share of tokens where the clip
@@ -184,6 +190,10 @@ def policy_loss(
     adv = advantages.to(logp.dtype)[:, None]  # [B, 1]
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)  # [B, T]
     per_token = -surrogate  # [B, T]
+    if is_weights is not None:
+        if is_weights.shape != logp.shape:
+            raise ValueError(f"is_weights must be [B, T]={tuple(logp.shape)}, got {tuple(is_weights.shape)}")
+        per_token = per_token * torch.where(on, is_weights.detach().to(logp.dtype), zero)  # [B, T]
 
     kl = None
     if logp_ref is not None:
@@ -216,6 +226,39 @@ def policy_loss(
         ]).tolist()  # one device sync for all four
     stats = dict(zip(("kl", "clip_frac", "ratio_mean", "num_tokens"), values))
     return loss, stats
+
+
+# ----------------------------------------------------------------------------- sampling vs training
+
+
+def truncated_is_weights(logp_old: Tensor, logp_sampling: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling (TIS, as TRL's vllm_importance_sampling_correction):
+    w = min(exp(logp_old - logp_sampling), cap) per token, correcting for tokens sampled by
+    kernels that differ from the training forward's.
+
+    Args:
+        logp_old: [B, T] training-forward log-probs before the update (no grad).
+        logp_sampling: [B, T] the engine's log-probs of the same tokens (`completion_values`).
+        mask: [B, T] completion mask; weights are 1.0 off it.
+        cap: upper bound of w (> 0).
+    Returns:
+        [B, T] float32 weights, no grad.
+    """
+    if cap <= 0:
+        raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
+    on = mask.bool()  # [B, T]
+    diff = torch.where(on, logp_old.detach().float() - logp_sampling.float(), torch.zeros_like(logp_sampling.float()))  # [B, T]
+    return torch.exp(diff).clamp(max=cap)  # [B, T]
+
+
+def logprob_mismatch(logp_old: Tensor, logp_sampling: Tensor, mask: Tensor) -> dict[str, float]:
+    """|logp_old - logp_sampling| over the masked tokens: {"diff_sum", "diff_max", "diff_tokens"} (floats)."""
+    on = mask.bool()  # [B, T]
+    diff = (logp_old.detach().float() - logp_sampling.float()).abs()[on]  # [N]
+    if diff.numel() == 0:
+        return {"diff_sum": 0.0, "diff_max": 0.0, "diff_tokens": 0.0}
+    total, top = torch.stack([diff.sum(), diff.max()]).tolist()
+    return {"diff_sum": total, "diff_max": top, "diff_tokens": float(diff.numel())}
 
 
 # ----------------------------------------------------------------------------- batching
@@ -257,7 +300,7 @@ def build_completion_batch(
 
 
 def completion_values(values: list[list[float]], completion_mask: Tensor) -> Tensor:
-    """Place per-completion-token values (e.g. sampling log-probs) at their [B, T] positions.
+    """Place per-completion-token values (the engine's sampling log-probs) at their [B, T] positions.
 
     Row i's values fill row i's completion positions left to right; zeros elsewhere.
 

@@ -133,7 +133,7 @@ def completion_logprobs(
         attention_mask: [B, T] 1 on real tokens.
         completion_mask: [B, T] 1 on completion tokens; column 0 must be 0.
         temperature: log-probs of softmax(logits / temperature), the distribution the engine samples
-            from at that temperature (as TRL's GRPO); 0 (greedy) counts as 1.
+            from at that temperature before top-k / top-p (as TRL's GRPO); 0 (greedy) counts as 1.
     Returns:
         [B, T] float32 log-probs, 0.0 where completion_mask is 0.
     """

@@ -13,6 +13,7 @@ so it may sit in the half-precision compute dtype; its adapters stay float32.
 from __future__ import annotations
 
 import copy
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,6 @@ def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
                  mixed_precision: str = "no") -> tuple[nn.Module, Any, nn.Module | None]:
     """(trainable model, tokenizer, frozen reference or None). LoRA -> the reference is the model itself
     with adapters disabled, returned as None here (see `reference_logprobs`)."""
-    import warnings
-
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from r3rl.engine import load_model
@@ -83,20 +82,33 @@ def build_policy(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device,
         targets: Any = tcfg.lora_target_modules
         if targets != "all-linear":
             targets = [t.strip() for t in targets.split(",") if t.strip()]
-        model = get_peft_model(model, LoraConfig(
-            r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
-            target_modules=targets, task_type="CAUSAL_LM",
-        ))
+        config = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
+                            target_modules=targets, task_type="CAUSAL_LM")
+        with warnings.catch_warnings():
+            # peft (0.21) reads the model's deprecated `is_gradient_checkpointing`; nothing here can rename it
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = get_peft_model(model, config)
     ref = None
     if not is_peft(model) and tcfg.beta > 0:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
     if tcfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         if is_peft(model):
             model.enable_input_require_grads()
     model.config.use_cache = False
     model.train()
     return model, tok, ref
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward (non-reentrant). transformers 5.24 renamed
+    gradient_checkpointing_enable to activation_checkpointing_enable (the old name warns and goes in v6);
+    5.19 (the vLLM environment's) has only the old one."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def is_peft(model: nn.Module) -> bool:

@@ -1,7 +1,8 @@
-"""Reflection-only GRPO: the training loop.
+"""Reflection-only GRPO: the training recipe.
 
 Each optimizer step:
-  1. take `batch_size` failed first attempts (a mined failure set, or drawn online from the policy);
+  1. take `batch_size` failed first attempts (failures.py: a mined failure set, or drawn online
+     from the policy);
   2. for each, sample G reflections and a retry after each (one batched engine call, the retry
      continuing from the reflection's KV cache);
   3. reward = the retry passes the verifier (mean over retries when there are several);
@@ -13,14 +14,28 @@ Each optimizer step:
      accelerate's `accumulate()` (so DDP, DeepSpeed and FSDP all see the same step boundaries);
   6. one optimizer step; the engine shares the model object, so weights are current at once.
 
+The recipe: `Trainer.__init__` only composes named setup steps, each built from its config
+section (processes and precision; policy and optimizer; rollout; resume; failure source;
+trackers), and `Trainer.train` is the loop above, one named piece per line.
+
 Deliberate choices: the loss is normalised by the *global* number of reflections in the step
 (batch_size x G), a constant, so micro-batches and ranks need no communication to agree on it
 and skipped groups do not inflate the rest; sampling seeds derive from (seed, step, micro-batch),
 so a resumed run and a run on another number of processes roll out the same episodes.
 Precision as the HF Trainer / TRL: float32 trainable weights and optimizer state, forward passes
-(training, reference, and generation) under `train.mixed_precision` autocast. Log-probs are those
-of the reflections' sampling distribution, softmax(logits / T); with several updates per batch the
-PPO "old" log-probs come from the same training forward before the first update, so its ratio is 1.
+(training, reference, and generation) under `train.mixed_precision` autocast.
+Log-probs: the training forward's are of softmax(logits / T) at the reflection temperature T
+(without top-k / top-p truncation). PPO's "old" log-probs are that same forward before the
+step's first update (the first pass's own forward, detached; with several updates per batch a
+no-grad forward before the first pass), so the first pass's ratio is 1. The engine's sampling
+log-probs (`Episode.reflection_logprobs`, of log_softmax(logits) at temperature 1, engine/sampling.py)
+are compared with the old ones when T is 1 (or 0, greedy): their mismatch is logged
+(`logprob_diff_mean` / `_max`) and, with `train.sampling_correction=tis`, each token's policy term
+is weighted by min(exp(old - sampling), train.sampling_correction_cap), as TRL's
+vllm_importance_sampling_correction. It is off by default: with the hf engine (the training
+weights themselves, under the same autocast) the mismatch measured on a 2-layer test model was
+2e-7 mean / 1e-6 max per token in float32 and 3e-4 / 2e-3 under bf16 autocast, weights within
+0.2% of 1; a backend with its own kernels (vLLM) is where it matters.
 """
 
 from __future__ import annotations
@@ -30,29 +45,31 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
+from transformers import get_scheduler
 
-from r3rl.config import Config, dump_config
-from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail
-from r3rl.mining import load_failures, mine
+from r3rl.config import Config, dump_config, to_dict
+from r3rl.evaluation.accuracy import evaluate_model
+from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
 from r3rl.progress import progress_bar
-from r3rl.rollout import Failure, derive_seed
+from r3rl.rollout import derive_seed
 from r3rl.stack import build_rollout
 from r3rl.tasks import load_task
 from r3rl.training import grpo
 from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoint, load_checkpoint,
                                       prepare_output_dir, save_checkpoint)
-from r3rl.training.model_card import publish_final
+from r3rl.training.failures import FailureSource, build_failure_source
+from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
 from r3rl.training.tracking import log_episode_texts
 from r3rl.types import Episode
 
-METRIC_KEYS = ("loss", "episodes", "reward", "retry_ok", "zero_adv", "kl_tokens", "tokens", "reflection_len",
-               "gen_tokens", "clip_tokens")
 NO_SIGNAL_WARN_STEPS = 3  # consecutive steps in which no group had signal before the run warns
 
 
@@ -95,8 +112,6 @@ def _forget_accelerator_state() -> None:
     """accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
     mixed precision; a Trainer owns its process's training state, so a later Trainer in the same process
     (tests, notebooks, the demo) starts from a clean one. The process group (PartialState) is kept."""
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
 
@@ -109,18 +124,49 @@ class _Micro:
     stats: dict[str, float]
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # input_ids, attention_mask, completion_mask [B, T]
     advantages: torch.Tensor | None  # [B] of the rows in `batch`
+    sampling_logp: torch.Tensor | None = None  # [B, T] the engine's log-probs of the rows' reflection tokens
+
+
+class StepTotals:
+    """Sums (SUM_KEYS) and maxima (MAX_KEYS) of one step's micro-batch stats, on this rank then over all."""
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64)
+        self.maxes = torch.zeros(len(MAX_KEYS), dtype=torch.float64)  # of non-negative values
+
+    def add(self, stats: dict[str, float]) -> None:
+        self.sums += torch.tensor([float(stats.get(k, 0.0)) for k in SUM_KEYS], dtype=torch.float64)
+        self.maxes = torch.maximum(self.maxes, torch.tensor([float(stats.get(k, 0.0)) for k in MAX_KEYS],
+                                                            dtype=torch.float64))
+
+    def reduced(self, accelerator: Any) -> dict[str, float]:
+        """Every rank's totals combined (a collective: every rank calls it)."""
+        dev = accelerator.device
+        sums = accelerator.reduce(self.sums.to(dev), reduction="sum").cpu().tolist()
+        maxes = accelerator.reduce(self.maxes.to(dev), reduction="max").cpu().tolist()
+        return dict(zip(SUM_KEYS, sums)) | dict(zip(MAX_KEYS, maxes))
 
 
 class Trainer:
+    """`r3rl train` as a recipe: __init__ composes the setup steps, train() runs the loop."""
+
     def __init__(self, cfg: Config, resume: bool | str = False, show_progress: bool = True):
-        from accelerate import Accelerator, PartialState
-        from accelerate.utils import set_seed
-
         self.cfg = cfg
-        tcfg = cfg.train
-        self.out = Path(tcfg.output_dir)
-        from accelerate.utils import parse_flag_from_env
+        self.out = Path(cfg.train.output_dir)
+        self._setup_processes(resume, show_progress)
+        self._setup_policy()
+        self._setup_rollout()
+        self.start_step = self._setup_resume(resume)
+        self._setup_trackers()
+        self.failures: FailureSource = build_failure_source(cfg, self.rollout, self.micro_per_step, accelerator=self.acc,
+                                                            show_progress=self.show_progress, log=self.log)
+        self._no_signal_steps = 0
+        self._warned_no_signal = False
 
+    # ------------------------------------------------------------------ setup steps
+    def _setup_processes(self, resume: bool | str, show_progress: bool) -> None:
+        """train: the process group, micro-batches per step, precision, the run folder, the Accelerator, seeds."""
+        tcfg = self.cfg.train
         # The process group, which the Accelerator below reuses; ACCELERATE_USE_CPU must reach it as it
         # would through AcceleratorState, or `accelerate launch` CPU ranks each start a group of one.
         state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -131,69 +177,41 @@ class Trainer:
         self.precision = resolve_mixed_precision(tcfg.mixed_precision, state.device)
         prepare_output_dir(self.out, bool(resume), tcfg.overwrite_output_dir, state.is_main_process)
         state.wait_for_everyone()
-        trackers = tcfg.report_to or None
         _forget_accelerator_state()
-        self.acc = Accelerator(log_with=trackers, project_dir=str(self.out), mixed_precision=self.precision,
-                               gradient_accumulation_steps=accum)
+        self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
+                               mixed_precision=self.precision, gradient_accumulation_steps=accum)
         if self._sharded():
             raise ValueError(
                 "FSDP and DeepSpeed ZeRO-3 shard the parameters, but r3rl generates on each rank with whole weights "
                 "(ranks decoding different lengths would hang in the per-layer all-gathers); use "
                 "configs/accelerate/ddp.yaml or deepspeed-zero2.yaml, with LoRA for models that do not fit one GPU"
             )
-        set_seed(cfg.seed)
+        set_seed(self.cfg.seed)
         if tcfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self.show_progress = show_progress and self.acc.is_main_process
-        self.task = load_task(cfg.task.name, **cfg.task.options)
 
+    def _setup_policy(self) -> None:
+        """model + train: the trained model, its reference, AdamW, the LR schedule, DeepSpeed's fill-ins."""
+        cfg, tcfg = self.cfg, self.cfg.train
+        self.task = load_task(cfg.task.name, **cfg.task.options)
         self.model, self.tok, self.ref = build_policy(cfg.model, tcfg, self.acc.device, self.precision)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("no trainable parameters (check train.lora / the adapter)")
         opt = torch.optim.AdamW(params, lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                 weight_decay=tcfg.weight_decay)
-        from transformers import get_scheduler
-
-        # Not passed to accelerate.prepare: its wrapper would step the schedule once per process.
+        # Not passed to accelerate.prepare: its wrapper would step the schedule once per process. Its state
+        # goes into trainer_state.json (JSON), not accelerate's custom-object pickle, which accelerate loads
+        # with weights_only=False: a checkpoint must never run code.
         self.scheduler = get_scheduler(tcfg.lr_scheduler, opt, num_warmup_steps=tcfg.warmup_steps,
                                        num_training_steps=tcfg.steps)
         self._configure_deepspeed()
-        # The scheduler's state goes into trainer_state.json (JSON), not accelerate's custom-object
-        # pickle, which accelerate loads with weights_only=False: a checkpoint must never run code.
         # log-probs of the distribution reflections are sampled from (0 = greedy counts as 1)
         self.temperature = cfg.generation.reflection_temperature or 1.0
         self.policy, self.opt = self.acc.prepare(LogprobModel(self.model, tcfg.logit_chunk_size, self.temperature), opt)
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
-
-        # the engine generates with the policy object itself, under the training forward's autocast
-        self.rollout = build_rollout(cfg, task=self.task, model=self.model, tokenizer=self.tok, autocast=self.acc.autocast)
-        self.engine = self.rollout.engine
-
-        self.start_step = 0
-        if resume:
-            ckpt = latest_checkpoint(self.out) if resume is True else Path(resume)
-            if ckpt is None:
-                # A run stopped before its first checkpoint: --resume starts it again from step 0 (its
-                # log lines are dropped below), so one command continues a run whatever point it reached.
-                self.log(f"--resume: no checkpoint yet in {self.out / 'checkpoints'}; starting from step 0")
-            else:
-                state = load_checkpoint(self.acc, ckpt)
-                self.start_step = int(state["step"])
-                self.scheduler.load_state_dict(state.get("scheduler") or _stepped(self.scheduler, self.start_step))
-                self.log(f"resumed from {ckpt} at step {self.start_step}")
-        if self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "config.yaml", dump_config(cfg))
-        if trackers:
-            from r3rl.config import to_dict
-
-            self.acc.init_trackers("r3rl", config=_flat(to_dict(cfg)))
-        self.failures = None if tcfg.online else self._failure_set()
-        self.online_examples = self.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed) if tcfg.online else None
-        self._no_signal_steps = 0
-        self._warned_no_signal = False
 
     def _configure_deepspeed(self) -> None:
         """Fill what DeepSpeed needs and r3rl knows (nothing to copy into the accelerate yaml by hand):
@@ -208,48 +226,56 @@ class Trainer:
         if conf.get("gradient_clipping", "auto") == "auto":
             conf["gradient_clipping"] = tcfg.max_grad_norm
 
-    # ------------------------------------------------------------------ data
+    def _setup_rollout(self) -> None:
+        """generation + rollout: the engine generates with the policy object itself, under the training
+        forward's autocast, so weights are current after every optimizer step."""
+        self.rollout = build_rollout(self.cfg, task=self.task, model=self.model, tokenizer=self.tok,
+                                     autocast=self.acc.autocast)
+        self.engine = self.rollout.engine
+
+    def _setup_resume(self, resume: bool | str) -> int:
+        """The step to start from: 0, or the checkpoint's (its weights, optimizer and schedule loaded)."""
+        if not resume:
+            return 0
+        ckpt = latest_checkpoint(self.out) if resume is True else Path(resume)
+        if ckpt is None:
+            # A run stopped before its first checkpoint: --resume starts it again from step 0 (its
+            # log lines are dropped in train()), so one command continues a run whatever point it reached.
+            self.log(f"--resume: no checkpoint yet in {self.out / 'checkpoints'}; starting from step 0")
+            return 0
+        state = load_checkpoint(self.acc, ckpt)
+        step = int(state["step"])
+        self.scheduler.load_state_dict(state.get("scheduler") or _stepped(self.scheduler, step))
+        self.log(f"resumed from {ckpt} at step {step}")
+        return step
+
+    def _setup_trackers(self) -> None:
+        """The resolved config in the run folder, and once to every tracker of train.report_to."""
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
+        if self.cfg.train.report_to:
+            self.acc.init_trackers("r3rl", config=_flat(to_dict(self.cfg)))
+
     def log(self, msg: str) -> None:
         if self.acc.is_main_process:
             print(msg, flush=True)
 
-    def _failure_set(self) -> list[Failure]:
-        fcfg = self.cfg.failures
-        # Mining resumes: on a complete failure set it only checks ids, after an interruption it
-        # finishes the job, so `r3rl mine` first and `r3rl train` alone give the same set. Every rank
-        # mines its share of the chunks; the main process writes the file before mine() returns.
-        summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress, accelerator=self.acc)
-        self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
-        return load_failures(fcfg.path, fcfg.max_per_example, task=self.task)
-
-    def _stream(self, items: list[Any], start: int, count: int, tag: str) -> list[Any]:
-        """items[start : start + count] of an endless stream that reshuffles each epoch, seeded."""
-        out = []
-        for g in range(start, start + count):
-            epoch, pos = divmod(g, len(items))
-            out.append(items[_epoch_order(len(items), derive_seed(self.cfg.seed, tag, epoch))[pos]])
-        return out
-
-    def _micro_failures(self, step: int, micro: int) -> list[Failure]:
-        mb = self.cfg.train.micro_batch_size
-        start = (step * self.micro_per_step + micro) * mb
-        if self.failures is not None:
-            return self._stream(self.failures, start, mb, "failures")
-        examples = self._stream(self.online_examples, start, mb, "online")
-        attempts = self.rollout.attempts(examples, n=self.cfg.failures.attempts_per_example,
-                                         seed=derive_seed(self.cfg.seed, "online", step, micro))
-        out = []
-        for row in attempts:
-            fail = next((a for a in row if not a.verdict.ok), None)
-            if fail is not None:
-                out.append(Failure(fail.example, fail.text, fail.verdict.reason))
-        return out
-
     # ------------------------------------------------------------------ one micro-batch
+    def _rollouts(self, step: int) -> list[list[Episode]]:
+        """Episodes of this rank's micro-batches of `step` (weights are fixed until the optimizer step)."""
+        cfg = self.cfg
+        batches: list[list[Episode]] = []
+        for micro in range(self.acc.process_index, self.micro_per_step, self.world):
+            failures = self.failures.for_micro(step, micro)
+            seed = derive_seed(cfg.seed, "train", step, micro)
+            batches.append(self.rollout.reflect_and_retry(failures, cfg.rollout.group_size, seed=seed) if failures else [])
+        return batches
+
     def _micro(self, episodes: list[Episode]) -> _Micro:
         """Advantages and the padded batch of the rows that enter the loss."""
         tcfg = self.cfg.train
-        stats = {k: 0.0 for k in METRIC_KEYS}
+        stats: dict[str, float] = {}
         if not episodes:  # e.g. online mode where every attempt of the micro-batch passed
             return _Micro(episodes, stats, None, None)
         rewards = torch.tensor([e.reward for e in episodes])  # [N]
@@ -266,10 +292,21 @@ class Trainer:
         rows = list(range(len(episodes))) if tcfg.beta > 0 else [i for i in range(len(episodes)) if not no_signal[i]]
         if not rows:
             return _Micro(episodes, stats, None, None)
-        batch = grpo.build_completion_batch([episodes[i].context_ids for i in rows],
-                                            [episodes[i].reflection_ids for i in rows], self.tok.pad_token_id)
+        kept = [episodes[i] for i in rows]
+        batch = grpo.build_completion_batch([e.context_ids for e in kept], [e.reflection_ids for e in kept],
+                                            self.tok.pad_token_id)
         batch = tuple(t.to(self.acc.device) for t in batch)  # [B, T] each
-        return _Micro(episodes, stats, batch, adv[rows])
+        return _Micro(episodes, stats, batch, adv[rows], self._sampling_logprobs(kept, batch[2]))
+
+    def _sampling_logprobs(self, episodes: list[Episode], completion_mask: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] the engine's log-probs of the reflection tokens, when they are comparable with the training
+        forward's: the engine keeps log_softmax(logits) at temperature 1, so only at reflection temperature 1 (or 0)."""
+        complete = all(len(e.reflection_logprobs) == len(e.reflection_ids) for e in episodes)
+        if self.temperature == 1.0 and complete:
+            return grpo.completion_values([e.reflection_logprobs for e in episodes], completion_mask)  # [B, T]
+        if self.cfg.train.sampling_correction == "tis":
+            raise RuntimeError("train.sampling_correction=tis: the engine returned no log-probs for some reflection tokens")
+        return None
 
     def _old_logprobs(self, micro: _Micro) -> torch.Tensor | None:
         """The PPO "old" policy for several updates per batch: the training forward, no grad, before any update."""
@@ -290,6 +327,12 @@ class Trainer:
             return stats
         logp = self.policy(*micro.batch)  # [B, T]
         old = logp.detach() if old is None else old  # [B, T]
+        mask = micro.batch[2]  # [B, T]
+        weights = None
+        if micro.sampling_logp is not None:
+            stats.update(grpo.logprob_mismatch(old, micro.sampling_logp, mask))
+            if tcfg.sampling_correction == "tis":
+                weights = grpo.truncated_is_weights(old, micro.sampling_logp, mask, tcfg.sampling_correction_cap)  # [B, T]
         ref = None
         if tcfg.beta > 0:
             with self.acc.autocast():
@@ -299,8 +342,9 @@ class Trainer:
         agg = grpo.LossAggregation(tcfg.loss_aggregation)
         norm = total / self.world if agg is grpo.LossAggregation.SEQUENCE_MEAN else total * cfg.generation.max_reflection_tokens / self.world
         loss, s = grpo.policy_loss(
-            logp, old, micro.advantages.to(logp), micro.batch[2], clip_eps=tcfg.clip_eps,
+            logp, old, micro.advantages.to(logp), mask, clip_eps=tcfg.clip_eps,
             clip_eps_high=tcfg.clip_eps_high or None, beta=tcfg.beta, logp_ref=ref, aggregation=agg, norm_constant=norm,
+            is_weights=weights,
         )
         # accelerator.backward divides by the accumulation count (DeepSpeed's engine does the same inside
         # its backward); the loss is already normalised by the global constant, so undo that division.
@@ -316,106 +360,95 @@ class Trainer:
         batch = tuple(t.to(self.acc.device) for t in grpo.build_completion_batch([[pad]], [[pad]], pad))
         self.acc.backward(self.policy(*batch).sum() * 0.0)
 
+    # ------------------------------------------------------------------ one step
+    def _updates(self, step: int, micros: list[_Micro]) -> tuple[StepTotals, float | None]:
+        """train.updates_per_batch optimizer steps over the step's micro-batches; accelerate's accumulate()
+        marks the last micro-batch of each pass as the step boundary (gradient sync, optimizer step).
+        Returns the first pass's stats and the last gradient norm (None without clipping)."""
+        tcfg = self.cfg.train
+        olds = [self._old_logprobs(m) for m in micros] if tcfg.updates_per_batch > 1 else [None] * len(micros)
+        totals, grad_norm = StepTotals(), None
+        for update in range(tcfg.updates_per_batch):
+            for n, (m, old) in enumerate(zip(micros, olds)):
+                with self.acc.accumulate(self.policy):
+                    if self.acc.sync_gradients != (n == len(micros) - 1):
+                        raise RuntimeError(f"accelerate's accumulation boundary is off at step {step + 1}, micro-batch {n}")
+                    s = self._backward(m, old)
+                    if update == 0:
+                        totals.add(s)
+                    if self.acc.sync_gradients:
+                        if tcfg.max_grad_norm > 0:
+                            grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm)
+                        self.opt.step()
+                        self.opt.zero_grad(set_to_none=True)
+        return totals, (float(grad_norm) if grad_norm is not None else None)
+
+    def _metrics_row(self, done: int, totals: dict[str, float], grad_norm: float | None, gen_time: float,
+                     t0: float) -> MetricsRow:
+        # verifier exceptions so far (scored as failures), over all ranks: a broken task shows in the log
+        verifier_errors = int(self.acc.reduce(torch.tensor([self.rollout.verify_errors], device=self.acc.device),
+                                              reduction="sum").item())
+        return MetricsRow.from_totals(done, totals, processes=self.world, lr=self.scheduler.get_last_lr()[0],
+                                      grad_norm=grad_norm, gen_time=gen_time, step_time=time.perf_counter() - t0,
+                                      verifier_errors=verifier_errors, diff_comparable=self.temperature == 1.0)
+
+    def _periodic_eval(self, step: int) -> dict[str, float]:
+        # every rank evaluates its share of the chunks and receives the same results
+        res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
+                             show_progress=False, seed_tag=("periodic", step), accelerator=self.acc)
+        return {k: res[k] for k in ("acc@1", "acc@2") if k in res}
+
+    def _checkpoint(self, done: int) -> None:
+        tcfg = self.cfg.train
+        save_checkpoint(self.acc, self.out, done, {"step": done, "scheduler": self.scheduler.state_dict()},
+                        tcfg.keep_checkpoints)
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
-        cfg, tcfg = self.cfg, self.cfg.train
-        if self.acc.is_main_process:  # on resume, forget log lines of steps that will be redone
-            _drop_after(self.out / "metrics.jsonl", self.start_step)
-            _drop_after(self.out / "episodes.jsonl", self.start_step)
-        metrics_w = JsonlWriter(self.out / "metrics.jsonl") if self.acc.is_main_process else None
-        episodes_w = JsonlWriter(self.out / "episodes.jsonl") if self.acc.is_main_process else None
+        """Run the steps from start_step; returns the folder of the final model (cards and Hub push are the caller's)."""
+        tcfg = self.cfg.train
+        logs = _RunLogs(self.out, self.start_step) if self.acc.is_main_process else None
         bar = progress_bar(total=tcfg.steps, initial=self.start_step, desc="train", disable=not self.show_progress)
-        mine_ids = range(self.acc.process_index, self.micro_per_step, self.world)
         for step in range(self.start_step, tcfg.steps):
-            t0 = time.perf_counter()
-            totals = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
-            # 1. rollouts of this rank's micro-batches (weights are fixed until the optimizer step)
-            batches: list[list[Episode]] = []
-            for micro in mine_ids:
-                failures = self._micro_failures(step, micro)
-                seed = derive_seed(cfg.seed, "train", step, micro)
-                batches.append(self.rollout.reflect_and_retry(failures, cfg.rollout.group_size, seed=seed) if failures else [])
+            done, t0 = step + 1, time.perf_counter()
+            batches = self._rollouts(step)
             gen_time = time.perf_counter() - t0
-            logged = [e for eps in batches for e in eps][: tcfg.log_episodes_per_step]
             micros = [self._micro(eps) for eps in batches]
-            olds = [self._old_logprobs(m) for m in micros] if tcfg.updates_per_batch > 1 else [None] * len(micros)
-            # 2. updates: one optimizer step per pass over the rollouts; accelerate's accumulate() marks
-            #    the last micro-batch of each pass as the step boundary (gradient sync, optimizer step)
-            grad_norm = None
-            for update in range(tcfg.updates_per_batch):
-                for n, (m, old) in enumerate(zip(micros, olds)):
-                    with self.acc.accumulate(self.policy):
-                        if self.acc.sync_gradients != (n == len(micros) - 1):
-                            raise RuntimeError(f"accelerate's accumulation boundary is off at step {step + 1}, micro-batch {n}")
-                        s = self._backward(m, old)
-                        if update == 0:
-                            totals += torch.tensor([s[k] for k in METRIC_KEYS], dtype=torch.float64)
-                        if self.acc.sync_gradients:
-                            if tcfg.max_grad_norm > 0:
-                                grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm)
-                            self.opt.step()
-                            self.opt.zero_grad(set_to_none=True)
+            totals, grad_norm = self._updates(step, micros)
             self.scheduler.step()
-            totals = self.acc.reduce(totals.to(self.acc.device), reduction="sum").cpu()
-            t = dict(zip(METRIC_KEYS, totals.tolist()))
-            # verifier exceptions so far (scored as failures), over all ranks: a broken task shows in the log
-            verifier_errors = int(self.acc.reduce(torch.tensor([self.rollout.verify_errors], device=self.acc.device),
-                                                  reduction="sum").item())
-            n_eps = max(t["episodes"], 1.0)
-            row: dict[str, Any] = {
-                "step": step + 1,
-                "loss": t["loss"] / self.world,  # each rank's loss is scaled by W (gradients are averaged)
-                "reward_mean": t["reward"] / n_eps,
-                "retry_success": t["retry_ok"] / n_eps,
-                "zero_adv_frac": t["zero_adv"] / n_eps,
-                "kl": t["kl_tokens"] / max(t["tokens"], 1.0),
-                "clip_frac": t["clip_tokens"] / max(t["tokens"], 1.0),
-                "reflection_len": t["reflection_len"] / n_eps,
-                "episodes": int(t["episodes"]),
-                "lr": self.scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens_per_s": t["gen_tokens"] / max(gen_time, 1e-9),
-                "step_time": time.perf_counter() - t0,
-                "verifier_errors": verifier_errors,
-            }
+            t = totals.reduced(self.acc)
+            row = self._metrics_row(done, t, grad_norm, gen_time, t0)
             self._watch_signal(t)
-            done = step + 1
             if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
-                row.update(self._periodic_eval(done))
-            if self.acc.is_main_process:
-                metrics_w.write(row)
-                for e in logged:
-                    episodes_w.write({"step": done, **e.to_json()})
-                self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
-                log_episode_texts(self.acc, logged, done)  # the same few episodes as episodes.jsonl, as text
+                row.eval = self._periodic_eval(done)
+            if logs is not None:
+                logs.write(self.acc, row, [e for eps in batches for e in eps][: tcfg.log_episodes_per_step])
             bar.update(1)
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", zero_adv=f"{row['zero_adv_frac']:.2f}",
-                            len=f"{row['reflection_len']:.0f}", loss=f"{row['loss']:.1e}")  # GRPO's loss is ~1e-8: zero-mean advantages, ratio 1
+            bar.set_postfix(reward=f"{row.reward_mean:.3f}", zero_adv=f"{row.zero_adv_frac:.2f}",
+                            len=f"{row.reflection_len:.0f}", loss=f"{row.loss:.1e}")  # GRPO's loss is ~1e-8: zero-mean advantages, ratio 1
             if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
-                save_checkpoint(self.acc, self.out, done, {"step": done, "scheduler": self.scheduler.state_dict()},
-                                tcfg.keep_checkpoints)
+                self._checkpoint(done)
         bar.close()
+        return self._finish(logs)
+
+    def _finish(self, logs: "_RunLogs | None") -> Path:
+        """The replica check, the last checkpoint and the final model folder (every rank takes part)."""
         self._check_replicas()
-        save_checkpoint(self.acc, self.out, tcfg.steps, {"step": tcfg.steps, "scheduler": self.scheduler.state_dict()},
-                        tcfg.keep_checkpoints)
+        self._checkpoint(self.cfg.train.steps)
         final = self.out / "final"
         # Under ZeRO-3 / FSDP each rank holds shards: gather the full weights (a collective, every rank).
         full = self._full_state_dict() if self._sharded() else None
         if self.acc.is_main_process:
-            for w in (metrics_w, episodes_w):
-                w.close()
-            written = save_final(self.acc.unwrap_model(self.policy).model, self.tok, final, merge=tcfg.merge_adapter,
-                                 state_dict=full)
+            logs.close()
+            written = save_final(self.acc.unwrap_model(self.policy).model, self.tok, final,
+                                 merge=self.cfg.train.merge_adapter, state_dict=full)
             self.log("saved " + ", ".join(map(str, written)))
-            publish_final(self.out, written, tcfg.push_to_hub, tcfg.hub_model_id)  # model cards; Hub push if asked
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return final
 
     def _sharded(self) -> bool:
         """Parameters split over ranks (FSDP, DeepSpeed ZeRO-3): the local module holds shards only."""
-        from accelerate.utils import DistributedType
-
         if self.acc.distributed_type == DistributedType.FSDP:
             return True
         plugin = self.acc.state.deepspeed_plugin
@@ -450,8 +483,6 @@ class Trainer:
         Sharded parameters (FSDP, ZeRO-3) differ by design; there the check is left out."""
         if self._sharded():
             if self.acc.is_main_process:
-                from r3rl.io import write_json
-
                 write_json(self.out / "replicas.json", {"processes": self.world, "param_checksums": None, "sharded": True})
             return
         with torch.no_grad():
@@ -459,19 +490,31 @@ class Trainer:
             checksum = torch.stack([p.detach().double().sum() for p in trainable]).sum() if trainable else torch.zeros(())
             sums = self.acc.gather(checksum.reshape(1).to(self.acc.device)).cpu().tolist()
         if self.acc.is_main_process:
-            from r3rl.io import write_json
-
             write_json(self.out / "replicas.json", {"processes": self.world, "param_checksums": sums})
         if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
             raise RuntimeError(f"ranks hold different weights after training: checksums {sums}")
 
-    def _periodic_eval(self, step: int) -> dict[str, float]:
-        from r3rl.evaluation.accuracy import evaluate_model
 
-        # every rank evaluates its share of the chunks and receives the same results
-        res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
-                             show_progress=False, seed_tag=("periodic", step), accelerator=self.acc)
-        return {f"eval/{k}": res[k] for k in ("acc@1", "acc@2") if k in res}
+class _RunLogs:
+    """metrics.jsonl, episodes.jsonl and the trackers (main process only). On resume, the lines of
+    steps after the checkpoint are dropped first: those steps are redone."""
+
+    def __init__(self, out: Path, start_step: int):
+        _drop_after(out / "metrics.jsonl", start_step)
+        _drop_after(out / "episodes.jsonl", start_step)
+        self.metrics = JsonlWriter(out / "metrics.jsonl")
+        self.episodes = JsonlWriter(out / "episodes.jsonl")
+
+    def write(self, accelerator: Any, row: MetricsRow, logged: list[Episode]) -> None:
+        self.metrics.write(row.to_json())
+        for e in logged:
+            self.episodes.write({"step": row.step, **e.to_json()})
+        accelerator.log(row.numbers(), step=row.step)
+        log_episode_texts(accelerator, logged, row.step)  # the same few episodes as episodes.jsonl, as text
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.episodes.close()
 
 
 def _stepped(scheduler, steps: int) -> dict[str, Any]:
@@ -479,12 +522,6 @@ def _stepped(scheduler, steps: int) -> dict[str, Any]:
     for _ in range(steps):
         scheduler.step()
     return scheduler.state_dict()
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(n: int, seed: int) -> list[int]:
-    """The seeded permutation of one epoch (cached: every micro-batch of the epoch reads it)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _drop_after(path: Path, step: int) -> None:

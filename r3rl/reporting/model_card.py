@@ -2,16 +2,17 @@
 
 The card is built from the run folder alone (config.yaml, metrics.jsonl,
 eval_before/ and eval_after/, read by `r3rl.reporting.report.load_run`), so it
-can be rewritten whenever an evaluation lands: the trainer writes it when it
-saves `final/` (no "after" numbers yet), and `r3rl demo` rewrites it after its
-closing evaluation. Its YAML front matter is what the Hub indexes (base_model,
+can be rewritten whenever an evaluation lands: `r3rl train` writes it once the
+trainer has saved `final/` (no "after" numbers yet), and `r3rl demo` rewrites it
+after its closing evaluation. Its YAML front matter is what the Hub indexes (base_model,
 library_name, tags, license when the base model's own card states one, and a
 model-index with the after-training accuracies); the body says what was trained,
 how (with a link to the paper), on what settings, for how many steps, and the
 before/after accuracies with their 95% intervals.
 
-`push_folder` uploads a folder with huggingface_hub's `upload_folder`; the
-trainer calls it when `train.push_to_hub` is set.
+`push_folder` uploads a folder with huggingface_hub's `upload_folder`;
+`publish_final` (called by `r3rl train` and `r3rl demo` after training) uses it
+when `train.push_to_hub` is set. Training itself never imports this module.
 """
 
 from __future__ import annotations
@@ -260,13 +261,13 @@ def push_folder(folder: str | os.PathLike[str], repo_id: str, *, private: bool |
     return f"https://huggingface.co/{repo_id}"
 
 
-def publish_final(run_dir: str | os.PathLike[str], folders: list[Path], push_to_hub: bool = False,
+def publish_final(run_dir: str | os.PathLike[str], final: str | os.PathLike[str], push_to_hub: bool = False,
                   hub_model_id: str = "") -> list[Path]:
-    """What the trainer does with the folders `save_final` wrote: a card in each, then, when
-    `push_to_hub`, the upload of the first (final/: the adapter or the full weights) to `hub_model_id`.
+    """What `r3rl train` does after training (on the main process): a card in final/ (and final-merged/),
+    then, when `push_to_hub`, the upload of `final` (the adapter or the full weights) to `hub_model_id`.
     Returns the cards written."""
-    cards = [write_model_card(run_dir, f, (hub_model_id or None) if i == 0 else None) for i, f in enumerate(folders)]
-    if push_to_hub and folders:
-        url = push_folder(folders[0], hub_model_id)
-        print(f"pushed {folders[0]} to {url}", flush=True)
+    cards = write_model_cards(run_dir, hub_model_id or None)
+    if push_to_hub:
+        url = push_folder(final, hub_model_id)
+        print(f"pushed {final} to {url}", flush=True)
     return cards
