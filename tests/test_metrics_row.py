@@ -12,6 +12,26 @@ from r3rl.reporting import document
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow, column, doc
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run"
+DIAGNOSTICS = ("reflection_distinct_1", "reflection_distinct_2", "reflection_distinct_3", "reflection_duplicate_share",
+               "reflection_repeated_share", "reflection_len_p50", "reflection_len_p90", "reflection_len_max",
+               "reflection_repeated_retry_success", "reflection_unique_retry_success", "reflection_most_repeated")
+
+
+def test_reflection_diagnostics_fill_the_row_by_hand():
+    from r3rl.evaluation.diagnostics import reflection_diagnostics
+
+    # "a b" three times (retries pass, pass, fail) and "c d e" once (fails): bigrams: a-b x3, c-d, d-e -> 3 distinct of 5
+    diag = reflection_diagnostics(["a b", "A  b", "a b", "c d e"], retry_ok=[True, True, False, False],
+                                  token_ids=[range(2), range(2), range(2), range(5)])
+    row = MetricsRow(step=1)
+    row.add_diagnostics(diag)
+    assert row.reflection_distinct_2 == pytest.approx(3 / 5)
+    assert row.reflection_duplicate_share == pytest.approx(1 - 2 / 4)  # 2 distinct texts of 4
+    assert row.reflection_repeated_share == pytest.approx(3 / 4)
+    assert (row.reflection_len_p50, row.reflection_len_p90, row.reflection_len_max) == (2, 5, 5)
+    assert row.reflection_repeated_retry_success == pytest.approx(2 / 3) and row.reflection_unique_retry_success == 0
+    assert row.reflection_most_repeated == [{"text": "a b", "count": 3}]
+    assert "reflection_most_repeated" not in row.numbers() and row.numbers()["reflection_distinct_2"] == pytest.approx(0.6)
 
 
 def test_from_totals_means_and_json_line():
@@ -25,7 +45,7 @@ def test_from_totals_means_and_json_line():
     assert line == {"step": 3, "loss": 0.2, "reward_mean": 0.25, "retry_success": 0.375, "zero_adv_frac": 0.5,
                     "kl": 0.05, "clip_frac": 0.1, "reflection_len": 5.0, "episodes": 16, "lr": 1e-5, "grad_norm": None,
                     "tokens_per_s": 100.0, "step_time": 3.0, "verifier_errors": 1, "logprob_diff_mean": 0.005,
-                    "logprob_diff_max": 0.05, "eval/acc@1": 0.5}
+                    "logprob_diff_max": 0.05, **dict.fromkeys(DIAGNOSTICS), "eval/acc@1": 0.5}
     assert MetricsRow.from_json(json.loads(json.dumps(line))) == row
     assert "grad_norm" not in row.numbers() and row.numbers()["eval/acc@1"] == 0.5
     # not comparable (reflection temperature != 1): the mismatch is not measured, so it is None, not 0

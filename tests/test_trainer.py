@@ -45,6 +45,11 @@ def test_train_writes_run_folder(model_dir, tmp_path):
     for key in ("loss", "reward_mean", "retry_success", "zero_adv_frac", "kl", "reflection_len", "lr", "tokens_per_s"):
         assert all(key in r for r in rows), key
     assert all(r["episodes"] == 16 for r in rows)  # batch 4 failures x G 4
+    # reflection diagnostics of each step's 16 reflections (the step's logged episodes are a sample of them)
+    for r in rows:
+        assert 0 < r["reflection_distinct_2"] <= 1 and 0 <= r["reflection_duplicate_share"] < 1
+        assert r["reflection_len_p50"] <= r["reflection_len_p90"] <= r["reflection_len_max"]
+        assert isinstance(r["reflection_most_repeated"], list)
     assert "eval/acc@2" in rows[1] and "eval/acc@2" not in rows[0]
     eps = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
     assert eps and {"step", "reflection_text", "retry_text", "reward", "advantage"} <= set(eps[0])

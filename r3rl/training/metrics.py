@@ -60,6 +60,28 @@ class MetricsRow:
     (the engine's kernels against the training forward; None when they are not comparable)."""
     logprob_diff_max: float | None = None
     """Largest |training log-prob - sampling log-prob| of one reflection token in the step."""
+    reflection_distinct_1: float | None = None
+    """Distinct word 1-grams / all 1-grams over the step's reflections (r3rl/evaluation/diagnostics.py)."""
+    reflection_distinct_2: float | None = None
+    """Distinct word bigrams / all bigrams over the step's reflections: falls when the policy collapses onto a template."""
+    reflection_distinct_3: float | None = None
+    """Distinct word trigrams / all trigrams over the step's reflections."""
+    reflection_duplicate_share: float | None = None
+    """Share of the step's reflections that copy another one exactly (after lower-casing and collapsing spaces)."""
+    reflection_repeated_share: float | None = None
+    """Share of the step's reflections whose text occurs more than once (copies and originals)."""
+    reflection_len_p50: float | None = None
+    """Median reflection length in tokens."""
+    reflection_len_p90: float | None = None
+    """90th percentile (nearest rank) of reflection length in tokens."""
+    reflection_len_max: float | None = None
+    """Longest reflection of the step in tokens."""
+    reflection_repeated_retry_success: float | None = None
+    """Retry success after the step's repeated reflections (None when none repeated)."""
+    reflection_unique_retry_success: float | None = None
+    """Retry success after the step's unique reflections (None when all repeated)."""
+    reflection_most_repeated: list[dict[str, Any]] | None = None
+    """The step's most repeated reflections: [{"text", "count"}, ...] (not sent to trackers: not a number)."""
     eval: dict[str, float] = field(default_factory=dict)
     """Periodic evaluation of the step ("acc@1", "acc@2"), written as "eval/acc@1", ...; empty when none ran."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +111,22 @@ class MetricsRow:
             logprob_diff_mean=t["diff_sum"] / t["diff_tokens"] if diffs else None,
             logprob_diff_max=t["diff_max"] if diffs else None,
         )
+
+    def add_diagnostics(self, diag: dict[str, Any]) -> None:
+        """Fill the reflection_* fields from `reflection_diagnostics(...)` of the step's reflections."""
+        length = diag.get("length") or {}
+        success = diag.get("retry_success") or {}
+        self.reflection_distinct_1 = diag.get("distinct_1")
+        self.reflection_distinct_2 = diag.get("distinct_2")
+        self.reflection_distinct_3 = diag.get("distinct_3")
+        self.reflection_duplicate_share = diag.get("duplicate_share")
+        self.reflection_repeated_share = diag.get("repeated_share")
+        self.reflection_len_p50 = length.get("median")
+        self.reflection_len_p90 = length.get("p90")
+        self.reflection_len_max = length.get("max")
+        self.reflection_repeated_retry_success = (success.get("repeated") or {}).get("rate")
+        self.reflection_unique_retry_success = (success.get("unique") or {}).get("rate")
+        self.reflection_most_repeated = [{"text": r["text"], "count": r["count"]} for r in diag.get("most_repeated") or []]
 
     def to_json(self) -> dict[str, Any]:
         """The metrics.jsonl line: the fields in order, eval results as "eval/<name>", then extra keys."""

@@ -56,6 +56,7 @@ from transformers import get_scheduler
 
 from r3rl.config import Config, dump_config, to_dict
 from r3rl.evaluation.accuracy import evaluate_model
+from r3rl.evaluation.diagnostics import reflection_diagnostics
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
 from r3rl.progress import progress_bar
 from r3rl.rollout import derive_seed
@@ -392,6 +393,18 @@ class Trainer:
                                       grad_norm=grad_norm, gen_time=gen_time, step_time=time.perf_counter() - t0,
                                       verifier_errors=verifier_errors, diff_comparable=self.temperature == 1.0)
 
+    def _reflection_diagnostics(self, batches: list[list[Episode]]) -> dict[str, Any]:
+        """Length, diversity and repetition of the whole step's reflections (every rank's, gathered).
+
+        Sorted by group id first, so the figures do not depend on how the step was split over processes."""
+        from accelerate.utils import gather_object
+
+        mine = [(e.group_id, e.reflection_text, bool(e.retry_ok), len(e.reflection_ids)) for eps in batches for e in eps]
+        rows = sorted(gather_object(mine) if self.world > 1 else mine)
+        # only the lengths of the ids are read: ranges stand in for the ids, which are not gathered
+        return reflection_diagnostics([r[1] for r in rows], retry_ok=[r[2] for r in rows],
+                                      token_ids=[range(r[3]) for r in rows])
+
     def _periodic_eval(self, step: int) -> dict[str, float]:
         # every rank evaluates its share of the chunks and receives the same results
         res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
@@ -418,6 +431,7 @@ class Trainer:
             self.scheduler.step()
             t = totals.reduced(self.acc)
             row = self._metrics_row(done, t, grad_norm, gen_time, t0)
+            row.add_diagnostics(self._reflection_diagnostics(batches))
             self._watch_signal(t)
             if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
                 row.eval = self._periodic_eval(done)
