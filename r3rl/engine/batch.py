@@ -184,6 +184,7 @@ class SlotScheduler(ABC):
         sampling = RowSampling.from_params([lv.row.params for lv in self.live], call.device)
         tokens, logprobs = sample_next(self.logits[:count], sampling, call.generator)  # [A], [A]
         finished = []
+        produced = 0
         for s, (lv, t, lp) in enumerate(zip(self.live, tokens.tolist(), logprobs.float().tolist())):
             limit = lv.row.params.max_new_tokens
             if limit <= 0:  # nothing to generate: finished before sampling
@@ -192,8 +193,10 @@ class SlotScheduler(ABC):
             lv.tokens.append(t)
             lv.logprobs.append(lp)
             lv.chunk = [t]
+            produced += 1
             if t in call.stop_set or len(lv.tokens) >= limit:
                 finished.append(s)
+        call.tokens_generated(produced)
         return finished
 
     def _finish(self, finished: list[int]) -> None:
