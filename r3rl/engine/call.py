@@ -110,5 +110,6 @@ def base_model(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def cache_argument(forward_parameters: Any) -> str:
-    """The KV cache's keyword in the model's forward and output."""
-    return "past_key_values"
+    """The KV cache's keyword: `cache` from transformers 5.24 (`past_key_values` warns there, and goes
+    in 5.40), `past_key_values` before (5.23 and older have no `cache`)."""
+    return "cache" if "cache" in forward_parameters else "past_key_values"
