@@ -104,8 +104,8 @@ class SlotScheduler(ABC):
     """Runs one generate call's rows through at most `slots` decode slots (see module docstring).
 
     The loop, the sampling, the finishing and the slot forwards are here; how a prompt
-    reaches its rows (a shared prefix entry, or copies) is a subclass's four hooks:
-    `_admitted`, `_before_chunks`, `_after_chunks`, `_prefixes` (and `_after_finish`).
+    reaches its rows (a shared prefix entry, or copies) is up to a subclass's hooks:
+    `_admitted` (required), `_before_chunks`, `_after_chunks`, `_prefixes`, `_after_finish`.
     capacity: first guess of a slot's columns (each slot grows on demand).
     """
 
@@ -123,7 +123,10 @@ class SlotScheduler(ABC):
         self.forwards = 0
         self.peak_kv_bytes = 0
 
-    prefix_entries = 0  # prefix entries used (shared-prefix attention only)
+    @property
+    def prefix_entries(self) -> int:
+        """Prefix entries used (shared-prefix attention only)."""
+        return 0
 
     # ------------------------------------------------------------- strategy
 
@@ -335,7 +338,7 @@ class SharedPrefixScheduler(SlotScheduler):
         self.free_entries: list[int] = []  # a heap: the lowest free entry is reused first
 
     @property
-    def prefix_entries(self) -> int:  # type: ignore[override]
+    def prefix_entries(self) -> int:
         return len(self.entry_len)
 
     def _admitted(self, rows: list[Row]) -> list[_Live]:
