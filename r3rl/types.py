@@ -37,9 +37,13 @@ class SamplingParams:
 class Generation:
     """One sampled continuation of a prompt.
 
-    token_ids include the stop token (end of turn / EOS) when one was produced;
-    logprobs[i] is the sampling log-probability of token_ids[i] under the raw model
-    distribution (before temperature / top-p), which is what GRPO's ratio needs.
+    token_ids include the stop token (end of turn / EOS) when one was produced.
+    logprobs[i] is the log-probability of token_ids[i] under the model's untempered,
+    unfiltered distribution at that step, log_softmax(logits) (temperature 1, no top-k /
+    top-p): not the distribution it was drawn from when temperature != 1 or top-k / top-p
+    are set. Training does not read them: the trainer recomputes log-probs of
+    softmax(logits / T) from its own forward (r3rl/training/logprobs.py). A scripted
+    engine gives 0.0.
     """
 
     prompt_ids: list[int]  # [P] the full prompt this continuation was generated from

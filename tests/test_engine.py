@@ -18,6 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from r3rl.config import GenerationConfig  # noqa: E402
 from r3rl.demo import tiny  # noqa: E402
 from r3rl.engine import Continuation, HFEngine, load_engine, load_model  # noqa: E402
 from r3rl.engine.sampling import RowSampling, filter_logits, sample_next  # noqa: E402
@@ -352,13 +353,17 @@ def saved(tmp_path_factory, model, tok):
     return folder
 
 
-def test_load_engine_from_folder(saved, model, tok, prompts, stops):
-    engine = load_engine(str(saved), device="cpu", stop_token_ids=stops)
+def test_load_engine_from_folder(saved, model, prompts):
+    """load_engine is build_engine over a folder: the generation section's settings reach the engine."""
+    engine = load_engine(str(saved), generation=GenerationConfig(max_batch_size=3, shared_prefix_attention="off"),
+                         device="cpu")
+    assert isinstance(engine, HFEngine) and engine.max_batch_size == 3 and engine.shared_prefix_attention is False
     assert engine.tokenizer.padding_side == "left" and engine.tokenizer.pad_token is not None
     assert next(engine.model.parameters()).dtype == torch.float32
     assert not engine.model.training
     got = engine.generate(prompts, GREEDY, n=1)
-    expected = HFEngine(model, tok, stop_token_ids=stops).generate(prompts, GREEDY, n=1)
+    # the loaded tokenizer's stop set: a saved demo tokenizer reloads as Qwen2Tokenizer, whose unk is <|endoftext|>
+    expected = HFEngine(model, engine.tokenizer).generate(prompts, GREEDY, n=1)
     assert [chain(r[0]) for r in got] == [chain(r[0]) for r in expected]
 
 
@@ -367,7 +372,7 @@ def test_load_errors_name_the_folder(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_load_lora_adapter_folder(tmp_path, saved, tok, prompts, stops):
+def test_load_lora_adapter_folder(tmp_path, saved, prompts):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -381,11 +386,11 @@ def test_load_lora_adapter_folder(tmp_path, saved, tok, prompts, stops):
     peft_model.save_pretrained(adapter_dir)
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(saved)
 
-    engine = load_engine(str(adapter_dir), device="cpu", stop_token_ids=stops)
+    engine = load_engine(str(adapter_dir), device="cpu")
     assert type(engine.model).__name__.startswith("PeftModel")
     with_adapter = [chain(r[0]) for r in engine.generate(prompts, GREEDY)]
-    in_memory = [chain(r[0]) for r in HFEngine(peft_model.eval(), tok, stop_token_ids=stops).generate(prompts, GREEDY)]
-    base_engine = load_engine(str(saved), device="cpu", stop_token_ids=stops)
+    in_memory = [chain(r[0]) for r in HFEngine(peft_model.eval(), engine.tokenizer).generate(prompts, GREEDY)]
+    base_engine = load_engine(str(saved), device="cpu")
     without = [chain(r[0]) for r in base_engine.generate(prompts, GREEDY)]
     assert with_adapter == in_memory
     assert with_adapter != without

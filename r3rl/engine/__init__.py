@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 from r3rl.engine.base import Continuation, Engine, ThenFn
 
 if TYPE_CHECKING:
+    from r3rl.engine.factory import build_engine, load_engine
     from r3rl.engine.hf import HFEngine
-    from r3rl.engine.loading import load_engine, load_model
+    from r3rl.engine.loading import load_model
 
-__all__ = ["Continuation", "Engine", "HFEngine", "ThenFn", "load_engine", "load_model"]
+__all__ = ["Continuation", "Engine", "HFEngine", "ThenFn", "build_engine", "load_engine", "load_model"]
 
-_LAZY = {"HFEngine": "r3rl.engine.hf", "load_model": "r3rl.engine.loading", "load_engine": "r3rl.engine.loading"}
+_LAZY = {"HFEngine": "r3rl.engine.hf", "load_model": "r3rl.engine.loading", "load_engine": "r3rl.engine.factory",
+         "build_engine": "r3rl.engine.factory"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The generation interface: token ids in; token ids, text and sampling log-probs out.
+"""The generation interface: token ids in; token ids, text and per-token log-probs (see `Generation`) out.
 
 Multi-turn work (reflect, then retry) goes through one call: `then` is called on
 every finished generation and may return a `Continuation`, which the engine

@@ -7,6 +7,7 @@
 
 `autocast` (a zero-argument context-manager factory, e.g. `Accelerator.autocast`) wraps every
 generate call: the trainer generates under the same mixed precision as its training forward.
+`load_engine` is the same construction from a model name and keyword settings (tests, scripts).
 """
 
 from __future__ import annotations
@@ -46,3 +47,16 @@ def build_engine(
 
         return VLLMEngine.from_config(generation, model_cfg, model=model, tokenizer=tokenizer)
     raise ValueError(f"generation.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+
+
+def load_engine(name_or_path: str, *, generation: "GenerationConfig | None" = None, device: Any = None,
+                **model_fields: Any) -> Engine:
+    """`build_engine` over the model `name_or_path` names (a hub id, a folder, a LoRA adapter folder).
+
+    generation: the engine's settings (default GenerationConfig()); model_fields: other
+    ModelConfig fields (dtype, base, revision, ...).
+    """
+    from r3rl.config import GenerationConfig, ModelConfig
+
+    return build_engine(generation or GenerationConfig(), ModelConfig(name_or_path=name_or_path, **model_fields),
+                        device=device)

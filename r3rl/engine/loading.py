@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from r3rl.engine.hf import HFEngine
-
 if TYPE_CHECKING:
     from r3rl.config import ModelConfig
 
@@ -196,23 +194,6 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
-
-
-def load_engine(
-    name_or_path: str,
-    *,
-    max_batch_size: int = 64,
-    share_prefix: bool = True,
-    reuse_cache: bool = True,
-    stop_token_ids: list[int] | None = None,
-    shared_prefix_attention: bool | str = "auto",
-    **load_kwargs: Any,
-) -> HFEngine:
-    """load_model + HFEngine; load_kwargs go to load_model (dtype, device, adapter, base, ...)."""
-    model, tokenizer = load_model(name_or_path, **load_kwargs)
-    return HFEngine(model, tokenizer, max_batch_size=max_batch_size, share_prefix=share_prefix,
-                    reuse_cache=reuse_cache, stop_token_ids=stop_token_ids,
-                    shared_prefix_attention=shared_prefix_attention)
 
 
 def load_for_inference(mcfg: "ModelConfig", device: str | torch.device | None = None) -> tuple[Any, Any]:

@@ -1,0 +1,142 @@
+"""HFEngine's contract with what watches it, on every path: progress counts and transformers' deprecations.
+
+* `on_tokens` (the progress hook) hears of every generated token, on the slot path
+  (shared-prefix and copied prompts) as on the micro-batch path; and the progress line
+  of an evaluation of a Qwen2 model (slot path) shows the tokens and tok/s it generates.
+* No generate call uses a name transformers has deprecated (`past_key_values` became
+  `cache` in 5.24): a FutureWarning or DeprecationWarning during a call is an error here,
+  and so is transformers' logged "deprecated" warning (the output's old attribute name).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+import pytest
+import torch
+
+from r3rl.config import Config
+from r3rl.demo import tiny
+from r3rl.engine import Continuation, HFEngine
+from r3rl.evaluation.accuracy import evaluate_model
+from r3rl.rollout import Rollout
+from r3rl.tasks.base import Task
+from r3rl.types import Generation, SamplingParams, Verdict
+
+# (engine settings, force the micro-batch path)
+PATHS = {
+    "slots-shared": ({"shared_prefix_attention": True}, False),
+    "slots-copied": ({"shared_prefix_attention": False}, False),
+    "micro-batches": ({}, True),
+    "plain": ({"share_prefix": False, "reuse_cache": False}, False),
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny.build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny.build_model(tok, hidden_size=32, layers=1, heads=2, kv_heads=1).eval()  # Qwen2
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in ("What is 12 + 7?", "Say the word pear.", "1 2 3")]
+
+
+def _engine(model, tok, path: str, monkeypatch, **extra) -> HFEngine:
+    settings, micro = PATHS[path]
+    if micro:
+        import r3rl.engine.hf as hf_module
+
+        monkeypatch.setattr(hf_module, "supports_slots", lambda model: False)
+    return HFEngine(model, tok, **settings, **extra)
+
+
+def _then(i: int, j: int, depth: int, gen: Generation) -> Continuation | None:
+    """One retry per row, continuing the cache for even j and from a new prompt for odd j."""
+    if depth > 0:
+        return None
+    params = SamplingParams(max_new_tokens=3 + j, temperature=1.0)
+    if j % 2:
+        return Continuation(params, prompt_ids=gen.prompt_ids + [40, 41])
+    return Continuation(params, suffix_ids=[40 + i])
+
+
+def _all(results: list[list[Generation]]) -> list[Generation]:
+    out = []
+    for row in results:
+        for gen in row:
+            while gen is not None:
+                out.append(gen)
+                gen = gen.next
+    return out
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_on_tokens_hears_every_generated_token(model, tok, prompts, path, monkeypatch):
+    engine = _engine(model, tok, path, monkeypatch, max_batch_size=4)
+    steps: list[int] = []
+    engine.on_tokens = steps.append
+    out = engine.generate(prompts, SamplingParams(max_new_tokens=6, temperature=1.0, seed=0), n=3, then=_then)
+    generated = sum(len(g.token_ids) for g in _all(out))
+    assert generated > 3 * len(prompts)  # first generations and retries produced tokens
+    assert sum(steps) == generated
+    assert all(n > 0 for n in steps) and max(steps) > 1  # per decoding step, several rows at once
+
+
+class _WordTask(Task):
+    """Pass iff the completion is the example's word (the random model fails: reflections and retries run)."""
+
+    name = "word"
+
+    def load_examples(self, split="train", n=None, seed=0):
+        return [{"id": f"w{i}", "word": w} for i, w in enumerate(["apple", "pear", "plum", "fig"])][:n]
+
+    def prompt(self, ex):
+        return f"Say the word {ex['word']}."
+
+    def verify(self, ex, completion):
+        return Verdict(completion.strip() == ex["word"])
+
+
+def test_eval_progress_line_shows_tokens_and_rate(model, tok, capsys):
+    """The `r3rl eval` progress line of a Qwen2 model (slot path) counts its tokens (it read "0 tokens, 0 tok/s")."""
+    cfg = Config()
+    cfg.generation.max_attempt_tokens = cfg.generation.max_reflection_tokens = cfg.generation.max_retry_tokens = 5
+    cfg.eval.num_examples, cfg.eval.samples_per_example = 4, 2
+    engine = HFEngine(model, tok)
+    evaluate_model(Rollout(engine, _WordTask(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed, show_progress=True)
+    shown = re.findall(r"(\d+) tokens, (\d+) tok/s", capsys.readouterr().err)
+    assert shown, "no progress line"
+    tokens, rate = map(int, shown[-1])
+    assert tokens >= 4 * 2 and rate > 0
+
+
+@pytest.fixture
+def deprecations(monkeypatch):
+    """transformers' logged deprecation warnings during the test (warning_once bypassed, so none is missed)."""
+    seen: list[str] = []
+
+    def record(self, msg, *args, **kwargs):
+        if self.name.startswith("transformers") and "deprecat" in str(msg).lower():
+            seen.append(str(msg))
+
+    monkeypatch.setattr(logging.Logger, "warning_once", record)
+    return seen
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_generate_uses_no_deprecated_transformers_name(model, tok, prompts, path, monkeypatch, deprecations):
+    engine = _engine(model, tok, path, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        with torch.no_grad():
+            engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0), n=2, then=_then)
+    assert deprecations == []
