@@ -65,7 +65,7 @@ class Episode:
     attempt_ok: bool
     reflection_ids: list[int]  # [T] generated tokens, end-of-turn token included
     reflection_text: str
-    reflection_logprobs: list[float]  # [T] sampling log-probs of reflection_ids
+    reflection_logprobs: list[float]  # [T] the engine's log-probs of reflection_ids (Generation.logprobs: log_softmax at T = 1); logged against the training forward, not trained on
     retry_text: str
     retry_ok: bool
     reward: float

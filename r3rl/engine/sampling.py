@@ -4,10 +4,11 @@ Rows of one decode batch may carry different sampling settings (a reflection and
 a retry continued in the same batch, for instance), so temperature, top-k and
 top-p are tensors with one value per row rather than scalars.
 
-The returned log-probability is always taken from the *raw* distribution,
-log_softmax(logits), not from the tempered / truncated one that was sampled:
-the GRPO ratio compares the policy's own probabilities, and the trainer
-recomputes them from plain logits.
+The returned log-probability is always taken from the untempered, unfiltered
+distribution, log_softmax(logits), not from the tempered / truncated one that was
+sampled. Training does not take its ratio from it: the trainer recomputes log-probs of
+softmax(logits / T), the reflections' sampling distribution, from its own forward
+(r3rl/training/logprobs.py), and compares the two only to log their mismatch at T = 1.
 """
 
 from __future__ import annotations
