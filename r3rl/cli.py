@@ -124,7 +124,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
         _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got), file=sys.stderr)  # stdout stays the JSON summary
-        summary = mine(roll, cfg.failures, cfg.seed)
+        summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
     except KeyboardInterrupt:
         done = sum(_count_lines(p) for p in (path, passed_path(path)))
         return _interrupted(args, f"{done} mined example(s) are saved in {path} (failures) and {passed_path(path)} (all passed)")

@@ -218,7 +218,7 @@ class Trainer:
         # Mining resumes: on a complete failure set it only checks ids, after an interruption it
         # finishes the job, so `r3rl mine` first and `r3rl train` alone give the same set. Every rank
         # mines its share of the chunks; the main process writes the file before mine() returns.
-        summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress, accelerator=self.acc)
+        summary = mine(self.rollout, fcfg, self.cfg.seed, show_progress=self.show_progress, accelerator=self.acc, model=self.cfg.model, task_options=self.cfg.task.options)
         self.log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
         return load_failures(fcfg.path, fcfg.max_per_example, task=self.task)
 
