@@ -142,7 +142,7 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import evaluate_model, group_table, results_table
+    from r3rl.evaluation.accuracy import chunks_done, evaluate_model, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
@@ -155,8 +155,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
         res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
     except KeyboardInterrupt:
-        state = out / "eval_state.json"
-        chunks = json.loads(state.read_text()).get("chunks_done", 0) if state.exists() else 0
+        chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
                                   f"(the same command into the same folder goes on from there)")
     from r3rl.distributed import launch_rank

@@ -218,6 +218,9 @@ class Rollout:
                     verdicts = [checked.pop(id(r), None) or self.verify(failure.example, r.text) for r in retries]
                     reward = sum(v.ok for v in verdicts) / len(verdicts) if verdicts else 0.0
                     first = retries[0] if retries else None
+                    extra = {"retries": len(verdicts), "reflection_finish": refl.finish_reason, "failure_index": i}
+                    if verdicts and verdicts[0].failure_class:  # the retry's failure class, for evaluation
+                        extra["retry_class"] = verdicts[0].failure_class
                     episodes.append(Episode(
                         example_id=ex_id,
                         group_id=f"{ex_id}:{seed}:{i}:r{rnd}",
@@ -234,7 +237,7 @@ class Rollout:
                         retry_ids=first.token_ids if first else [],
                         reward=reward,
                         round=rnd,
-                        extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason, "failure_index": i},
+                        extra=extra,
                     ))
                     refl = first.next if first is not None else None
                     rnd += 1
