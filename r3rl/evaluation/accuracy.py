@@ -23,7 +23,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
 from r3rl.config import EvalConfig, GenerationConfig, to_dict
@@ -32,7 +32,7 @@ from r3rl.io import write_json
 from r3rl.progress import GenerationProgress
 from r3rl.rollout import Rollout, derive_seed, failed_attempts
 from r3rl.evaluation import stats
-from r3rl.evaluation.records import RoundRecord, TrialRecord, read_trials
+from r3rl.evaluation.records import RoundRecord, TrialRecord, passed_predicates, read_trials
 from r3rl.evaluation.stats import wilson_interval
 
 EPISODES = "episodes"  # the chunk runner's one output: <output_dir>/episodes.jsonl
@@ -55,19 +55,6 @@ def eval_generation(gen: GenerationConfig, ecfg: EvalConfig) -> GenerationConfig
         if limit is not None:
             over[f"max_{stage}_tokens"] = limit
     return dataclasses.replace(gen, **over)
-
-
-def passed_predicates(rounds: int = 1, control: bool = True) -> dict[str, Callable[[TrialRecord], bool]]:
-    """metric name -> whether a trial counts as passed for it: acc@1, acc@2, the control, acc@3.. with rounds."""
-    passed: dict[str, Callable[[TrialRecord], bool]] = {
-        "acc@1": lambda r: r.passed_within(1),
-        "acc@2": lambda r: r.passed_within(2),
-    }
-    if control:
-        passed["acc@2_no_reflection"] = TrialRecord.passed_control
-    for k in range(3, rounds + 2):
-        passed[f"acc@{k}"] = lambda r, k=k: r.passed_within(k)
-    return passed
 
 
 def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chunk: list, seed: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from r3rl.io import iter_jsonl
 
@@ -126,6 +126,19 @@ _FIELDS = {f.name for f in fields(TrialRecord)}
 _BOOLS = ("attempt_ok", "retry_ok", "no_reflection_retry_ok")
 _TEXTS = ("prompt", "attempt_text", "attempt_reason", "reflection_text", "retry_text", "retry_reason",
           "no_reflection_retry_text", "attempt_class", "retry_class", "no_reflection_retry_class")
+
+
+def passed_predicates(rounds: int = 1, control: bool = True) -> dict[str, Callable[[TrialRecord], bool]]:
+    """metric name -> whether a trial counts as passed for it: acc@1, acc@2, the control, acc@3.. with rounds."""
+    passed: dict[str, Callable[[TrialRecord], bool]] = {
+        "acc@1": lambda r: r.passed_within(1),
+        "acc@2": lambda r: r.passed_within(2),
+    }
+    if control:
+        passed["acc@2_no_reflection"] = TrialRecord.passed_control
+    for k in range(3, rounds + 2):
+        passed[f"acc@{k}"] = lambda r, k=k: r.passed_within(k)
+    return passed
 
 
 def read_trials(path: str | Path) -> list[TrialRecord]:
