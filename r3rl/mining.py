@@ -116,12 +116,10 @@ def _how_to_go_on(output: Path) -> str:
 
 def _decide(log: ChunkLog, fcfg: FailuresConfig, output: Path) -> tuple[str, Any]:
     """("resume", chunks done) / ("as_is", note) / ("error", sentence): what to do with what is at `output`."""
-    if not output.exists():  # nothing mined yet, or deleted to mine anew (its sidecars go with it)
+    if not output.exists() or not log.has_records():  # nothing mined yet (or deleted to mine anew): nothing to keep
         return "resume", log.start()
     state = log.load()
     if state is None:
-        if not log.has_records():
-            return "resume", log.start()
         if fcfg.reuse == "any":
             return "as_is", f"failures.reuse=any: using {output} as it is (it does not say what mined it)"
         return "error", (f"{output} does not say what mined it (it was written by an r3rl older than "
