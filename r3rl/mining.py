@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from r3rl.chunks import ChunkLog, ChunkOutput, run_chunks, state_path
+from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
 from r3rl.config import FailuresConfig
 from r3rl.distributed import chunk_ranges, processes
 from r3rl.io import iter_jsonl
@@ -167,10 +167,15 @@ def mine(
     if procs.is_main:
         log = ChunkLog({FAILED: output, PASSED: passed_path(output)},
                        mined_by(roll, fcfg, seed, ids, chunk_size, model, task_options))
-        decision = _decide(log, fcfg, output)
+        try:
+            decision = _decide(log, fcfg, output)
+        except ChunkStateError as e:  # told to every rank below, or the others would wait forever
+            decision = ("damaged", str(e))
     kind, value = procs.broadcast(decision)  # every rank stops, or goes on, together
     if kind == "error":
         raise FailureSetMismatch(value)
+    if kind == "damaged":
+        raise ChunkStateError(value)
     if kind == "as_is":
         if procs.is_main and show_progress:
             print(f"r3rl: {value}", file=sys.stderr, flush=True)
