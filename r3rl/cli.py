@@ -125,7 +125,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
         _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got), file=sys.stderr)  # stdout stays the JSON summary
-        summary = mine(roll, cfg.failures, cfg.seed)
+        summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
     except KeyboardInterrupt:
         done = sum(_count_lines(p) for p in (path, passed_path(path)))
         return _interrupted(args, f"{done} mined example(s) are saved in {path} (failures) and {passed_path(path)} (all passed)")
@@ -143,7 +143,7 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import evaluate_model, group_table, results_table
+    from r3rl.evaluation.accuracy import chunks_done, evaluate_model, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
@@ -156,8 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
         res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
     except KeyboardInterrupt:
-        state = out / "eval_state.json"
-        chunks = json.loads(state.read_text()).get("chunks_done", 0) if state.exists() else 0
+        chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
                                   f"(the same command into the same folder goes on from there)")
     from r3rl.distributed import launch_rank

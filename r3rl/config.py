@@ -115,6 +115,8 @@ class FailuresConfig:
     """Task split failures come from."""
     chunk_size: int = 64
     """Examples per unit of mining work: each chunk is seeded by itself and processes take chunks in turn (keep it fixed to resume a run)."""
+    reuse: str = "strict"
+    """An existing failure set is resumed or trained on only when what mined it (model weights, task and options, these settings, generation's attempt sampling, seed) matches (strict); `any` uses it as it is, whatever mined it."""
 
 
 @dataclass
@@ -246,6 +248,7 @@ _CHOICES = {
     "generation.shared_prefix_attention": ("auto", "on", "off"),
     "generation.backend": ("hf", "vllm"),
     "train.sampling_correction": ("none", "tis"),
+    "failures.reuse": ("strict", "any"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 _POSITIVE = {

@@ -89,8 +89,9 @@ class Rollout:
         self.verify_errors = 0  # verifier exceptions: scored as failures, counted, logged, bounded
 
     # ---------------------------------------------------------------- sampling settings
-    def _params(self, stage: str, seed: int) -> SamplingParams:
-        g = self.gen
+    def _params(self, stage: str, seed: int, sampling: GenerationConfig | None = None) -> SamplingParams:
+        """A stage's settings from `sampling` (e.g. the evaluation's), else the rollout's generation section."""
+        g = sampling or self.gen
         limits = {"attempt": g.max_attempt_tokens, "reflection": g.max_reflection_tokens, "retry": g.max_retry_tokens}
         temps = {"attempt": g.attempt_temperature, "reflection": g.reflection_temperature, "retry": g.retry_temperature}
         return SamplingParams(
@@ -124,11 +125,12 @@ class Rollout:
         return verdict
 
     # ---------------------------------------------------------------- stage 1
-    def attempts(self, examples: list[Example], n: int, seed: int) -> list[list[Attempt]]:
-        """n first attempts per example, verified."""
+    def attempts(self, examples: list[Example], n: int, seed: int,
+                 sampling: GenerationConfig | None = None) -> list[list[Attempt]]:
+        """n first attempts per example, verified; `sampling` replaces the generation section for this call."""
         prompt_ids = [prompts.encode(self.tokenizer, self.task.messages(ex), self.task.tools(ex)) for ex in examples]
         self._check_prompt_lengths(examples, prompt_ids)
-        gens = self.engine.generate(prompt_ids, self._params("attempt", seed), n=n)
+        gens = self.engine.generate(prompt_ids, self._params("attempt", seed, sampling), n=n)
         return [
             [Attempt(ex, g.text, self.verify(ex, g.text), g.token_ids) for g in row]
             for ex, row in zip(examples, gens)
@@ -151,15 +153,17 @@ class Rollout:
             {"role": "user", "content": self.instructions.reflect_text(failure.attempt_reason)},
         ]
 
-    def reflect_and_retry(self, failures: list[Failure], group_size: int, seed: int) -> list[Episode]:
+    def reflect_and_retry(self, failures: list[Failure], group_size: int, seed: int,
+                          sampling: GenerationConfig | None = None) -> list[Episode]:
         """G reflections per failure, each followed by its retry(s): group_size x len(failures) episodes
-        (more with several rounds). Episodes come grouped: all members of a group are adjacent."""
+        (more with several rounds). Episodes come grouped: all members of a group are adjacent.
+        `sampling` replaces the generation section for this call (the rollout itself is never changed)."""
         tools = [self.task.tools(f.example) for f in failures]
         convs = [self._conversation(f) for f in failures]
         contexts = [prompts.encode(self.tokenizer, c, t) for c, t in zip(convs, tools)]
         k = self.cfg.retries_per_reflection
-        retry_params = self._params("retry", seed)
-        reflect_params = self._params("reflection", seed)
+        retry_params = self._params("retry", seed, sampling)
+        reflect_params = self._params("reflection", seed, sampling)
 
         def retry_suffix(i: int, conv: list[dict[str, Any]], gen: Generation) -> list[int]:
             return prompts.continuation_suffix(
@@ -168,6 +172,9 @@ class Rollout:
 
         # Multi-round chains need the conversation so far: (i, j) -> messages before the next assistant turn.
         chains: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        # An intermediate retry is verified in `then` to decide on another round; its verdict is kept
+        # (by the Generation's identity) so the episodes below reuse it instead of verifying it again.
+        checked: dict[int, Verdict] = {}
 
         def then(i: int, j: int, depth: int, gen: Generation) -> Continuation | None:
             conv = chains.setdefault((i, j), list(convs[i]))
@@ -180,7 +187,7 @@ class Rollout:
             # a retry just finished: reflect again if it failed and rounds remain
             if depth // 2 + 1 >= self.cfg.rounds:
                 return None
-            verdict = self.verify(failures[i].example, gen.text)
+            verdict = checked[id(gen)] = self.verify(failures[i].example, gen.text)
             if verdict.ok:
                 return None
             reflect = self.instructions.reflect_text(verdict.reason)
@@ -208,9 +215,12 @@ class Rollout:
                 rnd = 1
                 while refl is not None:
                     retries = extra_retries.get((i, j)) if rnd == 1 and k != 1 else [refl.next] if refl.next else []
-                    verdicts = [self.verify(failure.example, r.text) for r in retries]
+                    verdicts = [checked.pop(id(r), None) or self.verify(failure.example, r.text) for r in retries]
                     reward = sum(v.ok for v in verdicts) / len(verdicts) if verdicts else 0.0
                     first = retries[0] if retries else None
+                    extra = {"retries": len(verdicts), "reflection_finish": refl.finish_reason, "failure_index": i}
+                    if verdicts and verdicts[0].failure_class:  # the retry's failure class, for evaluation
+                        extra["retry_class"] = verdicts[0].failure_class
                     episodes.append(Episode(
                         example_id=ex_id,
                         group_id=f"{ex_id}:{seed}:{i}:r{rnd}",
@@ -227,7 +237,7 @@ class Rollout:
                         retry_ids=first.token_ids if first else [],
                         reward=reward,
                         round=rnd,
-                        extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason, "failure_index": i},
+                        extra=extra,
                     ))
                     refl = first.next if first is not None else None
                     rnd += 1
@@ -236,13 +246,14 @@ class Rollout:
         return episodes
 
     # ---------------------------------------------------------------- the evaluation control
-    def retry_without_reflection(self, failures: list[Failure], seed: int) -> list[Generation]:
-        """The control: a second try after only being told it failed (no reflection)."""
+    def retry_without_reflection(self, failures: list[Failure], seed: int,
+                                 sampling: GenerationConfig | None = None) -> list[Generation]:
+        """The control: a second try after only being told it failed (no reflection); `sampling` as in attempts()."""
         convs = [
             self.task.messages(f.example)
             + [{"role": "assistant", "content": f.attempt_text}, {"role": "user", "content": self.instructions.retry_no_reflection}]
             for f in failures
         ]
         ids = [prompts.encode(self.tokenizer, c, self.task.tools(f.example)) for c, f in zip(convs, failures)]
-        return [row[0] for row in self.engine.generate(ids, self._params("retry", derive_seed(seed, "control")), n=1)]
+        return [row[0] for row in self.engine.generate(ids, self._params("retry", derive_seed(seed, "control"), sampling), n=1)]
 

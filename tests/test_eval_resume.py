@@ -51,11 +51,11 @@ def test_interrupted_evaluation_resumes_to_the_same_files(engine, tmp_path, monk
     calls = {"n": 0}
     original = Rollout.attempts
 
-    def dying(self, examples, n, seed):
+    def dying(self, examples, n, seed, **kw):
         calls["n"] += 1
         if calls["n"] == 2:  # chunk 1 is written; stop in the middle of chunk 2
             raise KeyboardInterrupt
-        return original(self, examples, n, seed)
+        return original(self, examples, n, seed, **kw)
 
     out = tmp_path / "killed"
     monkeypatch.setattr(Rollout, "attempts", dying)
@@ -64,15 +64,15 @@ def test_interrupted_evaluation_resumes_to_the_same_files(engine, tmp_path, monk
     monkeypatch.setattr(Rollout, "attempts", original)
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 4  # chunk 1: 2 examples x 2 samples
     assert not (out / "results.json").exists()
-    # a kill while appending chunk 2: one whole line and a cut one beyond what eval_state.json vouches for
+    # a kill while appending chunk 2: one whole line and a cut one beyond what the state file vouches for
     with open(out / "episodes.jsonl", "a") as f:
         f.write(straight[1].splitlines()[4] + "\n" + '{"example_id": "10')
 
     counted = {"n": 0}
 
-    def counting(self, examples, n, seed):
+    def counting(self, examples, n, seed, **kw):
         counted["n"] += 1
-        return original(self, examples, n, seed)
+        return original(self, examples, n, seed, **kw)
 
     monkeypatch.setattr(Rollout, "attempts", counting)
     evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, show_progress=False)
@@ -91,11 +91,11 @@ def test_other_settings_start_over(engine, tmp_path, monkeypatch):
     original = Rollout.attempts
     calls = {"n": 0}
 
-    def dying(self, examples, n, seed):
+    def dying(self, examples, n, seed, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, examples, n, seed)
+        return original(self, examples, n, seed, **kw)
 
     monkeypatch.setattr(Rollout, "attempts", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -174,11 +174,11 @@ def test_ctrl_c_prints_what_was_saved_and_the_resume_command(command, tmp_path, 
     original = Rollout.attempts
     calls = {"n": 0}
 
-    def interrupted(self, examples, n, seed):
+    def interrupted(self, examples, n, seed, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, examples, n, seed)
+        return original(self, examples, n, seed, **kw)
 
     monkeypatch.setattr(Rollout, "attempts", interrupted)
     args = [command, f"failures.path={tmp_path}/f.jsonl", "failures.chunk_size=1", "eval.chunk_size=1",

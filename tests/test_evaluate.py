@@ -156,3 +156,50 @@ def test_evaluate_writes_the_paired_comparison(tmp_path):
     assert cmp["difference"] == pytest.approx(4 / 6)
     assert saved["intervals"] == stats.bootstrap_name() and res["retry_fix_rate_ci"] == [1.0, 1.0]
     assert "p = 0.5 (exact McNemar test clustered by example" in str(results_table(res).caption)
+
+
+def test_metrics_sort_by_their_number_not_its_first_digit():
+    res = {"task": "t", "model": "m", "trials": 1}
+    for key in ("acc@10", "acc@2", "acc@1", "acc@3", "acc@2_no_reflection", "acc@11"):
+        res.update({key: 0.5, f"{key}_ci": [0.1, 0.9]})
+    table = results_table(res)
+    assert list(table.columns[0].cells) == ["acc@1", "acc@2", "acc@2_no_reflection", "acc@3", "acc@10", "acc@11"]
+
+
+def test_evaluation_never_changes_the_shared_rollout():
+    """The rollout (a trainer's) keeps its own generation settings while an evaluation with other ones runs."""
+    cfg = Config()
+    cfg.eval.num_examples, cfg.eval.temperature, cfg.eval.max_attempt_tokens = 3, 0.0, 9
+    seen = []
+
+    def watching(prompt, j):
+        seen.append((roll.gen is cfg.generation, roll.gen.attempt_temperature, roll.gen.max_attempt_tokens))
+        return script(prompt, j)
+
+    engine = ScriptedEngine(build_tokenizer(), watching)
+    roll = Rollout(engine, EchoTask(), cfg.generation, cfg.rollout)
+    evaluate_model(roll, cfg.eval, cfg.seed, show_progress=False)
+    assert seen and set(seen) == {(True, 1.0, 256)}
+    assert {(p.temperature, p.max_new_tokens) for _, p in engine.calls if p.max_new_tokens == 9} == {(0.0, 9)}
+
+
+def test_acc_at_k_with_several_rounds_from_one_predicate(tmp_path):
+    """rollout.rounds=3: acc@3 and acc@4 count passes within 2 and 3 rounds, in results and intervals alike."""
+    cfg = Config()
+    cfg.eval.num_examples, cfg.rollout.rounds = 3, 3
+
+    def third_time(prompt, j):  # every retry fails but the one after the third reflection, for 'pear' only
+        users = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, flags=re.S)
+        if len(users) == 1:
+            return "banana"
+        if "Reflect on what went wrong" in users[-1]:
+            return "hmm"
+        word = re.search(r"Say the word (\w+)", prompt).group(1)
+        return word if word == "pear" and prompt.count("Reflect on what went wrong") == 3 else "cherry"
+
+    roll = Rollout(ScriptedEngine(build_tokenizer(), third_time), EchoTask(), cfg.generation, cfg.rollout)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
+    assert (res["acc@1"], res["acc@2"], res["acc@3"], res["acc@4"]) == (0.0, 0.0, 0.0, pytest.approx(1 / 3))
+    assert res["acc@4_ci"] == list(wilson_interval(1, 3)) and res["acc@3_ci"] == list(wilson_interval(0, 3))
+    rows = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert [len(r["rounds"]) for r in rows] == [3, 3, 3]

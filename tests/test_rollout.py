@@ -173,3 +173,31 @@ def test_too_many_verifier_errors_stop_the_run_with_a_clear_message(tok):
                    RolloutConfig(max_verifier_errors=2))
     with pytest.raises(VerifierError, match=r"raised 3 times \(more than rollout.max_verifier_errors=2\).*example w1"):
         roll.attempts(FlakyVerifierTask().load_examples(), n=3, seed=0)
+
+
+class CountingTask(EchoTask):
+    """Counts verify calls; raises on retries that say 'cherry' (a verifier bug), like FlakyVerifierTask."""
+
+    def __init__(self, raise_on_cherry=False):
+        self.calls, self.raise_on_cherry = 0, raise_on_cherry
+
+    def verify(self, ex, completion):
+        self.calls += 1
+        if self.raise_on_cherry and completion.strip() == "cherry":
+            raise KeyError("boom")
+        return super().verify(ex, completion)
+
+
+@pytest.mark.parametrize("raising", [False, True])
+def test_each_retry_of_several_rounds_is_verified_once(tok, raising):
+    """rounds=3, every retry fails: three retries per chain, three verify calls (not five), and a raising
+    verifier counts each broken retry once in verify_errors."""
+    task = CountingTask(raise_on_cherry=raising)
+    always_wrong = lambda p, j: "No idea." if "Reflect on what went wrong" in last_user(p) else "cherry"  # noqa: E731
+    roll = Rollout(ScriptedEngine(tok, always_wrong), task, GenerationConfig(), RolloutConfig(rounds=3, max_verifier_errors=100))
+    eps = roll.reflect_and_retry([Failure(task.load_examples()[0], "banana")], group_size=2, seed=0)
+    assert sorted(e.round for e in eps) == [1, 1, 2, 2, 3, 3] and not any(e.retry_ok for e in eps)
+    assert task.calls == 6  # 2 chains x 3 retries
+    assert roll.verify_errors == (6 if raising else 0)
+    if raising:
+        assert all(e.retry_reason == "verifier error: KeyError" for e in eps)

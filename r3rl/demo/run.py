@@ -71,7 +71,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     stage("evaluate before", t)
 
     t = time.perf_counter()
-    summary = mine(roll, cfg.failures, cfg.seed)
+    summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
     print(f"[demo] failure set: {summary['failure_set_size']} of {summary['examples']} examples failed at least once "
           f"(first-attempt pass rate {summary['attempt_pass_rate']:.1%})")
     del roll

@@ -9,8 +9,10 @@ Intervals are 95%: Wilson over trials with one sample per example, a bootstrap o
 several (`trial_statistics`); acc@2 vs the control is a paired test (exact McNemar), see stats.py.
 
 Sampling: eval.temperature / top_p / max_*_tokens replace the generation section's settings
-during evaluation (unset = the generation section's). Work is shared over processes in fixed
-chunks and written as it is made, so an interrupted evaluation resumes (see evaluate_model).
+during evaluation (unset = the generation section's); they are passed into each rollout call
+(`eval_generation`), so the rollout, which a trainer shares, is never changed. Work runs through
+the chunk runner (r3rl/chunks.py) and is written as it is made, so an interrupted evaluation
+resumes (see evaluate_model). Each trial is one TrialRecord (r3rl/evaluation/records.py).
 """
 
 from __future__ import annotations
@@ -18,28 +20,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable
 
-from r3rl.config import EvalConfig, to_dict
+from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
+from r3rl.config import EvalConfig, GenerationConfig, to_dict
 from r3rl.distributed import chunk_ranges, processes
-from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
+from r3rl.io import write_json
 from r3rl.progress import GenerationProgress
-from r3rl.rollout import Failure, Rollout, derive_seed
+from r3rl.rollout import Rollout, derive_seed, failed_attempts
 from r3rl.evaluation import stats
+from r3rl.evaluation.records import RoundRecord, TrialRecord, passed_predicates, read_trials
 from r3rl.evaluation.stats import wilson_interval
+
+EPISODES = "episodes"  # the chunk runner's one output: <output_dir>/episodes.jsonl
 
 
 def _acc(key: str, hits: int, n: int) -> dict[str, Any]:
     return {key: hits / n if n else 0.0, f"{key}_ci": list(wilson_interval(hits, n)), f"{key}_hits": hits}
 
 
-@contextmanager
-def eval_sampling(roll: Rollout, ecfg: EvalConfig) -> Iterator[Rollout]:
-    """The rollout with eval.temperature / top_p / max_*_tokens in place of the generation section's,
-    for the duration of the block (the rollout object is shared with the trainer, so it is restored)."""
+def eval_generation(gen: GenerationConfig, ecfg: EvalConfig) -> GenerationConfig:
+    """The generation settings of an evaluation: eval.temperature / top_p / max_*_tokens in place of
+    the generation section's where set (a copy: the section itself is left as it is)."""
     over: dict[str, Any] = {}
     if ecfg.temperature is not None:
         over.update({f"{s}_temperature": ecfg.temperature for s in ("attempt", "reflection", "retry")})
@@ -49,102 +54,84 @@ def eval_sampling(roll: Rollout, ecfg: EvalConfig) -> Iterator[Rollout]:
         limit = getattr(ecfg, f"max_{stage}_tokens")
         if limit is not None:
             over[f"max_{stage}_tokens"] = limit
-    saved = roll.gen
-    roll.gen = dataclasses.replace(saved, **over)
-    try:
-        yield roll
-    finally:
-        roll.gen = saved
+    return dataclasses.replace(gen, **over)
 
 
-def _eval_chunk(roll: Rollout, ecfg: EvalConfig, chunk: list, seed: int, progress: GenerationProgress) -> list[dict[str, Any]]:
-    """The trial records of one chunk of examples: samples_per_example trials per example, in order."""
+def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chunk: list, seed: int,
+                progress: GenerationProgress) -> list[TrialRecord]:
+    """The trials of one chunk of examples: samples_per_example trials per example, in order."""
     task = roll.task
     progress.stage("attempt")
-    attempts = roll.attempts(chunk, n=ecfg.samples_per_example, seed=seed)
-    failed = [(i, j, a) for i, row in enumerate(attempts) for j, a in enumerate(row) if not a.verdict.ok]
-    failures = [Failure(a.example, a.text, a.verdict.reason) for _, _, a in failed]
+    attempts = roll.attempts(chunk, n=ecfg.samples_per_example, seed=seed, sampling=sampling)
+    ids = [task.example_id(ex) for ex in chunk]
+    failed = []  # (example index, sample index, attempt): every failed sample is a trial of its own
+    for i, row in enumerate(attempts):
+        fails = {id(a) for a in failed_attempts(row)}
+        failed += [(i, j, a) for j, a in enumerate(row) if id(a) in fails]
+    failures = [a.as_failure(ids[i]) for i, _, a in failed]
     by_trial: dict[tuple[int, int], list] = {}
     controls = {}
     if failures:
         progress.stage("reflection + retry")
-        for e in roll.reflect_and_retry(failures, group_size=1, seed=seed):
+        for e in roll.reflect_and_retry(failures, group_size=1, seed=seed, sampling=sampling):
             i, j, _ = failed[e.extra["failure_index"]]
             by_trial.setdefault((i, j), []).append(e)
         if ecfg.no_reflection_control:
             progress.stage("control")
-            for (i, j, _), g in zip(failed, roll.retry_without_reflection(failures, seed=seed)):
+            for (i, j, _), g in zip(failed, roll.retry_without_reflection(failures, seed=seed, sampling=sampling)):
                 controls[(i, j)] = (g.text, roll.verify(chunk[i], g.text))
     records = []
     for i, row in enumerate(attempts):
         for j, a in enumerate(row):
             eps = sorted(by_trial.get((i, j), []), key=lambda e: e.round)
             ctrl = controls.get((i, j))
-            rec = {
-                "example_id": task.example_id(a.example),
-                "sample": j,
-                "prompt": task.prompt(a.example),
-                "attempt_text": a.text,
-                "attempt_ok": a.verdict.ok,
-                "attempt_reason": a.verdict.reason,
-                "reflection_text": eps[0].reflection_text if eps else "",
-                "retry_text": eps[0].retry_text if eps else "",
-                "retry_ok": bool(eps and eps[0].retry_ok),
-                "retry_reason": eps[0].retry_reason if eps else "",
-                "no_reflection_retry_text": ctrl[0] if ctrl else "",
-                "no_reflection_retry_ok": bool(ctrl and ctrl[1].ok),
-            }
-            group = task.breakdown(a.example)  # per-group results (BFCL categories); see Task.summarize
-            if group is not None:
-                rec["group"] = group
-            if roll.cfg.rounds > 1:
-                rec["rounds"] = [
-                    {"reflection_text": e.reflection_text, "retry_text": e.retry_text, "retry_ok": e.retry_ok}
-                    for e in eps
-                ]
-            records.append(rec)
+            first = eps[0] if eps else None
+            records.append(TrialRecord(
+                example_id=ids[i],
+                sample=j,
+                prompt=task.prompt(a.example),
+                attempt_text=a.text,
+                attempt_ok=a.verdict.ok,
+                attempt_reason=a.verdict.reason,
+                reflection_text=first.reflection_text if first else "",
+                retry_text=first.retry_text if first else "",
+                retry_ok=bool(first and first.retry_ok),
+                retry_reason=first.retry_reason if first else "",
+                no_reflection_retry_text=ctrl[0] if ctrl else "",
+                no_reflection_retry_ok=bool(ctrl and ctrl[1].ok),
+                attempt_class=a.verdict.failure_class if not a.verdict.ok else "",
+                retry_class=first.extra.get("retry_class", "") if first and not first.retry_ok else "",
+                no_reflection_retry_class=ctrl[1].failure_class if ctrl and not ctrl[1].ok else "",
+                group=task.breakdown(a.example),  # per-group results (BFCL categories); see Task.summarize
+                rounds=(tuple(RoundRecord(e.reflection_text, e.retry_text, e.retry_ok) for e in eps)
+                        if roll.cfg.rounds > 1 else None),
+            ))
     return records
 
 
-class _EpisodeLog:
-    """episodes.jsonl written chunk by chunk, with eval_state.json saying how many chunks are final.
+def _open_log(out: Path, fingerprint: dict[str, Any]) -> tuple[ChunkLog, int, list[TrialRecord], int, str]:
+    """The episodes log in `out`: resumed when an unfinished evaluation with the same settings is there,
+    else started over. Returns (log, chunks done, their trials, their verifier errors, a note)."""
+    (out / "eval_state.json").unlink(missing_ok=True)  # the state file of r3rl before the chunk runner
+    log = ChunkLog({EPISODES: out / "episodes.jsonl"}, fingerprint)
+    try:
+        state = log.load()
+        if state and not state.get("complete") and state["fingerprint"] == fingerprint:
+            done = log.resume(state)
+            return (log, done, read_trials(log.outputs[EPISODES]), int(state.get("totals", {}).get("verifier_errors", 0)),
+                    f"resuming: {done} chunk(s) already evaluated")
+    except (ChunkStateError, ValueError):  # damaged: an evaluation is only derived data, so it is made again
+        pass
+    return log, log.start(), [], 0, ""
 
-    A rerun with the same settings after an interruption keeps the finished chunks and goes on;
-    a finished evaluation, or one with other settings, is started over.
-    """
 
-    def __init__(self, out: Path, fingerprint: dict[str, Any]):
-        self.episodes = out / "episodes.jsonl"
-        self.state_path = out / "eval_state.json"
-        self.fingerprint = fingerprint
-        out.mkdir(parents=True, exist_ok=True)
-
-    def resume(self) -> tuple[int, list[dict[str, Any]], int, str]:
-        """(chunks already done, their records, their verifier errors, a note for the user)."""
-        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else None
-        if state and not state.get("complete") and state.get("fingerprint") == self.fingerprint and self.episodes.exists():
-            truncate_partial_tail(self.episodes)
-            records = list(iter_jsonl(self.episodes))
-            if len(records) >= state["records"]:
-                records = records[: state["records"]]  # lines of a chunk cut short are sampled again
-                atomic_write_text(self.episodes, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                return (state["chunks_done"], records, state.get("verifier_errors", 0),
-                        f"resuming: {state['chunks_done']} chunk(s) already evaluated")
-        atomic_write_text(self.episodes, "")
-        self._save(0, 0, 0, complete=False)
-        return 0, [], 0, ""
-
-    def append(self, records: list[dict[str, Any]], chunks_done: int, total_records: int, errors: int) -> None:
-        with JsonlWriter(self.episodes) as w:
-            w.write_many(records)
-        self._save(chunks_done, total_records, errors, complete=False)
-
-    def finish(self, chunks_done: int, total_records: int, errors: int) -> None:
-        self._save(chunks_done, total_records, errors, complete=True)
-
-    def _save(self, chunks_done: int, records: int, errors: int, complete: bool) -> None:
-        write_json(self.state_path, {"fingerprint": self.fingerprint, "chunks_done": chunks_done,
-                                     "records": records, "verifier_errors": errors, "complete": complete})
+def chunks_done(output_dir: str | Path) -> int:
+    """How many chunks of an evaluation in `output_dir` are saved (0 when none), for the Ctrl-C message."""
+    path = state_path(Path(output_dir) / "episodes.jsonl")
+    try:
+        return int(json.loads(path.read_text()).get("chunks_done", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def evaluate_model(
@@ -175,99 +162,89 @@ def evaluate_model(
         raise ValueError(f"task {task.name!r} returned no examples for split {ecfg.split!r}")
     chunk_size = chunk_size or ecfg.chunk_size
     chunks = chunk_ranges(len(examples), chunk_size)
+    sampling = eval_generation(roll.gen, ecfg)
     log = None
     done, records, errors = 0, [], 0
-    with eval_sampling(roll, ecfg):
-        if output_dir is not None and procs.is_main:
-            fingerprint = {
-                "task": task.name, "model": model_name, "seed": seed, "seed_tag": repr(seed_tag), "chunk_size": chunk_size,
-                "examples": hashlib.sha1("\n".join(task.example_id(ex) for ex in examples).encode()).hexdigest(),
-                "eval": {k: v for k, v in to_dict(ecfg).items() if k not in ("output_dir", "num_examples", "chunk_size")},
-                "generation": to_dict(roll.gen), "rollout": to_dict(roll.cfg),
-            }
-            log = _EpisodeLog(Path(output_dir), fingerprint)
-            done, records, errors, note = log.resume()
-            if note and show_progress:
-                print(f"eval: {note} in {output_dir}", file=sys.stderr, flush=True)
-        done = procs.broadcast(done)
-        progress = GenerationProgress(roll.engine, total=len(examples), initial=sum(map(len, chunks[:done])),
-                                      desc=f"eval {ecfg.split}", disable=not (show_progress and procs.is_main))
-        with progress:
-            for batch, mine in procs.rounds(list(range(done, len(chunks)))):
-                mine_records, errors_before = [], roll.verify_errors
-                if mine is not None:
-                    c = chunks[mine]
-                    # the chunk's offset in the example list seeds it: the same on any rank, in any run
-                    mine_records = _eval_chunk(roll, ecfg, examples[c.start : c.stop], derive_seed(seed, seed_tag, c.start), progress)
-                parts = procs.gather((mine_records, roll.verify_errors - errors_before))  # rank order = chunk order
-                new = [r for part, _ in parts for r in part]
-                records += new
-                errors += sum(e for _, e in parts)
-                done += len(batch)
-                if log is not None:
-                    log.append(new, done, len(records), errors)
-                progress.update(sum(len(chunks[k]) for k in batch))
+    if output_dir is not None and procs.is_main:
+        fingerprint = {
+            "task": task.name, "model": model_name, "seed": seed, "seed_tag": repr(seed_tag), "chunk_size": chunk_size,
+            "examples": hashlib.sha1("\n".join(task.example_id(ex) for ex in examples).encode()).hexdigest(),
+            "eval": {k: v for k, v in to_dict(ecfg).items() if k not in ("output_dir", "num_examples", "chunk_size")},
+            "generation": to_dict(sampling), "rollout": to_dict(roll.cfg),
+        }
+        log, done, records, errors, note = _open_log(Path(output_dir), fingerprint)
+        if note and show_progress:
+            print(f"eval: {note} in {output_dir}", file=sys.stderr, flush=True)
+    done = procs.broadcast(done)
+    progress = GenerationProgress(roll.engine, total=len(examples), initial=sum(map(len, chunks[:done])),
+                                  desc=f"eval {ecfg.split}", disable=not (show_progress and procs.is_main))
+
+    def work(c: range) -> ChunkOutput:
+        errors_before = roll.verify_errors
+        # the chunk's offset in the example list seeds it: the same on any rank, in any run
+        trials = _eval_chunk(roll, ecfg, sampling, examples[c.start : c.stop], derive_seed(seed, seed_tag, c.start), progress)
+        return ChunkOutput({EPISODES: [t.to_json() for t in trials]}, {"verifier_errors": roll.verify_errors - errors_before})
+
+    def on_round(batch: list[range], parts: list[ChunkOutput]) -> None:
+        nonlocal errors
+        if procs.is_main:
+            records.extend(TrialRecord.from_json(r) for part in parts for r in part.records[EPISODES])
+        errors += sum(part.totals["verifier_errors"] for part in parts)
+        progress.update(sum(map(len, batch)))
+
+    with progress:
+        done = run_chunks(procs, chunks, work, done=done, log=log, on_round=on_round)
     results = (_results(task.name, model_name, len(examples), ecfg, roll.cfg.rounds, records, errors, task.summarize)
                if procs.is_main else None)
     if log is not None:
         write_json(Path(output_dir) / "results.json", results)
-        log.finish(done, len(records), errors)
+        log.finish()
     return procs.broadcast(results)
 
 
 def _results(task: str, model: str, n_examples: int, ecfg: EvalConfig, rounds: int,
-             records: list[dict[str, Any]], verifier_errors: int, summarize: Any) -> dict[str, Any]:
+             records: list[TrialRecord], verifier_errors: int, summarize: Any) -> dict[str, Any]:
     n = len(records)
     results: dict[str, Any] = {"task": task, "model": model, "n": n_examples, "samples": ecfg.samples_per_example,
                                "trials": n}
-    ok1 = sum(r["attempt_ok"] for r in records)
-    results.update(_acc("acc@1", ok1, n))
-    results.update(_acc("acc@2", sum(r["attempt_ok"] or r["retry_ok"] for r in records), n))
-    if ecfg.no_reflection_control:
-        results.update(_acc("acc@2_no_reflection", sum(r["attempt_ok"] or r["no_reflection_retry_ok"] for r in records), n))
-    for k in range(2, rounds + 1):
-        hits = sum(r["attempt_ok"] or any(x["retry_ok"] for x in r.get("rounds", [])[:k]) for r in records)
-        results.update(_acc(f"acc@{k + 1}", hits, n))
-    n_fail = n - ok1
+    passed = passed_predicates(rounds, ecfg.no_reflection_control)
+    for name, ok in passed.items():
+        results.update(_acc(name, sum(ok(r) for r in records), n))
+    n_fail = n - results["acc@1_hits"]
     results["verifier_errors"] = verifier_errors
-    results["retry_fix_rate"] = sum(r["retry_ok"] for r in records if not r["attempt_ok"]) / n_fail if n_fail else 0.0
-    if any("group" in r for r in records):
+    results["retry_fix_rate"] = sum(r.retry_ok for r in records if not r.attempt_ok) / n_fail if n_fail else 0.0
+    if any(r.group is not None for r in records):
         results["by_group"] = summarize(records)
     results.update(trial_statistics(records, rounds=rounds, control=ecfg.no_reflection_control))
     return results
 
 
-def trial_statistics(records: list[dict[str, Any]], *, rounds: int = 1, control: bool = True) -> dict[str, Any]:
+def trial_statistics(records: Iterable[TrialRecord | dict[str, Any]], *, rounds: int = 1,
+                     control: bool = True) -> dict[str, Any]:
     """Intervals that respect how trials are grouped, and the paired acc@2 vs control test.
 
-    records are episodes.jsonl rows (example_id, attempt_ok, retry_ok, no_reflection_retry_ok,
-    rounds). Samples of one example are correlated, so with several per example the acc@k
-    intervals (replacing the Wilson ones) and the retry_fix_rate interval come from a bootstrap
-    over examples. acc@2 and the control are scored on the same trials with the same seeds, so
-    they are compared by a paired test (McNemar), reported with the paired difference.
+    records are TrialRecords (or episodes.jsonl rows, read as TrialRecords). Samples of one
+    example are correlated, so with several per example the acc@k intervals (replacing the
+    Wilson ones) and the retry_fix_rate interval come from a bootstrap over examples. acc@2 and
+    the control are scored on the same trials with the same seeds, so they are compared by a
+    paired test (McNemar), reported with the paired difference.
     """
+    records = [r if isinstance(r, TrialRecord) else TrialRecord.from_json(r) for r in records]
     if not records:
         return {}
-    key = lambda r: r["example_id"]  # noqa: E731
-    passed: dict[str, Any] = {
-        "acc@1": lambda r: r["attempt_ok"],
-        "acc@2": lambda r: r["attempt_ok"] or r["retry_ok"],
-    }
-    if control:
-        passed["acc@2_no_reflection"] = lambda r: r["attempt_ok"] or r["no_reflection_retry_ok"]
-    for k in range(2, rounds + 1):
-        passed[f"acc@{k + 1}"] = lambda r, k=k: r["attempt_ok"] or any(x["retry_ok"] for x in r.get("rounds", [])[:k])
+    passed = passed_predicates(rounds, control)
     out: dict[str, Any] = {}
     for name, ok in passed.items():
-        _, ci, method = stats.clustered_proportion((key(r), ok(r)) for r in records)
+        _, ci, method = stats.clustered_proportion((r.example_id, ok(r)) for r in records)
         out[f"{name}_ci"] = list(ci)
     out["intervals"] = method
-    failed = [(key(r), r["retry_ok"]) for r in records if not r["attempt_ok"]]
+    failed = [(r.example_id, r.retry_ok) for r in records if not r.attempt_ok]
     _, fix_ci, fix_method = stats.clustered_proportion(failed)
     out["retry_fix_rate_ci"] = list(fix_ci)
     out["retry_fix_rate_interval"] = fix_method
     if control:
-        cmp = stats.paired_comparison((key(r), passed["acc@2_no_reflection"](r), passed["acc@2"](r)) for r in records)
+        ctrl, refl = passed["acc@2_no_reflection"], passed["acc@2"]
+        cmp = stats.paired_comparison((r.example_id, ctrl(r), refl(r)) for r in records)
         out["comparisons"] = {"acc@2_vs_no_reflection": cmp.to_json()}
     return out
 
@@ -292,7 +269,9 @@ def results_table(results: dict[str, Any], title: str = "evaluation"):
 
 
 def _metric_order(key: str) -> tuple[int, str]:
-    return (int(key[4]) if key[4].isdigit() else 9, key)
+    """acc@1, acc@2, acc@2_no_reflection, acc@3, ..., acc@10 (by the number, not by its first digit)."""
+    m = re.match(r"acc@(\d+)", key)
+    return (int(m.group(1)) if m else 1 << 30, key)
 
 
 def group_table(results: dict[str, Any]):

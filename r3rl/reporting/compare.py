@@ -9,22 +9,15 @@ the paired difference and its 95% interval, never an overlap of two intervals.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from r3rl.evaluation.records import TrialRecord, passed_predicates
 from r3rl.evaluation.stats import PairedComparison, paired_comparison
 from r3rl.reporting.run import EvalResults
 
-Episode = dict[str, Any]
-
-# How one trial counts for each accuracy; `is True` because a trial whose first attempt
-# passed records retry_ok as null (no retry was made).
-PASSED: dict[str, Callable[[Episode], bool]] = {
-    "acc@1": lambda e: e.get("attempt_ok") is True,
-    "acc@2": lambda e: e.get("attempt_ok") is True or e.get("retry_ok") is True,
-    "acc@2_no_reflection": lambda e: e.get("attempt_ok") is True or e.get("no_reflection_retry_ok") is True,
-}
+# How one trial counts for each accuracy: the evaluation's own predicates.
+PASSED = passed_predicates(rounds=1, control=True)
 
 
 @dataclass(frozen=True)
@@ -39,8 +32,8 @@ class Comparison:
     unmatched: int = 0  # trials present in only one of the two evals
 
 
-def trial_key(e: Episode) -> tuple[Any, Any]:
-    return (e.get("example_id"), e.get("sample"))
+def trial_key(e: TrialRecord) -> tuple[str, int]:
+    return (e.example_id, e.sample)
 
 
 def before_after(metric: str, before: EvalResults | None, after: EvalResults | None) -> Comparison:
@@ -71,6 +64,6 @@ def reflection_vs_control(ev: EvalResults | None) -> Comparison | None:
     if ev is None or ev.acc.get("acc@2_no_reflection") is None or not ev.episodes:
         return None
     ctrl, refl = PASSED["acc@2_no_reflection"], PASSED["acc@2"]
-    pairs = [(e.get("example_id"), ctrl(e), refl(e)) for e in ev.episodes]
+    pairs = [(e.example_id, ctrl(e), refl(e)) for e in ev.episodes]
     return Comparison(f"acc@2 in {ev.name}", "without reflection (control)", "with reflection",
                       paired_comparison(pairs))

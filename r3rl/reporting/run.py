@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from r3rl.evaluation.records import TrialRecord, read_trials
 from r3rl.io import iter_jsonl
 
 ACC_KEYS: tuple[tuple[str, str], ...] = (
@@ -42,6 +43,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """
     try:
         return list(iter_jsonl(path))
+    except UnicodeDecodeError as e:
+        raise ReportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except ValueError as e:
+        raise ReportError(str(e)) from e
+
+
+def _read_trials(path: Path) -> list[TrialRecord]:
+    """episodes.jsonl read through evaluation's own schema; a bad line is a ReportError naming file and line."""
+    try:
+        return read_trials(path)
     except UnicodeDecodeError as e:
         raise ReportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except ValueError as e:
@@ -98,7 +109,7 @@ class Accuracy:
 
 @dataclass(frozen=True)
 class EvalResults:
-    """One eval folder: results.json read into Accuracy values, plus its per-sample episodes."""
+    """One eval folder: results.json read into Accuracy values, plus its trials (episodes.jsonl)."""
 
     name: str
     task: str | None
@@ -106,7 +117,7 @@ class EvalResults:
     n: int | None
     samples: int | None
     acc: dict[str, Accuracy | None]
-    episodes: list[dict[str, Any]]
+    episodes: list[TrialRecord]  # the schema evaluation writes (r3rl/evaluation/records.py)
     intervals: str | None = None  # how results.json's intervals were made, when it says
 
 
@@ -130,7 +141,7 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
             raise ReportError(f"{results_path}: {key}_ci must be [lo, hi], got {ci!r}")
         acc[key] = Accuracy(float(value), (float(ci[0]), float(ci[1])) if ci is not None else None)
     episodes_path = eval_dir / "episodes.jsonl"
-    episodes = read_jsonl(episodes_path) if episodes_path.is_file() else []
+    episodes = _read_trials(episodes_path) if episodes_path.is_file() else []
     n, samples, intervals = data.get("n"), data.get("samples"), data.get("intervals")
     return EvalResults(
         name=eval_dir.name,

@@ -97,8 +97,11 @@ class Task(ABC):
         """The group this example's evaluation results are reported under (e.g. BFCL's category), or None."""
         return None
 
-    def summarize(self, episodes: list[dict[str, Any]]) -> dict[str, Any]:
-        """Figures by group from evaluation episodes (dicts with "group", "attempt_ok", "retry_ok").
+    def summarize(self, episodes: list[Any]) -> dict[str, Any]:
+        """Figures by group from an evaluation's trials: r3rl.evaluation.records.TrialRecord, one per
+        (example, sample), with `group`, `attempt_ok`, `retry_ok`, the failure classes and the rest as
+        attributes; `trial.get(name)` reads the same fields by name, as the dict records of earlier
+        versions were read.
 
         Called once at the end of an evaluation when `breakdown` gave groups; the
         result goes into results.json as "by_group". Override to report a task's

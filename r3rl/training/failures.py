@@ -92,6 +92,7 @@ def build_failure_source(cfg: Config, rollout: Rollout, micro_per_step: int, *, 
     # Mining resumes: on a complete failure set it only checks ids, after an interruption it
     # finishes the job, so `r3rl mine` first and `r3rl train` alone give the same set. Every rank
     # mines its share of the chunks; the main process writes the file before mine() returns.
-    summary = mine(rollout, fcfg, cfg.seed, show_progress=show_progress, accelerator=accelerator)
+    summary = mine(rollout, fcfg, cfg.seed, show_progress=show_progress, accelerator=accelerator,
+                   model=cfg.model, task_options=cfg.task.options)
     log(f"failure set: {summary['failure_set_size']} examples with a failed attempt ({fcfg.path})")
     return MinedFailures(load_failures(fcfg.path, fcfg.max_per_example, task=rollout.task), cfg.seed, mb, micro_per_step)

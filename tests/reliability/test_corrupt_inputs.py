@@ -82,18 +82,37 @@ def test_damaged_failure_set(trained, tmp_path, capsys, damage, expect):
         rows[1] = json.dumps(rec)
         text = "\n".join(rows) + "\n"
     bad.write_text(text)
+    _copy_state(trained, bad)
     msg = _error(capsys, ["train", f"train.output_dir={tmp_path / 'out'}", f"failures.path={bad}", *TRAIN_SMALL])
     assert str(bad) in msg and expect in msg
     assert not (tmp_path / "out" / "metrics.jsonl").exists() or not (tmp_path / "out" / "metrics.jsonl").read_text()
 
 
+def _copy_state(trained: Path, failures: Path) -> None:
+    """The failure set's state file (what mined it, which lines are final) goes with a copied set."""
+    from r3rl.chunks import state_path
+
+    shutil.copy(state_path(trained / "failures.jsonl"), state_path(failures))
+    shutil.copy(trained / "failures.jsonl.passed", str(failures) + ".passed")
+
+
 def test_truncated_failure_set_tail_is_repaired(trained, tmp_path):
-    """failures.path is mining's resumable output: an unterminated last line is what a kill leaves,
-    so it is dropped and that example mined again, never read as a row."""
+    """failures.path is mining's resumable output: an unterminated line after the final ones is what a
+    kill leaves, so it is dropped and its chunk mined again, never read as a row."""
     bad = tmp_path / "failures.jsonl"
-    bad.write_text((trained / "failures.jsonl").read_text()[:-5])
+    rows = (trained / "failures.jsonl").read_text()
+    bad.write_text(rows + rows.splitlines(keepends=True)[0][:-5])
+    _copy_state(trained, bad)
     assert main(["train", f"train.output_dir={tmp_path / 'out'}", f"failures.path={bad}", *TRAIN_SMALL]) == 0
     assert jsonl_rows(bad, allow_partial_tail=False) == jsonl_rows(trained / "failures.jsonl", allow_partial_tail=False)
+
+
+def test_failure_set_cut_inside_its_final_lines_names_both_files(trained, tmp_path, capsys):
+    bad = tmp_path / "failures.jsonl"
+    bad.write_text((trained / "failures.jsonl").read_text()[:-5])
+    _copy_state(trained, bad)
+    msg = _error(capsys, ["train", f"train.output_dir={tmp_path / 'out'}", f"failures.path={bad}", *TRAIN_SMALL])
+    assert f"{bad} holds" in msg and "failures.jsonl.state.json says" in msg and f"delete {bad} to start over" in msg
 
 
 # ---------------------------------------------------------------------------------- checkpoint
