@@ -74,6 +74,12 @@ class TrialRecord:
             return default if value is None else value
         return self.extra.get(key, default)
 
+    def __getitem__(self, key: str) -> Any:
+        """record[key] as for the dict records the per-class tables and diagnostics read (KeyError if unknown)."""
+        if key not in _FIELDS and key not in self.extra:
+            raise KeyError(key)
+        return self.get(key)
+
     def to_json(self) -> dict[str, Any]:
         """The episodes.jsonl line: every field in order; group and rounds only when set."""
         out: dict[str, Any] = {}

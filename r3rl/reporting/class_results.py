@@ -53,7 +53,7 @@ def class_records(ev: EvalResults) -> list[dict[str, Any]] | None:
     control = ev.acc.get("acc@2_no_reflection") is not None
     records = []
     for e in ev.episodes:
-        r = dict(e)
+        r = e.to_json() if hasattr(e, "to_json") else dict(e)
         if not control:
             r["no_reflection_retry_ok"] = None
         records.append(r)
