@@ -143,7 +143,7 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import chunks_done, evaluate_model, group_table, results_table
+    from r3rl.evaluation.accuracy import chunks_done, class_table, evaluate_model, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
@@ -165,6 +165,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print_table(results_table(res))
         if (by_group := group_table(res)) is not None:  # e.g. BFCL's per-category accuracy
             print_table(by_group)
+        if (by_class := class_table(res)) is not None:  # which failures the reflections fixed
+            print_table(by_class)
     _say(f"wrote {out}/results.json and episodes.jsonl")
     return 0
 

@@ -203,3 +203,57 @@ def test_acc_at_k_with_several_rounds_from_one_predicate(tmp_path):
     assert res["acc@4_ci"] == list(wilson_interval(1, 3)) and res["acc@3_ci"] == list(wilson_interval(0, 3))
     rows = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert [len(r["rounds"]) for r in rows] == [3, 3, 3]
+
+
+class ClassifyingEcho(EchoTask):
+    """EchoTask whose failures carry a class: "even" / "odd" for an attempt "banana <j>", else "wrong_word"."""
+
+    failure_classes = {"even": "said banana, even sample", "odd": "said banana, odd sample", "wrong_word": "another word"}
+
+    def verify(self, ex, completion):
+        v = super().verify(ex, completion)
+        if v.ok:
+            return v
+        m = re.search(r"banana (\d)", completion)
+        cls = ("even" if int(m.group(1)) % 2 == 0 else "odd") if m else "wrong_word"
+        return type(v)(False, v.reason, cls)
+
+
+def test_results_carry_the_class_tables_and_diagnostics_by_hand(tmp_path):
+    from r3rl.evaluation.accuracy import class_table
+
+    tok = build_tokenizer()
+    cfg = Config()
+    cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
+    roll = Rollout(ScriptedEngine(tok, per_trial_script), ClassifyingEcho(), cfg.generation, cfg.rollout)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
+    # failed trials: (apple,1) odd, (pear,0) even, (pear,1) odd, (plum,0) even, (plum,1) odd;
+    # useful reflections on (pear,1) and (plum,0); the control passes on (plum,1) only
+    classes = res["by_class"]["classes"]
+    assert list(classes) == ["odd", "even"] and res["by_class"]["failures"] == 5
+    odd, even = classes["odd"], classes["even"]
+    assert (odd["failures"], odd["retry"]["passes"], odd["control"]["passes"]) == (3, 1, 1)
+    assert (even["failures"], even["retry"]["passes"], even["control"]["passes"]) == (2, 1, 0)
+    # odd: one trial passes only with reflection (pear,1), one only without (plum,1): b = c = 1, p = 1
+    assert (odd["gain"]["first_only"], odd["gain"]["second_only"], odd["gain"]["p_value"]) == (1, 1, 1.0)
+    assert even["gain"]["difference"] == pytest.approx(1 / 2)
+    # the failed retries said "cherry": outcome class wrong_word
+    assert res["transitions"]["retry"]["counts"] == {"odd": {"pass": 1, "wrong_word": 2}, "even": {"pass": 1, "wrong_word": 1}}
+    assert res["transitions"]["no_reflection_retry"]["counts"]["odd"] == {"pass": 1, "wrong_word": 2}
+    diag = res["reflection_diagnostics"]
+    assert diag["n"] == 5 and diag["most_repeated"][0] == {"count": 3, "text": "No idea."}
+    assert diag["retry_success"]["repeated"]["passes"] == 2  # "I should say the word." x2 and "No idea." x3 all repeat
+    assert json.loads((tmp_path / "results.json").read_text())["by_class"] == res["by_class"]
+    assert class_table(res).row_count == 2
+
+
+def test_no_class_tables_for_a_task_that_does_not_classify(tmp_path):
+    from r3rl.evaluation.accuracy import class_table
+
+    tok = build_tokenizer()
+    cfg = Config()
+    cfg.eval.num_examples = 3
+    roll = Rollout(ScriptedEngine(tok, per_trial_script), EchoTask(), cfg.generation, cfg.rollout)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, show_progress=False)
+    assert "by_class" not in res and "transitions" not in res and class_table(res) is None
+    assert res["reflection_diagnostics"]["n"] == 2

@@ -32,6 +32,8 @@ from r3rl.io import write_json
 from r3rl.progress import GenerationProgress
 from r3rl.rollout import Rollout, derive_seed, failed_attempts
 from r3rl.evaluation import stats
+from r3rl.evaluation.classes import per_class_table, transition_table
+from r3rl.evaluation.diagnostics import record_diagnostics
 from r3rl.evaluation.records import RoundRecord, TrialRecord, passed_predicates, read_trials
 from r3rl.evaluation.stats import wilson_interval
 
@@ -216,7 +218,29 @@ def _results(task: str, model: str, n_examples: int, ecfg: EvalConfig, rounds: i
     if any(r.group is not None for r in records):
         results["by_group"] = summarize(records)
     results.update(trial_statistics(records, rounds=rounds, control=ecfg.no_reflection_control))
+    results.update(class_statistics(records, control=ecfg.no_reflection_control))
     return results
+
+
+def class_statistics(records: Iterable[TrialRecord], *, control: bool = True) -> dict[str, Any]:
+    """What the reflections fixed, class by class, and what they looked like (docs/failure-classes.md).
+
+    by_class: per failure class of the failed first attempts, retry success with and without
+    reflection and the paired gain (Holm-adjusted over the classes); transitions: class of the first
+    attempt -> outcome of the retry (and of the control); both only when the task classifies its
+    failures. reflection_diagnostics: length, diversity and repetition of the reflections.
+    """
+    rows = [r.to_json() for r in records]
+    if not control:  # no control was run: its outcome is unknown, not a failure
+        for r in rows:
+            r["no_reflection_retry_ok"] = None
+    out: dict[str, Any] = {"reflection_diagnostics": record_diagnostics(rows)}
+    if any(not r["attempt_ok"] and r.get("attempt_class") for r in rows):
+        out["by_class"] = per_class_table(rows)
+        out["transitions"] = {"retry": transition_table(rows, "retry")}
+        if control:
+            out["transitions"]["no_reflection_retry"] = transition_table(rows, "no_reflection_retry")
+    return out
 
 
 def trial_statistics(records: Iterable[TrialRecord | dict[str, Any]], *, rounds: int = 1,
@@ -291,4 +315,28 @@ def group_table(results: dict[str, Any]):
         if name != "groups" and isinstance(g, dict) and "acc@1" in g:
             partial = "" if g.get("complete", True) else " (partial)"
             table.add_row(f"{name}{partial}", str(g.get("n", "")), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
+    return table
+
+
+def class_table(results: dict[str, Any]):
+    """A rich table of results["by_class"]: what the reflections fixed, per failure class; None without classes."""
+    from rich.table import Table
+
+    by_class = results.get("by_class") or {}
+    classes = by_class.get("classes") or {}
+    if not classes:
+        return None
+    table = Table(title=f"failed first attempts by class: {results.get('task')} ({by_class.get('failures')} failures)")
+    for column in ("class", "failures", "retry after reflection", "retry without (control)", "gain (pts)", "p (Holm)"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+
+    def rate(cell: dict[str, Any] | None) -> str:
+        return "not run" if cell is None else f"{cell['rate']:.1%} ({cell['passes']}/{cell['n']})"
+
+    for name, row in classes.items():
+        gain = row.get("gain")
+        table.add_row(name, str(row["failures"]), rate(row.get("retry")), rate(row.get("control")),
+                      "" if gain is None else f"{100 * gain['difference']:+.1f}",
+                      "" if gain is None else f"{gain['p_holm']:.3g}")
+    table.caption = f"paired test per class ({by_class.get('correction')})"
     return table
