@@ -85,6 +85,18 @@ def test_card_with_before_and_after(tmp_path):
     assert "8 of 20 paired trials passed only after training, 0 only before training" in text
     assert "p = 0.00781" in text and "a significant improvement" in text
     assert "# qwen-countdown-r3rl" in text and "@article{bensal2025reflect" in text
+    # these episodes carry no failure classes: the card says so in a sentence instead of an empty table
+    assert "### By failure class" in text and "| failure class |" not in text
+
+
+def test_card_carries_the_per_class_table(tmp_path):
+    from tests.class_run_fixtures import class_run  # hand-computed per-class runs (test_report_classes.py)
+
+    run = class_run(tmp_path / "run")
+    (run / "final").mkdir(exist_ok=True)
+    [path] = write_model_cards(run)
+    text = path.read_text()
+    assert "### By failure class" in text and "| failure class | failures before |" in text
 
 
 def test_card_without_evaluation_and_with_a_local_base(tmp_path):

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from r3rl.io import atomic_write_text
 from r3rl.engine.loading import resolve_model_name
+from r3rl.reporting.classes_section import failure_class_card
 from r3rl.reporting.compare import before_after
 from r3rl.reporting.document import CONFIG_SUMMARY
 from r3rl.reporting.run import ACC_KEYS, EvalResults, RunData, load_run, lookup
@@ -207,6 +208,10 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
         "## Evaluation",
         "",
         *_eval_section(run),
+        "",
+        "### By failure class",
+        "",
+        failure_class_card(run),
         "",
         "## Usage",
         "",
