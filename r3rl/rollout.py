@@ -71,6 +71,11 @@ def instructions_from(cfg: RolloutConfig) -> prompts.Instructions:
     )
 
 
+# The failure class of a verdict the verifier could not give (it raised): outside every task's vocabulary,
+# so a broken verifier shows as its own row of the per-class tables, never as a weak model's failure.
+VERIFIER_ERROR = "verifier_error"
+
+
 class VerifierError(RuntimeError):
     """Too many verifier exceptions: the task's verify() is broken, so the run stops."""
 
@@ -121,7 +126,7 @@ class Rollout:
                     f"{self.cfg.max_verifier_errors}); the last, on example {example_id}: {type(e).__name__}: {e}. "
                     "Fix the verifier, or raise the limit to keep going."
                 ) from None
-            return Verdict(False, f"verifier error: {type(e).__name__}")
+            return Verdict(False, f"verifier error: {type(e).__name__}", VERIFIER_ERROR)
         return verdict
 
     # ---------------------------------------------------------------- stage 1

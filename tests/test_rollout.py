@@ -161,6 +161,7 @@ def test_a_raising_verifier_is_a_counted_logged_failure(tok, capsys):
     oks = [[a.verdict.ok for a in row] for row in rows]
     assert oks == [[True, True], [False, False], [True, True]]  # the scripted answer is right; pear's verifier broke
     assert rows[1][0].verdict.reason == "verifier error: KeyError"
+    assert rows[1][0].verdict.failure_class == "verifier_error"  # its own class, outside the task's vocabulary
     assert roll.verify_errors == 2
     err = capsys.readouterr().err
     assert err.count("FlakyVerifierTask.verify raised on example w1: KeyError: 'boom'") == 2
