@@ -29,7 +29,7 @@ test-fast: install  ## everything but the tests marked slow
 
 reliability: install  ## the long reliability run: >=10 kills per command, 100,000 hostile cases per task (RELIABILITY.md)
 	R3RL_RELIABILITY=long $(BIN)/pytest -q -m reliability tests/reliability
-	$(BIN)/python -m r3rl.checks.figures runs/reliability
+	$(BIN)/python -m tests.reliability.figures runs/reliability
 
 bench: install  ## benchmarks: rollout engine vs naive generate, training-step memory
 	$(BIN)/python bench/rollout.py --threads 1 --model tiny --workload all --quick

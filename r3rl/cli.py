@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from r3rl import __version__
+from r3rl.errors import InputError, R3RLError
 
 
 def _config(args: argparse.Namespace):
@@ -221,7 +222,7 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
 
     if len(args.model) != 2:
-        raise ValueError(f"give --model twice (before, then after), got {len(args.model)}")
+        raise InputError(f"give --model twice (before, then after), got {len(args.model)}")
     tasks = [t for item in (args.tasks or PAPER_TASKS) for t in item.split(",") if t]
     limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
     try:
@@ -359,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     args.argv = argv  # the exact arguments, for the resume hint after Ctrl-C
-    from r3rl.config import ConfigError
-    from r3rl.rollout import VerifierError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, OSError, ValueError, VerifierError) as e:  # OSError: a full disk or read-only folder names its path
+    # Only errors a user can fix become one line (r3rl/errors.py): r3rl's own types (a config field, a data
+    # row, a damaged file, a verifier that keeps raising) and OSError (a missing path, a full disk, a
+    # read-only folder; each names its path). Anything else is a bug and keeps its traceback.
+    except (R3RLError, OSError) as e:
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from typing import Any
 
 from r3rl.config import Config
 from r3rl.engine.base import prefix_setting, use_shared_prefix
+from r3rl.errors import InputError
 
 GIB = 1024 ** 3
 # Labelled assumptions (printed with every plan that uses them).
@@ -56,7 +57,7 @@ class ModelShape:
                        tied=bool(c.get("tie_word_embeddings", False)),
                        qkv_bias=bool(c.get("attention_bias", c.get("model_type") == "qwen2")))
         except KeyError as e:
-            raise ValueError(f"the model's config.json has no {e.args[0]}; r3rl plan needs a decoder-only transformer config") from None
+            raise InputError(f"the model's config.json has no {e.args[0]}; r3rl plan needs a decoder-only transformer config") from None
 
     @property
     def kv_dim(self) -> int:
@@ -100,7 +101,7 @@ def load_model_shape(cfg: Config, model_config: str | None = None) -> tuple[Mode
 
         conf = AutoConfig.from_pretrained(where, local_files_only=True)
     except Exception:
-        raise ValueError(f"no config.json for {where} on this machine (offline); pass --model-config with a folder "
+        raise InputError(f"no config.json for {where} on this machine (offline); pass --model-config with a folder "
                          f"or config.json of the model") from None
     return ModelShape.from_config(conf.to_dict()), f"{where} (local Hugging Face cache)"
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.checks.hostile import SENTINEL, hostile_case
+from r3rl.errors import InputError
 
 __all__ = ["TaskReport", "check_task", "check_tasks", "parse_options", "report_table", "to_json"]
 
@@ -292,7 +293,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
         out[key] = yaml.safe_load(value)
     return out
 

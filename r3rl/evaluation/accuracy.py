@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from r3rl.config import EvalConfig, to_dict
 from r3rl.distributed import chunk_ranges, processes
+from r3rl.errors import InputError
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
 from r3rl.progress import GenerationProgress
 from r3rl.rollout import Failure, Rollout, derive_seed
@@ -172,7 +173,7 @@ def evaluate_model(
     task = roll.task
     examples = task.load_examples(ecfg.split, num_examples or ecfg.num_examples, seed=seed)
     if not examples:
-        raise ValueError(f"task {task.name!r} returned no examples for split {ecfg.split!r}")
+        raise InputError(f"task {task.name!r} returned no examples for split {ecfg.split!r}")
     chunk_size = chunk_size or ecfg.chunk_size
     chunks = chunk_ranges(len(examples), chunk_size)
     log = None

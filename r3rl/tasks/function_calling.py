@@ -22,6 +22,7 @@ import re
 import warnings
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example, Task
 from r3rl.tasks.data import load_records, row_error, split_examples
 from r3rl.tasks.fc_parse import ToolCall, compare_calls, parse_tool_calls
@@ -279,9 +280,9 @@ class FunctionCallingTask(Task):
 
     def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1):
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
+            raise InputError("test_path needs path (the train data) too")
         self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
         self._cache: dict[str, list[Example]] = {}
 

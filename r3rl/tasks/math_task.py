@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example, Task
 from r3rl.tasks.data import load_records, row_error, split_examples
 from r3rl.tasks.math_grade import MAX_TEXT_CHARS, default_grader
@@ -144,11 +145,11 @@ class MathTask(Task):
     def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1,
                  timeout_s: float = 5.0):
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
+            raise InputError("test_path needs path (the train data) too")
         if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+            raise InputError(f"timeout_s must be > 0, got {timeout_s}")
         self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
         self.timeout_s = float(timeout_s)
         self._cache: dict[str, list[Example]] = {}

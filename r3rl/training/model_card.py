@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from r3rl.errors import InputError
 from r3rl.io import atomic_write_text
 from r3rl.engine.loading import resolve_model_name
 from r3rl.reporting.compare import before_after
@@ -253,7 +254,7 @@ def push_folder(folder: str | os.PathLike[str], repo_id: str, *, private: bool |
     upload = upload or huggingface_hub.upload_folder
     create_repo = create_repo or huggingface_hub.create_repo
     if not _valid_repo_id(repo_id):
-        raise ValueError(f"train.hub_model_id {repo_id!r} is not a Hub model id like 'user/model-name'")
+        raise InputError(f"train.hub_model_id {repo_id!r} is not a Hub model id like 'user/model-name'")
     create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     upload(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
            allow_patterns=allow_patterns)

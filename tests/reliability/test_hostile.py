@@ -1,7 +1,8 @@
 """Hostile completions against every registered task's verifier (and a user task by import path).
 
 Short run: 2,000 cases per task. R3RL_RELIABILITY=long: 100,000 per task, figures written to
-runs/reliability/hostile.md and .json (what RELIABILITY.md quotes).
+runs/reliability/hostile-<task>.json (what RELIABILITY.md quotes). bfcl reads the rows shipped in
+tests/fixtures/bfcl, so it runs where the bfcl-eval package is not installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tests.reliability.conftest import LONG
 from tests.reliability.harness import ROOT
 
 CASES = 100_000 if LONG else 2_000
+# Options for tasks whose examples come from files (the others build their own examples).
+TASK_OPTIONS = {"bfcl": {"path": str(ROOT / "tests" / "fixtures" / "bfcl")}}
 
 
 def test_generator_is_seeded_and_covers_every_family():
@@ -32,7 +35,7 @@ def test_generator_is_seeded_and_covers_every_family():
 
 @pytest.mark.parametrize("task", sorted(available_tasks()))
 def test_registered_verifier_survives_hostile_input(task):
-    rep = check_task(task, cases=CASES, seed=0)
+    rep = check_task(task, options=TASK_OPTIONS.get(task, {}), cases=CASES, seed=0)
     if rep.skipped:
         pytest.skip(f"{task}: cannot build examples here ({rep.skipped})")
     if LONG:
