@@ -167,3 +167,24 @@ def test_training_writes_the_card_and_pushes_the_final_folder(tmp_path, monkeypa
     assert created == ["me/tiny"]
     assert [u["folder_path"] for u in uploads] == [str(final)] and uploads[0]["repo_id"] == "me/tiny"
     assert model_card.hub_repo_id(str(model_dir)) is None
+
+
+def test_a_base_readme_without_front_matter_reads_no_license_and_logs_nothing(tmp_path):
+    """The demo model's README has no front matter: huggingface_hub logged "Repo card metadata block was
+    not found" on every `r3rl demo`, a warning no user can act on."""
+    import logging
+
+    from r3rl.demo import model_path
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("huggingface_hub")
+    logger.addHandler(handler)
+    try:
+        assert model_card._base_license(str(model_path())) is None
+        (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n\n# a base\n")
+        assert model_card._base_license(str(tmp_path)) == "mit"
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []

@@ -72,6 +72,10 @@ def _base_license(base: str | None) -> str | None:
     if not base or not (Path(base) / "README.md").is_file():
         return None
     try:
+        # A README without front matter has no license to read; huggingface_hub would also log "Repo card
+        # metadata block was not found" for it (the demo model's README), a warning no user can act on.
+        if not (Path(base) / "README.md").read_text(encoding="utf-8").startswith("---"):
+            return None
         return ModelCard.load(Path(base) / "README.md").data.to_dict().get("license")
     except Exception:  # noqa: BLE001 - a base card we cannot read just leaves the license out
         return None
