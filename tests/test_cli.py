@@ -12,17 +12,11 @@ import pytest
 
 from r3rl import cli
 from r3rl.cli import main
-from r3rl.demo.tiny import save_tiny_model
 from r3rl.errors import DamagedFileError, InputError
 from r3rl.tasks.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["generation.max_attempt_tokens=8", "generation.max_reflection_tokens=8", "generation.max_retry_tokens=8"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("cli") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 COMMANDS = ("mine", "train", "eval", "plan", "report", "demo", "forgetting", "tasks", "check-task", "config")
