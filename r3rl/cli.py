@@ -194,7 +194,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from r3rl.plan import format_plan, load_model_shape
 
     cfg = _config(args)
-    shape, source = load_model_shape(cfg, args.model_config)
+    shape, source = load_model_shape(cfg, args.model_config, preset=args.config)
     print(format_plan(cfg, shape, source, processes=args.processes, gpu_memory_gb=args.gpu_memory_gb,
                       tokens_per_s=args.tokens_per_s, prompt_tokens=args.prompt_tokens))
     return 0
@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one device in GB (default 80)")
     p.add_argument("--tokens-per-s", type=float, help="measured generation speed per device (else an assumption, labelled)")
     p.add_argument("--prompt-tokens", type=int, help="templated task prompt length (else an assumption, labelled)")
-    p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, offline)")
+    p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, else the "
+                        "preset's models/<name>/config.json, else the local HF cache; offline)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="turn a run folder into report.md / report.html with plots")
