@@ -3,8 +3,12 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 # CPU machines: the CPU build of PyTorch (an unpinned torch pulls gigabytes of CUDA packages).
-# On a GPU machine: make install TORCH_SPEC="torch>=2.3"
+# On a GPU machine: make install TORCH_SPEC="torch>=2.3" LOCK=
 TORCH_SPEC ?= torch==2.13.0
+# The tested versions of every dependency (pip constraints; pyproject.toml keeps ranges). LOCK= installs
+# the newest versions the ranges allow instead.
+LOCK ?= requirements/cpu-lock.txt
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -14,9 +18,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev tools
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev tools, at the tested versions
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(CONSTRAINTS)
+	$(BIN)/pip install -q -e ".[dev]" $(CONSTRAINTS)
 
 demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 2 minutes on 2 CPU cores)
 	$(BIN)/r3rl demo --output runs/demo
