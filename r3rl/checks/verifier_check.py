@@ -12,7 +12,7 @@ executed; the child looks for it after every call, so one execution is caught at
 What counts (the report's fields):
     crashes     verify raised, or returned something other than a Verdict(ok: bool, reason: str),
                 or changed the example it was given
-    slow        calls over `time_limit` seconds (1 s by default; after one untimed warm-up call)
+    slow        calls over `time_limit` seconds (1 s by default; after untimed warm-up calls, WARM_UP)
     hangs       calls still running after `hard_limit` seconds, killed
     executions  cases after which the sentinel file existed
 """
@@ -72,6 +72,7 @@ class TaskReport:
 
 
 # ---------------------------------------------------------------------------------------- child side
+WARM_UP = ("", "0", "The answer is $\\frac{1}{2}$.", "\\boxed{x + 1}", "<answer>2 + 3</answer>")
 _BEAT = struct.Struct("qd")  # (case being verified, perf_counter at its start; 0 when idle)
 
 
@@ -109,10 +110,14 @@ def _serve(setup: dict[str, Any], reply: Any, beat: Any) -> None:
     except Exception as e:  # a task that cannot build examples here (e.g. data not available offline)
         send({"skip": f"{type(e).__name__}: {e}"})
         return
-    try:  # one untimed call first: a verifier's one-time setup (math's grader process and sympy import,
-        task.verify(examples[0], "")  # seconds on a loaded machine) is not a slow input
-    except Exception:  # noqa: BLE001 - whatever it raises is found again, and counted, by the cases
-        pass
+    # Untimed warm-up calls first: a verifier's one-time setup (math's grader process, sympy and its LaTeX
+    # parser, seconds on a loaded machine) is not a slow input. Plain, LaTeX and tagged answers reach the
+    # parsers a task loads lazily; whatever they raise is found again, and counted, by the cases.
+    for text in WARM_UP:
+        try:
+            task.verify(examples[0], text)
+        except Exception:  # noqa: BLE001
+            pass
     send({"ready": len(examples)})
     fingerprints = [json.dumps(ex, sort_keys=True, default=str) for ex in examples]
     for line in sys.stdin:
