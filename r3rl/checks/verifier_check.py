@@ -114,10 +114,12 @@ def _serve(setup: dict[str, Any], reply: Any, beat: Any) -> None:
     # parser, seconds on a loaded machine) is not a slow input. Plain, LaTeX and tagged answers reach the
     # parsers a task loads lazily; whatever they raise is found again, and counted, by the cases.
     for text in WARM_UP:
+        _BEAT.pack_into(beat, 0, -1, time.perf_counter())  # case -1: a warm-up call that hangs is one too
         try:
             task.verify(examples[0], text)
         except Exception:  # noqa: BLE001
             pass
+    _BEAT.pack_into(beat, 0, -1, 0.0)
     send({"ready": len(examples)})
     fingerprints = [json.dumps(ex, sort_keys=True, default=str) for ex in examples]
     for line in sys.stdin:
@@ -247,6 +249,11 @@ def check_task(spec: str, options: dict[str, Any] | None = None, *, cases: int =
                     _BEAT.pack_into(shm, 0, -1, 0.0)
                     child = _Child(setup, shm)
                     kind, first = child.answer(hard_limit * 10)
+                    if kind == "hang":  # a warm-up call (WARM_UP) never returned
+                        rep.hangs += 1
+                        rep.add_finding(case=-1, family="warm-up", kind="hang", completion="",
+                                        detail=f"no answer to a warm-up call after {hard_limit * 10:.0f} s")
+                        break
                     if kind != "ok" or "skip" in first:
                         rep.skipped = first["skip"] if kind == "ok" else "the task process exited while loading"
                         break

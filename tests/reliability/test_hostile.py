@@ -53,6 +53,8 @@ def test_check_catches_execution_crashes_and_hangs():
     assert rep.crashes > 10 and "ValueError" in rep.findings[0]["detail"]
     rep = check_task("tests.reliability.broken_tasks:HangingTask", cases=300, seed=0, hard_limit=1.0)
     assert rep.hangs >= 1 and rep.cases == 300  # killed and went on past the hanging case
+    rep = check_task("tests.reliability.broken_tasks:WarmUpHangingTask", cases=50, seed=0, hard_limit=0.5)
+    assert rep.hangs == 1 and rep.findings[0]["family"] == "warm-up" and not rep.clean  # not a silent wait
 
 
 def test_check_task_command_on_the_example_task():
