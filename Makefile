@@ -3,8 +3,12 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 # CPU machines: the CPU build of PyTorch (an unpinned torch pulls gigabytes of CUDA packages).
-# On a GPU machine: make install TORCH_SPEC="torch>=2.3"
+# On a GPU machine: make install TORCH_SPEC="torch>=2.3" LOCK=
 TORCH_SPEC ?= torch==2.13.0
+# The tested versions of every dependency (pip constraints; pyproject.toml keeps ranges). LOCK= installs
+# the newest versions the ranges allow instead.
+LOCK ?= requirements/cpu-lock.txt
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -14,9 +18,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev tools
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev tools, at the tested versions
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(CONSTRAINTS)
+	$(BIN)/pip install -q -e ".[dev]" $(CONSTRAINTS)
 
 demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 2 minutes on 2 CPU cores)
 	$(BIN)/r3rl demo --output runs/demo
@@ -29,7 +33,7 @@ test-fast: install  ## everything but the tests marked slow
 
 reliability: install  ## the long reliability run: >=10 kills per command, 100,000 hostile cases per task (RELIABILITY.md)
 	R3RL_RELIABILITY=long $(BIN)/pytest -q -m reliability tests/reliability
-	$(BIN)/python -m r3rl.checks.figures runs/reliability
+	$(BIN)/python -m tests.reliability.figures runs/reliability
 
 bench: install  ## benchmarks: rollout engine vs naive generate, training-step memory
 	$(BIN)/python bench/rollout.py --threads 1 --model tiny --workload all --quick

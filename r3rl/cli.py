@@ -19,9 +19,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 from r3rl import __version__
+from r3rl.errors import InputError, R3RLError
 
 
 def _config(args: argparse.Namespace):
@@ -199,7 +199,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from r3rl.plan import format_plan, load_model_shape
 
     cfg = _config(args)
-    shape, source = load_model_shape(cfg, args.model_config)
+    shape, source = load_model_shape(cfg, args.model_config, preset=args.config)
     print(format_plan(cfg, shape, source, processes=args.processes, gpu_memory_gb=args.gpu_memory_gb,
                       tokens_per_s=args.tokens_per_s, prompt_tokens=args.prompt_tokens))
     return 0
@@ -238,7 +238,7 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
 
     if len(args.model) != 2:
-        raise ValueError(f"give --model twice (before, then after), got {len(args.model)}")
+        raise InputError(f"give --model twice (before, then after), got {len(args.model)}")
     tasks = [t for item in (args.tasks or PAPER_TASKS) for t in item.split(",") if t]
     limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
     try:
@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one device in GB (default 80)")
     p.add_argument("--tokens-per-s", type=float, help="measured generation speed per device (else an assumption, labelled)")
     p.add_argument("--prompt-tokens", type=int, help="templated task prompt length (else an assumption, labelled)")
-    p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, offline)")
+    p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, else the "
+                        "preset's models/<name>/config.json, else the local HF cache; offline)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="turn a run folder into report.md / report.html with plots")
@@ -381,11 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     args.argv = argv  # the exact arguments, for the resume hint after Ctrl-C
-    from r3rl.config import ConfigError
-    from r3rl.rollout import VerifierError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, OSError, ValueError, VerifierError) as e:  # OSError: a full disk or read-only folder names its path
+    # Only errors a user can fix become one line (r3rl/errors.py): r3rl's own types (a config field, a data
+    # row, a damaged file, a verifier that keeps raising) and OSError (a missing path, a full disk, a
+    # read-only folder; each names its path). Anything else is a bug and keeps its traceback.
+    except (R3RLError, OSError) as e:
         print(f"r3rl {args.command}: error: {e}", file=sys.stderr)
         return 2

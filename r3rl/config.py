@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from r3rl.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A bad config file or override; the message names the field."""
 
 

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from r3rl.errors import InputError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
@@ -85,9 +87,9 @@ def iter_jsonl(path: str | Path, tolerate_truncated_tail: bool = False) -> Itera
         except json.JSONDecodeError as e:
             if tolerate_truncated_tail and n == len(lines) and not line.endswith("\n"):
                 return
-            raise ValueError(f"{path}, line {n}: invalid JSON {json_error_place(e, line)} ({e.msg})") from None
+            raise InputError(f"{path}, line {n}: invalid JSON {json_error_place(e, line)} ({e.msg})") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
+            raise InputError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
         yield obj
 
 

@@ -25,15 +25,19 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
 from r3rl.config import FailuresConfig
 from r3rl.distributed import chunk_ranges, processes
+from r3rl.errors import InputError
 from r3rl.io import iter_jsonl
 from r3rl.progress import GenerationProgress
 from r3rl.provenance import model_identity, same_model
 from r3rl.rollout import Failure, Rollout, derive_seed, failed_attempts
+
+if TYPE_CHECKING:
+    from r3rl.tasks.base import Task
 
 REQUIRED = ("example_id", "example", "failed_attempts")
 FAILED, PASSED = "failed", "passed"  # the two outputs of the chunk runner
@@ -228,17 +232,17 @@ def load_failures(path: str | Path, max_per_example: int | None = None, task: Ta
     for n, rec in enumerate(iter_jsonl(path), 1):
         missing = [k for k in REQUIRED if k not in rec]
         if missing:
-            raise ValueError(f"{path}, record {n}: missing field(s) {', '.join(missing)}")
+            raise InputError(f"{path}, record {n}: missing field(s) {', '.join(missing)}")
         if not isinstance(rec["failed_attempts"], list) or not rec["failed_attempts"]:
-            raise ValueError(f"{path}, record {n}: 'failed_attempts' must be a non-empty list")
+            raise InputError(f"{path}, record {n}: 'failed_attempts' must be a non-empty list")
         if not isinstance(rec["example"], dict):
-            raise ValueError(f"{path}, record {n}: 'example' must be an object, got {type(rec['example']).__name__}")
+            raise InputError(f"{path}, record {n}: 'example' must be an object, got {type(rec['example']).__name__}")
         if task is not None:
             try:
                 task.prompt(rec["example"])
                 task.verify(rec["example"], str(rec["failed_attempts"][0]))
             except Exception as e:  # the task cannot read this example: training on it would be garbage
-                raise ValueError(f"{path}, record {n}: 'example' is not a valid {task.name} example "
+                raise InputError(f"{path}, record {n}: 'example' is not a valid {task.name} example "
                                  f"({type(e).__name__}: {e})") from None
         n_failed = len(rec["failed_attempts"])
         reasons = rec.get("reasons") or [""] * n_failed
@@ -246,5 +250,5 @@ def load_failures(path: str | Path, max_per_example: int | None = None, task: Ta
         for text, reason, cls in list(zip(rec["failed_attempts"], reasons, classes))[:max_per_example]:
             failures.append(Failure(rec["example"], str(text), str(reason), str(rec["example_id"]), str(cls)))
     if not failures:
-        raise ValueError(f"{path}: the failure set is empty (the model passed every attempt)")
+        raise InputError(f"{path}: the failure set is empty (the model passed every attempt)")
     return failures

@@ -21,6 +21,7 @@ from typing import Any
 
 from r3rl.config import Config
 from r3rl.engine.base import prefix_setting, use_shared_prefix
+from r3rl.errors import InputError
 
 GIB = 1024 ** 3
 # Labelled assumptions (printed with every plan that uses them).
@@ -56,7 +57,7 @@ class ModelShape:
                        tied=bool(c.get("tie_word_embeddings", False)),
                        qkv_bias=bool(c.get("attention_bias", c.get("model_type") == "qwen2")))
         except KeyError as e:
-            raise ValueError(f"the model's config.json has no {e.args[0]}; r3rl plan needs a decoder-only transformer config") from None
+            raise InputError(f"the model's config.json has no {e.args[0]}; r3rl plan needs a decoder-only transformer config") from None
 
     @property
     def kv_dim(self) -> int:
@@ -85,23 +86,29 @@ class ModelShape:
         return elems * HALF + 2 * self.hidden * FP32
 
 
-def load_model_shape(cfg: Config, model_config: str | None = None) -> tuple[ModelShape, str]:
-    """The model's shape from --model-config (a folder or a config.json), the model folder, or the local HF cache."""
+def load_model_shape(cfg: Config, model_config: str | None = None,
+                     preset: str | Path | None = None) -> tuple[ModelShape, str]:
+    """The model's shape, from the first of: --model-config (a folder or a config.json), the model folder
+    (or alias), the config.json a preset carries for its model (`models/<model.name_or_path>/config.json`
+    next to the preset file, see configs/models/), the local Hugging Face cache."""
     from r3rl.engine.loading import resolve_model_name
 
     where = model_config or resolve_model_name(cfg.model.name_or_path)
-    path = Path(where).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        return ModelShape.from_config(json.loads(path.read_text())), str(path)
+    candidates = [Path(where).expanduser()]
+    if model_config is None and preset is not None and where:
+        candidates.append(Path(preset).parent / "models" / where)
+    for path in candidates:
+        if path.is_dir():
+            path = path / "config.json"
+        if path.is_file():
+            return ModelShape.from_config(json.loads(path.read_text())), str(path)
     try:
         from transformers import AutoConfig
 
         conf = AutoConfig.from_pretrained(where, local_files_only=True)
     except Exception:
-        raise ValueError(f"no config.json for {where} on this machine (offline); pass --model-config with a folder "
-                         f"or config.json of the model") from None
+        raise InputError(f"no config.json for {where} on this machine (offline); pass --model-config with a folder "
+                         f"or config.json of the model, or put it at configs/models/{where}/config.json") from None
     return ModelShape.from_config(conf.to_dict()), f"{where} (local Hugging Face cache)"
 
 

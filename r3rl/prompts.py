@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from r3rl.errors import InputError
+
 DEFAULT_REFLECT = (
     "You tried performing the task, but failed in generating the correct answer. "
     "Reflect on what went wrong and write a short explanation that will help you do better next time."
@@ -118,7 +120,7 @@ def continuation_suffix(
     text = render(tokenizer, conv, tools, add_generation_prompt=True)
     idx = text.rfind(_SENTINEL)
     if idx < 0:
-        raise ValueError("chat template dropped the assistant content; cannot continue a conversation")
+        raise InputError("chat template dropped the assistant content; cannot continue a conversation")
     suffix = tokenizer(text[idx + len(_SENTINEL):], add_special_tokens=False)["input_ids"]
     if generated_ids and generated_ids[-1] in stop_ids and suffix and suffix[0] in stop_ids:
         suffix = suffix[1:]

@@ -20,6 +20,7 @@ from typing import Any
 from r3rl import prompts
 from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.base import Continuation, Engine
+from r3rl.errors import InputError, R3RLError
 from r3rl.tasks.base import Example, Task
 from r3rl.types import Episode, Generation, SamplingParams, Verdict
 
@@ -76,7 +77,7 @@ def instructions_from(cfg: RolloutConfig) -> prompts.Instructions:
 VERIFIER_ERROR = "verifier_error"
 
 
-class VerifierError(RuntimeError):
+class VerifierError(R3RLError, RuntimeError):
     """Too many verifier exceptions: the task's verify() is broken, so the run stops."""
 
 
@@ -146,7 +147,7 @@ class Rollout:
         limit = self.gen.max_prompt_tokens
         for ex, ids in zip(examples, prompt_ids):
             if limit and len(ids) > limit:
-                raise ValueError(
+                raise InputError(
                     f"example {self.task.example_id(ex)} of task {self.task.name!r}: its prompt has {len(ids)} tokens, "
                     f"more than generation.max_prompt_tokens={limit}; raise the limit or leave the example out of the data"
                 )

@@ -1,4 +1,4 @@
-"""Test-wide settings: nothing may wait on the network."""
+"""Test-wide settings (nothing may wait on the network) and the fixtures many test modules share."""
 
 import os
 
@@ -18,3 +18,22 @@ if os.environ.get("CI"):
 
     settings.register_profile("ci", derandomize=True)
     settings.load_profile("ci")
+
+
+import pytest  # noqa: E402
+
+from r3rl.demo import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random Qwen2 model folder (config, weights, tokenizer), one per test module: the model
+    every test that loads a model from disk uses. Module scope, so a test module may write into it."""
+    return tiny.save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny tests' tokenizer (r3rl.demo.tiny.build_tokenizer), one per test module.
+    tests/test_demo_model.py defines its own `tok`: the demo's larger vocabulary."""
+    return tiny.build_tokenizer()

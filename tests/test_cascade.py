@@ -110,11 +110,6 @@ def test_cascade_chunk_equals_one_softmax():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny.build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def model(tok):
     return _spread_weights(tiny.build_model(tok, layers=2), seed=2)
 

@@ -9,16 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r3rl.demo.tiny import save_tiny_model
 from r3rl.training.checkpoint import latest_checkpoint, prepare_output_dir
 from r3rl.training.trainer import Trainer, train
 
 from tests.trainer_fixtures import tiny_config
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 def _lora(model_dir, out, **kw):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,23 +10,63 @@ from pathlib import Path
 
 import pytest
 
+from r3rl import cli
 from r3rl.cli import main
-from r3rl.demo.tiny import save_tiny_model
+from r3rl.errors import DamagedFileError, InputError
+from r3rl.tasks.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["generation.max_attempt_tokens=8", "generation.max_reflection_tokens=8", "generation.max_retry_tokens=8"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("cli") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
+COMMANDS = ("mine", "train", "eval", "plan", "report", "demo", "forgetting", "tasks", "check-task", "config")
 
 
-def test_help_lists_the_commands():
+def _registered_commands(parser) -> set[str]:
+    """The subcommand names argparse knows (the help text cannot tell: the demo's line names four of them)."""
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(sub.choices)
+
+
+def test_every_command_is_registered():
+    from r3rl.cli import build_parser
+
+    assert _registered_commands(build_parser()) == set(COMMANDS)
+
+
+def test_help_runs_and_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "r3rl", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for cmd in ("mine", "train", "eval", "report", "demo", "tasks"):
-        assert cmd in out.stdout
+    # each command heads its own line of the list (a word inside another command's help does not count)
+    listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ") and not line.startswith("     ")}
+    assert listed == set(COMMANDS), out.stdout
+
+
+def _raising(exc: BaseException):
+    def cmd(args):
+        raise exc
+    return cmd
+
+
+@pytest.mark.parametrize("exc", [InputError("data.jsonl, line 3: invalid JSON"), DataError("row 2 of d.jsonl: bad"),
+                                 FileNotFoundError("no such data file: d.jsonl"),
+                                 DamagedFileError("model.safetensors: damaged weights file")])
+def test_a_user_error_is_one_line_with_exit_status_2(exc, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "cmd_tasks", _raising(exc))
+    assert main(["tasks"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"r3rl tasks: error: {exc}\n"
+
+
+@pytest.mark.parametrize("exc", [ValueError("not enough values to unpack"), KeyError("input_ids"),
+                                 RuntimeError("shape mismatch")])
+def test_an_unexpected_exception_keeps_its_traceback(exc, monkeypatch, capsys):
+    """A bug inside r3rl or a library must not be reduced to one line: the traceback is how it gets fixed."""
+    monkeypatch.setattr(cli, "cmd_tasks", _raising(exc))
+    with pytest.raises(type(exc)) as info:
+        main(["tasks"])
+    assert info.value is exc
+    assert "error:" not in capsys.readouterr().err
 
 
 def test_tasks_lists_builtins(capsys):

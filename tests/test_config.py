@@ -10,7 +10,6 @@ import torch
 
 from r3rl.cli import main
 from r3rl.config import Config, ConfigError, describe_fields, load_config
-from r3rl.demo.tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -68,11 +67,6 @@ def test_config_docs_list_every_field_with_default_and_doc(capsys):
 def test_an_unknown_renamed_section_key_still_names_the_closest():
     with pytest.raises(ConfigError, match="Did you mean: attempts_per_example"):
         load_config(None, ["failures.attempts_per_exmple=3"])
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("presets") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])

@@ -52,11 +52,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny.build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def model(tok):
     return _spread_weights(tiny.build_model(tok, layers=2))
 

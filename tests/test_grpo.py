@@ -305,11 +305,6 @@ def test_completion_values_places_sampling_logprobs():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny.build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def model(tok):
     return tiny.build_model(tok, hidden_size=32, layers=2)
 

@@ -7,14 +7,8 @@ import json
 import pytest
 
 from r3rl.cli import main
-from r3rl.demo.tiny import save_tiny_model
 from r3rl.engine.loading import load_model
 from r3rl.tasks.data import DataError, load_records
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("load") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 @pytest.mark.parametrize("name", ["./no-such-model", "runs/x/final", "/tmp/r3rl-no-such-folder"])

@@ -10,7 +10,6 @@ from r3rl.io import iter_jsonl
 from r3rl.mining import load_failures, mine, passed_path
 from r3rl.rollout import Rollout
 from r3rl.tasks.base import Task
-from r3rl.demo.tiny import build_tokenizer
 from r3rl.types import Verdict
 
 
@@ -28,11 +27,6 @@ class ParityTask(Task):
     def verify(self, ex, completion):
         ok = (completion.strip() == "odd") == (ex["x"] % 2 == 1)
         return Verdict(ok, "" if ok else "wrong parity")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def cfg_for(tmp_path, n=20, k=3):

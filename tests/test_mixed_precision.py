@@ -17,17 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from r3rl.config import ModelConfig, TrainConfig
-from r3rl.demo.tiny import save_tiny_model
 from r3rl.training.policy import training_dtype
 from r3rl.training.trainer import Trainer, resolve_mixed_precision
 
 from tests.trainer_fixtures import tiny_config
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    # bf16 matmuls are ~500x slower than float32 on CPU: keep the model tiny
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 def _changed_fraction(base: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> float:

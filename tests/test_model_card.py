@@ -191,3 +191,24 @@ def test_training_does_not_import_reporting():
             "print(sorted(m for m in sys.modules if m.startswith('r3rl.reporting')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_base_readme_without_front_matter_reads_no_license_and_logs_nothing(tmp_path):
+    """The demo model's README has no front matter: huggingface_hub logged "Repo card metadata block was
+    not found" on every `r3rl demo`, a warning no user can act on."""
+    import logging
+
+    from r3rl.demo import model_path
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("huggingface_hub")
+    logger.addHandler(handler)
+    try:
+        assert model_card._base_license(str(model_path())) is None
+        (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n\n# a base\n")
+        assert model_card._base_license(str(tmp_path)) == "mit"
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []

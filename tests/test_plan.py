@@ -87,3 +87,68 @@ def test_missing_model_config_is_one_sentence(cfg, tmp_path):
     cfg.model.name_or_path = "nobody/no-such-model"
     with pytest.raises(ValueError, match="pass --model-config"):
         load_model_shape(cfg)
+
+
+def _readme_plan_commands() -> list[tuple[str, list[str], bool]]:
+    """(command line, printed output lines, abridged) for each `$ r3rl plan ...` the README shows."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    out: list[tuple[str, list[str], bool]] = []
+    for block in text.split("```")[1::2]:
+        current = None
+        for line in block.splitlines():
+            if line.startswith("$ r3rl plan "):
+                command, _, note = line[2:].partition("   (")
+                current = (command.strip(), [], "abridged" in note)
+                out.append(current)
+            elif line.startswith("$ "):
+                current = None
+            elif current is not None:
+                current[1].append(line)
+    return out
+
+
+def test_the_readme_plan_commands_print_the_readme_output(capsys, monkeypatch, tmp_path):
+    """Typed as printed, in the repository root, on a machine that has never seen the hub."""
+    import shlex
+
+    from r3rl.cli import main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # no local Hugging Face cache either
+    commands = _readme_plan_commands()
+    assert len(commands) >= 2
+    for command, want, abridged in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "r3rl"
+        capsys.readouterr()
+        rc = main(argv[1:])
+        captured = capsys.readouterr()
+        assert rc == 0, f"{command}: {captured.err}"
+        got = captured.out.rstrip("\n").splitlines()
+        while want and not want[-1].strip():
+            want.pop()
+        if abridged:  # the README shows some of the lines, in order
+            it = iter(got)
+            missing = [line for line in want if line not in it]
+            assert not missing, f"{command}: lines not printed (in this order): {missing}"
+        else:
+            assert got == want, command
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_preset_plans_offline(preset, capsys, monkeypatch, tmp_path):
+    from r3rl.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    assert main(["plan", "--config", str(preset)]) == 0, capsys.readouterr().err
+    assert str(ROOT / "configs" / "models") in capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_bundled_configs_have_the_published_parameter_counts():
+    sizes = {"Qwen/Qwen2.5-1.5B-Instruct": 1_543_714_304, "Qwen/Qwen2-1.5B-Instruct": 1_543_714_304,
+             "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512}  # "1.54B" and "7.61B" on the model cards
+    for name, params in sizes.items():
+        shape, _ = load_model_shape(load_config(PRESET), str(ROOT / "configs" / "models" / name))
+        assert shape.params() == params, name

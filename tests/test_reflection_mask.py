@@ -30,11 +30,6 @@ RETRIES = ["<answer>3 * 5 + 7</answer>", "<answer>5 * 3 + 7</answer>"]
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny.build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def model(tok):
     return tiny.build_model(tok, hidden_size=32, layers=2, seed=3)
 

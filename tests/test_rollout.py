@@ -9,7 +9,6 @@ from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.rollout import Failure, Rollout
 from r3rl.tasks.base import Task
-from r3rl.demo.tiny import build_tokenizer
 from r3rl.types import Verdict
 
 
@@ -27,11 +26,6 @@ class EchoTask(Task):
     def verify(self, ex, completion):
         ok = completion.strip() == ex["word"]
         return Verdict(ok, "" if ok else f"expected {ex['word']}")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def last_user(prompt_text: str) -> str:

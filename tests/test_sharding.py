@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from r3rl.distributed import Processes, chunk_ranges
-from r3rl.demo.tiny import save_tiny_model
 
 from tests.trainer_fixtures import cli_overrides, tiny_config
 
@@ -33,11 +32,6 @@ def test_chunks_and_rounds():
     assert list(Processes(0, 1).rounds(units[:2])) == [([0], 0), ([1], 1)]
     alone = Processes()
     assert alone.is_main and alone.gather("x") == ["x"] and alone.broadcast({"a": 1}) == {"a": 1}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 def _run(args: list[str], procs: int) -> subprocess.CompletedProcess:

@@ -15,13 +15,6 @@ from r3rl.types import Episode
 from tests.trainer_fixtures import tiny_config
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from r3rl.demo.tiny import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -13,17 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from r3rl.training.checkpoint import latest_checkpoint
-from r3rl.demo.tiny import save_tiny_model
 from r3rl.training.trainer import Trainer, train
 
 from tests.trainer_fixtures import cli_overrides, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, layers=1, heads=2, kv_heads=1)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -83,11 +83,35 @@ class BrokenRetryCoinTask(CoinTask):
     mining and in the failure set's validation, stay normal, so there are failures to train on)."""
 
     raised = 0
+    retrying = False  # True while Rollout.reflect_and_retry runs (set by the hook below)
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        _flag_retries_of(BrokenRetryCoinTask)
 
     def verify(self, ex, completion):
-        import inspect
-
-        if int(ex["id"]) % 2 == 0 and any(f.function == "reflect_and_retry" for f in inspect.stack()):
+        if int(ex["id"]) % 2 == 0 and BrokenRetryCoinTask.retrying:
             BrokenRetryCoinTask.raised += 1
             raise ZeroDivisionError("a bug in the task")
         return super().verify(ex, completion)
+
+
+def _flag_retries_of(task_cls) -> None:
+    """The explicit hook: wrap Rollout.reflect_and_retry, the stage that verifies reflections' retries,
+    so that `task_cls.retrying` says whether a verify call judges a retry. Installed once per process;
+    outside a BrokenRetryCoinTask run it only toggles that flag."""
+    from r3rl.rollout import Rollout
+
+    original = Rollout.reflect_and_retry
+    if getattr(original, "flags_retries_of", None) is task_cls:
+        return
+
+    def reflect_and_retry(self, *args, **kwargs):
+        task_cls.retrying = True
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            task_cls.retrying = False
+
+    reflect_and_retry.flags_retries_of = task_cls
+    Rollout.reflect_and_retry = reflect_and_retry

@@ -1,9 +1,12 @@
-"""Reliability checks a user can run on their own setup.
+"""Hostile-input checks of a task's verifier, which a user runs on their own tasks (`r3rl check-task`).
 
     verifier_check  hostile completions against any task's verifier (`r3rl check-task TASK`):
                     crashes, slow calls, hangs, executed code
     hostile         the seeded generator of those completions
-    faults          kill -9 / failing-write injection into an r3rl command, for the resume tests
+
+Needs only r3rl.tasks and r3rl.types. The reliability suite's own harness (kill -9 and disk-fault
+injection, the figures of RELIABILITY.md) lives in tests/reliability/; the file checks used when
+loading models and checkpoints are r3rl.file_checks.
 """
 
 from r3rl.checks.hostile import SENTINEL, hostile_case

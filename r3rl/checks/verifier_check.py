@@ -12,7 +12,7 @@ executed; the child looks for it after every call, so one execution is caught at
 What counts (the report's fields):
     crashes     verify raised, or returned something other than a Verdict(ok: bool, reason: str),
                 or changed the example it was given
-    slow        calls over `time_limit` seconds (1 s by default)
+    slow        calls over `time_limit` seconds (1 s by default; after untimed warm-up calls, WARM_UP)
     hangs       calls still running after `hard_limit` seconds, killed
     executions  cases after which the sentinel file existed
 """
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.checks.hostile import SENTINEL, hostile_case
+from r3rl.errors import InputError
 
 __all__ = ["TaskReport", "check_task", "check_tasks", "parse_options", "report_table", "to_json"]
 
@@ -71,6 +72,7 @@ class TaskReport:
 
 
 # ---------------------------------------------------------------------------------------- child side
+WARM_UP = ("", "0", "The answer is $\\frac{1}{2}$.", "\\boxed{x + 1}", "<answer>2 + 3</answer>")
 _BEAT = struct.Struct("qd")  # (case being verified, perf_counter at its start; 0 when idle)
 
 
@@ -108,6 +110,16 @@ def _serve(setup: dict[str, Any], reply: Any, beat: Any) -> None:
     except Exception as e:  # a task that cannot build examples here (e.g. data not available offline)
         send({"skip": f"{type(e).__name__}: {e}"})
         return
+    # Untimed warm-up calls first: a verifier's one-time setup (math's grader process, sympy and its LaTeX
+    # parser, seconds on a loaded machine) is not a slow input. Plain, LaTeX and tagged answers reach the
+    # parsers a task loads lazily; whatever they raise is found again, and counted, by the cases.
+    for text in WARM_UP:
+        _BEAT.pack_into(beat, 0, -1, time.perf_counter())  # case -1: a warm-up call that hangs is one too
+        try:
+            task.verify(examples[0], text)
+        except Exception:  # noqa: BLE001
+            pass
+    _BEAT.pack_into(beat, 0, -1, 0.0)
     send({"ready": len(examples)})
     fingerprints = [json.dumps(ex, sort_keys=True, default=str) for ex in examples]
     for line in sys.stdin:
@@ -237,6 +249,11 @@ def check_task(spec: str, options: dict[str, Any] | None = None, *, cases: int =
                     _BEAT.pack_into(shm, 0, -1, 0.0)
                     child = _Child(setup, shm)
                     kind, first = child.answer(hard_limit * 10)
+                    if kind == "hang":  # a warm-up call (WARM_UP) never returned
+                        rep.hangs += 1
+                        rep.add_finding(case=-1, family="warm-up", kind="hang", completion="",
+                                        detail=f"no answer to a warm-up call after {hard_limit * 10:.0f} s")
+                        break
                     if kind != "ok" or "skip" in first:
                         rep.skipped = first["skip"] if kind == "ok" else "the task process exited while loading"
                         break
@@ -292,7 +309,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
         out[key] = yaml.safe_load(value)
     return out
 

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example
 from r3rl.tasks.data import FileTask
 from r3rl.types import Verdict
@@ -66,14 +67,14 @@ def pair_in_test_split(a: int, b: int, test_fraction: float) -> bool:
 def _check_example(row: Any, where: str) -> Example:
     """Validate one row from a file; the error names the file and the row."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected an object with integer fields 'a' and 'b', got {type(row).__name__}")
+        raise InputError(f"{where}: expected an object with integer fields 'a' and 'b', got {type(row).__name__}")
     for key in ("a", "b"):
         if key not in row:
-            raise ValueError(f"{where}: missing field {key!r} (row has {sorted(row)})")
+            raise InputError(f"{where}: missing field {key!r} (row has {sorted(row)})")
         v = row[key]
         # bool is an int subclass; True + 1 is not an addition problem.
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{where}: field {key!r} must be an integer, got {v!r}")
+            raise InputError(f"{where}: field {key!r} must be an integer, got {v!r}")
     ex: Example = {"a": row["a"], "b": row["b"]}
     if "id" in row:
         ex["id"] = str(row["id"])
@@ -94,14 +95,14 @@ def read_examples_file(path: str | Path) -> list[Example]:
             try:
                 rows.append((f"{path}:line {lineno}", json.loads(line)))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:line {lineno}: invalid JSON: {e.msg}") from None
+                raise InputError(f"{path}:line {lineno}: invalid JSON: {e.msg}") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+            raise InputError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json file must hold a list of examples, got {type(data).__name__}")
+            raise InputError(f"{path}: a .json file must hold a list of examples, got {type(data).__name__}")
         rows = [(f"{path}:row {i}", row) for i, row in enumerate(data)]
     return [_check_example(row, where) for where, row in rows]
 
@@ -129,7 +130,7 @@ class AdditionTask(FileTask):
     def __init__(self, digits: int = 2, test_fraction: float = 0.1, path: str | None = None,
                  test_path: str | None = None):
         if not 1 <= int(digits) <= 18:
-            raise ValueError(f"digits must be in 1..18, got {digits}")
+            raise InputError(f"digits must be in 1..18, got {digits}")
         super().__init__(path, test_path, test_fraction)
         self.digits = int(digits)
         self._sizes: dict[tuple[int, int, bool], int] = {}
@@ -137,7 +138,7 @@ class AdditionTask(FileTask):
     # ----------------------------------------------------------------- examples
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be 'train' or 'test', got {split!r}")
         if self.path is not None:
             return self._from_files(split, n, seed)
         return self._generate(split, n if n is not None else 1000, seed)

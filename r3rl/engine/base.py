@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from r3rl.errors import InputError
 from r3rl.types import Generation, SamplingParams
 
 
@@ -101,7 +102,7 @@ def prefix_setting(value: bool | str) -> bool | None:
         return value
     table = {"on": True, "off": False, "auto": None}
     if value not in table:
-        raise ValueError(f"shared_prefix_attention must be on, off, auto or a bool, got {value!r}")
+        raise InputError(f"shared_prefix_attention must be on, off, auto or a bool, got {value!r}")
     return table[value]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from r3rl.engine.base import Engine
+from r3rl.errors import InputError
 
 if TYPE_CHECKING:
     from r3rl.config import GenerationConfig, ModelConfig
@@ -46,7 +47,7 @@ def build_engine(
         from r3rl.engine.vllm import VLLMEngine  # vLLM is optional: its module says how to install it
 
         return VLLMEngine.from_config(generation, model_cfg, model=model, tokenizer=tokenizer)
-    raise ValueError(f"generation.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    raise InputError(f"generation.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 def load_engine(name_or_path: str, *, generation: "GenerationConfig | None" = None, device: Any = None,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from r3rl.errors import InputError, hub_error_hint  # hub_error_hint: re-exported, tasks use it too
+
 if TYPE_CHECKING:
     from r3rl.config import ModelConfig
 
@@ -38,7 +40,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
     return _DTYPES[dtype]
 
 
@@ -52,21 +54,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name)
-
-
-def hub_error_hint(name: str, kind: str, error: BaseException) -> str:
-    """One sentence about a model or dataset id that could not be loaded, and what to do."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    text = str(error).lower()
-    if "gated" in text or "401" in text or "403" in text or "access" in text and "restricted" in text:
-        fix = "it is gated or private: accept its terms on the Hub and run `huggingface-cli login`"
-    elif offline:
-        fix = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache: give a local folder, "
-               "or download it first on a machine with network")
-    else:
-        fix = ("it is neither a local folder nor reachable on the Hub: check the spelling, the network, "
-               "or give a local folder (set HF_HUB_OFFLINE=1 to skip network retries)")
-    return f"cannot load {kind} {name!r}: {fix}."
 
 
 _ALIASES: dict[str, str] = {}
@@ -104,7 +91,7 @@ def _adapter_base(adapter_dir: Path) -> str:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; pass base=")
+        raise InputError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; pass base=")
     return str(base)
 
 
@@ -133,7 +120,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not name_or_path:
-        raise ValueError("no model given: set model.name_or_path (a hub id or a folder), or pass --model")
+        raise InputError("no model given: set model.name_or_path (a hub id or a folder), or pass --model")
     name_or_path = resolve_model_name(name_or_path)
     base = resolve_model_name(base) if base else base
     device_t = resolve_device(device)
@@ -162,7 +149,7 @@ def load_model(
     if _is_local(base_name) and not (Path(base_name).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"base model folder {base_name} holds no config.json")
 
-    from r3rl.checks.files import check_model_folder
+    from r3rl.file_checks import check_model_folder
 
     for folder in {Path(p).expanduser() for p in (base_name, adapter_dir) if p is not None and _is_local(str(p))}:
         check_model_folder(folder)  # a damaged file is named here, not deep inside transformers
@@ -187,7 +174,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
     except Exception as e:  # a damaged or foreign tokenizer fails deep inside tokenizers: say which folder
-        raise ValueError(f"{tokenizer_source}: cannot load the tokenizer ({type(e).__name__}: "
+        raise InputError(f"{tokenizer_source}: cannot load the tokenizer ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

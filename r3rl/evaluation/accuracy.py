@@ -28,6 +28,7 @@ from typing import Any, Iterable
 from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
 from r3rl.config import EvalConfig, GenerationConfig, to_dict
 from r3rl.distributed import chunk_ranges, processes
+from r3rl.errors import InputError
 from r3rl.io import write_json
 from r3rl.progress import GenerationProgress
 from r3rl.rollout import Rollout, derive_seed, failed_attempts
@@ -161,7 +162,7 @@ def evaluate_model(
     task = roll.task
     examples = task.load_examples(ecfg.split, num_examples or ecfg.num_examples, seed=seed)
     if not examples:
-        raise ValueError(f"task {task.name!r} returned no examples for split {ecfg.split!r}")
+        raise InputError(f"task {task.name!r} returned no examples for split {ecfg.split!r}")
     chunk_size = chunk_size or ecfg.chunk_size
     chunks = chunk_ranges(len(examples), chunk_size)
     sampling = eval_generation(roll.gen, ecfg)

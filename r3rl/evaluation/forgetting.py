@@ -20,6 +20,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from r3rl.errors import InputError
+
 # lm-eval names of the paper's forgetting benchmarks; MATH is Minerva's 4-shot version of Hendrycks MATH.
 PAPER_TASKS = ("mmlu_pro", "gsm8k", "hellaswag", "minerva_math")
 INSTALL_HINT = 'lm-evaluation-harness is not installed; install it with `pip install "r3rl[lm-eval]"`.'
@@ -63,7 +65,7 @@ def task_manager(include_path: str | None = None, include_defaults: bool = True)
     from lm_eval.tasks import TaskManager
 
     if not include_defaults and not include_path:
-        raise ValueError("with the built-in lm-eval tasks left out, an include path with task YAMLs is needed")
+        raise InputError("with the built-in lm-eval tasks left out, an include path with task YAMLs is needed")
     return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
@@ -71,7 +73,7 @@ def check_tasks(manager, tasks: list[str]) -> None:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         where = f" under {manager.include_path}" if manager.include_path else "; give --include-path for your own task YAMLs"
-        raise ValueError(f"lm-eval knows no task {', '.join(map(repr, unknown))}{where}")
+        raise InputError(f"lm-eval knows no task {', '.join(map(repr, unknown))}{where}")
 
 
 def run_lm_eval(
@@ -176,7 +178,7 @@ def compare(before: dict[str, Any], after: dict[str, Any], tasks: list[str]) -> 
     for task in tasks:
         rb, ra = before["results"].get(task), after["results"].get(task)
         if rb is None or ra is None:
-            raise ValueError(f"lm-eval returned no results for task {task!r}")
+            raise InputError(f"lm-eval returned no results for task {task!r}")
         mb, ma = _metrics(rb), _metrics(ra)
         samples_b, samples_a = _leaf_samples(before, task), _leaf_samples(after, task)
         n_reported = (before.get("n-samples") or {}).get(task, {}).get("effective") or rb.get("sample_len")

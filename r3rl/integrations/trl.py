@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from r3rl import prompts
+from r3rl.errors import InputError
 from r3rl.mining import load_failures
 from r3rl.rollout import Failure
 from r3rl.tasks.base import Task
@@ -88,7 +89,7 @@ def reflection_dataset(
         rows["example_id"].append(f.example_id or task.example_id(f.example))
         rows["tools"].append(json.dumps(tools, ensure_ascii=False) if tools else "")
     if not rows["prompt"]:
-        raise ValueError("the failure set is empty: there is nothing to reflect on")
+        raise InputError("the failure set is empty: there is nothing to reflect on")
     return Dataset.from_dict(rows)
 
 

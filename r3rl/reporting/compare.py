@@ -10,7 +10,6 @@ the paired difference and its 95% interval, never an overlap of two intervals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from r3rl.evaluation.records import TrialRecord, passed_predicates
 from r3rl.evaluation.stats import PairedComparison, paired_comparison

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from r3rl.errors import InputError
 from r3rl.io import atomic_write_text
 from r3rl.engine.loading import resolve_model_name
 from r3rl.reporting.classes_section import failure_class_card
@@ -73,6 +74,10 @@ def _base_license(base: str | None) -> str | None:
     if not base or not (Path(base) / "README.md").is_file():
         return None
     try:
+        # A README without front matter has no license to read; huggingface_hub would also log "Repo card
+        # metadata block was not found" for it (the demo model's README), a warning no user can act on.
+        if not (Path(base) / "README.md").read_text(encoding="utf-8").startswith("---"):
+            return None
         return ModelCard.load(Path(base) / "README.md").data.to_dict().get("license")
     except Exception:  # noqa: BLE001 - a base card we cannot read just leaves the license out
         return None
@@ -259,7 +264,7 @@ def push_folder(folder: str | os.PathLike[str], repo_id: str, *, private: bool |
     upload = upload or huggingface_hub.upload_folder
     create_repo = create_repo or huggingface_hub.create_repo
     if not _valid_repo_id(repo_id):
-        raise ValueError(f"train.hub_model_id {repo_id!r} is not a Hub model id like 'user/model-name'")
+        raise InputError(f"train.hub_model_id {repo_id!r} is not a Hub model id like 'user/model-name'")
     create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     upload(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
            allow_patterns=allow_patterns)

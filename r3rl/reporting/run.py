@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from r3rl.errors import InputError
 from r3rl.evaluation.records import TrialRecord, read_trials
 from r3rl.io import iter_jsonl
 
@@ -31,7 +32,7 @@ ACC_KEYS: tuple[tuple[str, str], ...] = (
 EVAL_DIRS = ("eval_before", "eval_after")
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """A run folder that cannot be reported on; the message names the folder or file (and line)."""
 
 

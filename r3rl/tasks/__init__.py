@@ -18,6 +18,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example, Task
 from r3rl.types import Verdict
 
@@ -58,7 +59,7 @@ def available_tasks() -> dict[str, str]:
 def _import(path: str) -> Any:
     module_name, _, attr = path.partition(":")
     if not attr:
-        raise ValueError(f"task import path {path!r} must look like 'package.module:ClassName'")
+        raise InputError(f"task import path {path!r} must look like 'package.module:ClassName'")
     # The working directory is importable, as under `python -m`: the `r3rl` console script alone
     # would not find `examples.custom_task.my_task` run from the folder the example names.
     if "" not in sys.path and os.getcwd() not in sys.path:
@@ -66,17 +67,17 @@ def _import(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"cannot import task module {module_name!r} (from {path!r}): {e}") from e
+        raise InputError(f"cannot import task module {module_name!r} (from {path!r}): {e}") from e
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
+        raise InputError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
 
 
 def load_task(name_or_path: str, **options: Any) -> Task:
     """Instantiate a task by registered name, entry-point name, or `module:Class` path."""
     if not name_or_path:
-        raise ValueError("no task given: set task.name (see `r3rl tasks`) or an import path 'mypkg.module:MyTask'")
+        raise InputError("no task given: set task.name (see `r3rl tasks`) or an import path 'mypkg.module:MyTask'")
     if name_or_path in _REGISTERED:
         cls: Any = _REGISTERED[name_or_path]
     elif name_or_path in _BUILTIN:
@@ -91,7 +92,7 @@ def load_task(name_or_path: str, **options: Any) -> Task:
             names = list(available_tasks())
             close = difflib.get_close_matches(name_or_path, names, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"unknown task {name_or_path!r}.{hint} Known tasks: {', '.join(names)}; "
                 "or give an import path like 'mypkg.module:MyTask'."
             )
@@ -100,4 +101,4 @@ def load_task(name_or_path: str, **options: Any) -> Task:
     try:
         return cls(**options)
     except TypeError as e:
-        raise ValueError(f"bad options for task {name_or_path!r}: {e}") from e
+        raise InputError(f"bad options for task {name_or_path!r}: {e}") from e

@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example, Message, Task, group_accuracy
 from r3rl.tasks.bfcl_ast import DECODER_FAILED, ERROR_TYPES, check_calls
 from r3rl.tasks.data import DataError, holdout_split, sample
@@ -174,7 +175,7 @@ def _categories(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         return CATEGORIES
     unknown = [c for c in names if c not in CATEGORIES]
     if unknown or not names:
-        raise ValueError(f"unknown BFCL categories {unknown or names}; choose from {', '.join(CATEGORIES)} or 'all'")
+        raise InputError(f"unknown BFCL categories {unknown or names}; choose from {', '.join(CATEGORIES)} or 'all'")
     return tuple(dict.fromkeys(names))
 
 
@@ -230,7 +231,7 @@ class BFCLTask(Task):
                  test_fraction: float | None = None):
         self.categories = _categories(categories)
         if test_fraction is not None and not 0.0 < float(test_fraction) < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1) or None, got {test_fraction}")
+            raise InputError(f"test_fraction must be in (0, 1) or None, got {test_fraction}")
         self.path, self.test_fraction = path, None if test_fraction is None else float(test_fraction)
         self._rows: list[Example] | None = None
 
@@ -242,10 +243,10 @@ class BFCLTask(Task):
 
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be 'train' or 'test', got {split!r}")
         if self.test_fraction is None:
             if split == "train":
-                raise ValueError("BFCL is an evaluation benchmark: all its rows are in the 'test' split; set "
+                raise InputError("BFCL is an evaluation benchmark: all its rows are in the 'test' split; set "
                                  "task.options.test_fraction (e.g. 0.5) to hold out a share and train on the rest")
             return sample(self._all(), n, seed)
         return sample(holdout_split(self._all(), split, self.test_fraction, key=lambda ex: ex["id"]), n, seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example
 from r3rl.tasks.data import FileTask, load_records, row_error, sample
 from r3rl.tasks.safe_arith import (DEFAULT_LIMITS, DISALLOWED_OPERATOR, DIVISION_BY_ZERO, NOT_AN_EXPRESSION,
@@ -171,11 +172,11 @@ class CountdownTask(FileTask):
     ):
         lo, hi = tuple(num_range)
         if not 2 <= lo <= hi <= 8:
-            raise ValueError(f"num_range must be (min, max) with 2 <= min <= max <= 8, got {num_range!r}")
+            raise InputError(f"num_range must be (min, max) with 2 <= min <= max <= 8, got {num_range!r}")
         if n_train < 0 or n_test < 0:
-            raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
+            raise InputError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
         if max_number < 1 or max_target < 1:
-            raise ValueError(f"max_number and max_target must be >= 1, got {max_number}, {max_target}")
+            raise InputError(f"max_number and max_target must be >= 1, got {max_number}, {max_target}")
         super().__init__(path, test_path, test_fraction)
         self.n_train, self.n_test = int(n_train), int(n_test)
         self.num_range = (int(lo), int(hi))
@@ -185,7 +186,7 @@ class CountdownTask(FileTask):
     # ----------------------------------------------------------------- examples
     def load_examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be 'train' or 'test', got {split!r}")
         if self.path is None:
             return sample(self._generated()[split], n, seed)
         return super().load_examples(split, n, seed)
@@ -213,7 +214,7 @@ class CountdownTask(FileTask):
                 seen.add(key)
                 out.append(ex)
             if len(out) < want:
-                raise ValueError(f"only {len(out)} distinct instances exist for these options; asked for {want}")
+                raise InputError(f"only {len(out)} distinct instances exist for these options; asked for {want}")
             for i, ex in enumerate(out):
                 split = "test" if i < self.n_test else "train"
                 ex["id"] = f"countdown-{self.seed}-{split}-{i if split == 'test' else i - self.n_test}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from abc import abstractmethod
 from typing import Any, Callable, Hashable, TypeVar
 
+from r3rl.errors import InputError
 from r3rl.io import json_error_place
 from r3rl.tasks.base import Example, Task
 
@@ -33,7 +34,7 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 T = TypeVar("T")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file or record is malformed; the message names the file and the line, row and field."""
 
 
@@ -88,7 +89,7 @@ def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
     try:
         return load_dataset(dataset_id, split=split).to_list()
     except (OSError, ConnectionError, ValueError) as e:  # datasets' hub, offline and bad-split errors
-        from r3rl.engine.loading import hub_error_hint
+        from r3rl.errors import hub_error_hint
 
         if "split" in str(e).lower() and "unknown split" in str(e).lower():
             raise DataError(f"dataset {dataset_id!r} has no split {split!r}: {e}") from None
@@ -140,9 +141,9 @@ def holdout_split(records: list[T], split: str, test_fraction: float, key: Calla
     nothing tested was trained on. Order within the split is the file order.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     hashes = [_key_hash(key(r)) for r in records]
     distinct = sorted(set(hashes))
     n_test = math.ceil(test_fraction * len(distinct)) if distinct else 0
@@ -156,7 +157,7 @@ def split_examples(split: str, n: int | None, seed: int, load: Callable[[Any], l
     """The examples of `split` for a file-backed task: a separate test file when given, else the
     hash-based held-out part of `path` (see holdout_split); then a seeded sample of n."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if test_path is not None:
         pool = load(test_path if split == "test" else path)
     else:
@@ -192,9 +193,9 @@ class FileTask(Task):
 
     def __init__(self, path: str | None = None, test_path: str | None = None, test_fraction: float = 0.1):
         if not 0.0 < float(test_fraction) < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if test_path is not None and path is None:
-            raise ValueError("test_path needs path (the train data) too")
+            raise InputError("test_path needs path (the train data) too")
         self.path, self.test_path, self.test_fraction = path, test_path, float(test_fraction)
         self._sources: dict[str, list[Example]] = {}
 

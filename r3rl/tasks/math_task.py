@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.tasks.base import Example
 from r3rl.tasks.data import FileTask, load_records, row_error
 from r3rl.tasks.math_grade import MAX_TEXT_CHARS, NO_FINAL_ANSWER, UNVERIFIABLE, WRONG_ANSWER, default_grader
@@ -152,7 +153,7 @@ class MathTask(FileTask):
                  timeout_s: float = 5.0):
         super().__init__(path, test_path, test_fraction)
         if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+            raise InputError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s = float(timeout_s)
 
     # ----------------------------------------------------------------- examples

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from r3rl.errors import InputError
 from r3rl.io import atomic_write_text
 
 # What marks a folder as holding a run: a later --resume would read these.
@@ -98,7 +99,7 @@ def _discard(folder: Path) -> None:
 
 def check_files(path: Path) -> dict[str, Any]:
     """Read trainer_state.json and check every state file is whole, naming the first that is not."""
-    from r3rl.checks.files import check_safetensors, check_torch_zip
+    from r3rl.file_checks import check_safetensors, check_torch_zip
 
     state_file = path / "trainer_state.json"
     if not state_file.exists():
@@ -107,18 +108,18 @@ def check_files(path: Path) -> dict[str, Any]:
         state = json.loads(state_file.read_text(encoding="utf-8"))
         int(state["step"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{state_file}: not a valid trainer state ({type(e).__name__}: {e})") from None
+        raise InputError(f"{state_file}: not a valid trainer state ({type(e).__name__}: {e})") from None
     for name, want in (state.get("files") or {}).items():
         f = path / name
         if not f.is_file():
-            raise ValueError(f"{f}: missing from the checkpoint")
+            raise InputError(f"{f}: missing from the checkpoint")
         got = _fingerprint(f, size_only=True)
         if got["bytes"] != want["bytes"]:
-            raise ValueError(f"{f}: damaged ({got['bytes']} bytes, {want['bytes']} when saved)")
+            raise InputError(f"{f}: damaged ({got['bytes']} bytes, {want['bytes']} when saved)")
         if _fingerprint(f)["crc32"] != want["crc32"]:
-            raise ValueError(f"{f}: damaged (its checksum differs from when it was saved)")
+            raise InputError(f"{f}: damaged (its checksum differs from when it was saved)")
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-        raise ValueError(f"{path}: the checkpoint holds no model weights")
+        raise InputError(f"{path}: the checkpoint holds no model weights")
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)
     for f in sorted([*path.glob("*.bin"), *path.glob("*.pkl")]):
@@ -134,7 +135,7 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     try:
         accelerator.load_state(str(path))
     except Exception as e:  # a file that passed the checks but does not fit this model / optimizer
-        raise ValueError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+        raise InputError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
     return state
 
 
@@ -150,7 +151,7 @@ def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_ma
     if not found or resume:
         return
     if not overwrite:
-        raise ValueError(
+        raise InputError(
             f"{root} already holds a training run ({', '.join(found)}): pass --resume to continue it, or "
             f"--overwrite (train.overwrite_output_dir=true) to delete it and start again, or choose another train.output_dir"
         )
@@ -197,11 +198,11 @@ def adapter_only_state_hooks(accelerator, is_adapter_model) -> None:
             try:
                 result = model.load_state_dict(state, strict=False)
             except RuntimeError as e:  # shapes differ: another rank r or other target modules
-                raise ValueError(f"{input_dir}/{name} does not match this LoRA model (another train.lora_r or "
+                raise InputError(f"{input_dir}/{name} does not match this LoRA model (another train.lora_r or "
                                  f"lora_target_modules?): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
             frozen = set(model.state_dict()) - trainable(model)  # tied weights and buffers included
             if result.unexpected_keys or set(result.missing_keys) - frozen:
-                raise ValueError(
+                raise InputError(
                     f"{input_dir}/{name} does not match this LoRA model: unexpected keys "
                     f"{result.unexpected_keys[:3]}, missing trainable keys {sorted(set(result.missing_keys) - frozen)[:3]}"
                 )

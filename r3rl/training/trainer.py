@@ -54,6 +54,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 from transformers import get_scheduler
 
+from r3rl.errors import InputError
 from r3rl.config import Config, dump_config, to_dict
 from r3rl.evaluation.accuracy import evaluate_model
 from r3rl.evaluation.diagnostics import reflection_diagnostics
@@ -83,7 +84,7 @@ def resolve_mixed_precision(value: str, device: torch.device) -> str:
     if value == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     if value == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.mixed_precision=fp16 needs a CUDA device (this process runs on {device.type}); use bf16 or no")
+        raise InputError(f"train.mixed_precision=fp16 needs a CUDA device (this process runs on {device.type}); use bf16 or no")
     return value
 
 
@@ -91,7 +92,7 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, processes: int) -
     """Micro-batches each process back-propagates per optimizer step: batch_size / (micro_batch_size x processes)."""
     micro_per_step = batch_size // micro_batch_size
     if batch_size % micro_batch_size or micro_per_step % processes:
-        raise ValueError(
+        raise InputError(
             f"train.batch_size ({batch_size}) must be a multiple of train.micro_batch_size ({micro_batch_size}) x the "
             f"number of processes ({processes})"
         )
@@ -103,7 +104,7 @@ def _check_launcher_env(accum: int) -> None:
     value passed to Accelerator; r3rl derives it from the config, so a different number there is a mistake."""
     env = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
     if env and env.isdigit() and int(env) != accum:
-        raise ValueError(
+        raise InputError(
             f"the accelerate config sets gradient_accumulation_steps={env}, but r3rl derives {accum} from "
             f"train.batch_size / (train.micro_batch_size x processes); remove it from the accelerate config"
         )
@@ -182,7 +183,7 @@ class Trainer:
         self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
                                mixed_precision=self.precision, gradient_accumulation_steps=accum)
         if self._sharded():
-            raise ValueError(
+            raise InputError(
                 "FSDP and DeepSpeed ZeRO-3 shard the parameters, but r3rl generates on each rank with whole weights "
                 "(ranks decoding different lengths would hang in the per-layer all-gathers); use "
                 "configs/accelerate/ddp.yaml or deepspeed-zero2.yaml, with LoRA for models that do not fit one GPU"
@@ -199,7 +200,7 @@ class Trainer:
         self.model, self.tok, self.ref = build_policy(cfg.model, tcfg, self.acc.device, self.precision)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("no trainable parameters (check train.lora / the adapter)")
+            raise InputError("no trainable parameters (check train.lora / the adapter)")
         opt = torch.optim.AdamW(params, lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
                                 weight_decay=tcfg.weight_decay)
         # Not passed to accelerate.prepare: its wrapper would step the schedule once per process. Its state

@@ -40,3 +40,12 @@ class HangingTask(_Base):
         if "[TOOL_CALLS]" in completion:
             time.sleep(60)
         return Verdict(False, "no")
+
+
+class WarmUpHangingTask(_Base):
+    """Hangs on "0", one of the checker's untimed warm-up answers (r3rl.checks.verifier_check.WARM_UP)."""
+
+    def verify(self, example, completion):
+        if completion == "0":
+            time.sleep(60)
+        return Verdict(False, "no")

@@ -33,13 +33,13 @@ EVAL = TINY + ["eval.num_examples=140", "eval.samples_per_example=1"]
 
 def r3rl(args: list[str], cwd: Path, fault: str = "", counts: Path | None = None,
          timeout: float = 600) -> subprocess.CompletedProcess:
-    """`r3rl ARGS` in a fresh process with the fault hooks installed (see r3rl.checks.faults)."""
+    """`r3rl ARGS` in a fresh process with the fault hooks installed (see tests/reliability/faults.py)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", R3RL_FAULT=fault)
     env.pop("R3RL_FAULT_COUNTS", None)
     if counts is not None:
         env["R3RL_FAULT_COUNTS"] = str(counts)
-    return subprocess.run([sys.executable, "-m", "r3rl.checks.faults", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "tests.reliability.faults", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

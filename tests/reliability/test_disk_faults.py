@@ -2,7 +2,7 @@
 traceback), and nothing half-written left where a resume would trust it: the next run, with the
 disk fixed, ends exactly as an uninterrupted run.
 
-Simulated by failing the N-th write with ENOSPC (r3rl.checks.faults); where this machine allows
+Simulated by failing the N-th write with ENOSPC (tests/reliability/faults.py); where this machine allows
 mounts, also for real on a tiny tmpfs and a read-only one.
 """
 

@@ -1,7 +1,8 @@
 """Hostile completions against every registered task's verifier (and a user task by import path).
 
 Short run: 2,000 cases per task. R3RL_RELIABILITY=long: 100,000 per task, figures written to
-runs/reliability/hostile.md and .json (what RELIABILITY.md quotes).
+runs/reliability/hostile-<task>.json (what RELIABILITY.md quotes). bfcl reads the rows shipped in
+tests/fixtures/bfcl, so it runs where the bfcl-eval package is not installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tests.reliability.conftest import LONG
 from tests.reliability.harness import ROOT
 
 CASES = 100_000 if LONG else 2_000
+# Options for tasks whose examples come from files (the others build their own examples).
+TASK_OPTIONS = {"bfcl": {"path": str(ROOT / "tests" / "fixtures" / "bfcl")}}
 
 
 def test_generator_is_seeded_and_covers_every_family():
@@ -32,7 +35,7 @@ def test_generator_is_seeded_and_covers_every_family():
 
 @pytest.mark.parametrize("task", sorted(available_tasks()))
 def test_registered_verifier_survives_hostile_input(task):
-    rep = check_task(task, cases=CASES, seed=0)
+    rep = check_task(task, options=TASK_OPTIONS.get(task, {}), cases=CASES, seed=0)
     if rep.skipped:
         pytest.skip(f"{task}: cannot build examples here ({rep.skipped})")
     if LONG:
@@ -50,6 +53,8 @@ def test_check_catches_execution_crashes_and_hangs():
     assert rep.crashes > 10 and "ValueError" in rep.findings[0]["detail"]
     rep = check_task("tests.reliability.broken_tasks:HangingTask", cases=300, seed=0, hard_limit=1.0)
     assert rep.hangs >= 1 and rep.cases == 300  # killed and went on past the hanging case
+    rep = check_task("tests.reliability.broken_tasks:WarmUpHangingTask", cases=50, seed=0, hard_limit=0.5)
+    assert rep.hangs == 1 and rep.findings[0]["family"] == "warm-up" and not rep.clean  # not a silent wait
 
 
 def test_check_task_command_on_the_example_task():

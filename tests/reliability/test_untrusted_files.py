@@ -16,7 +16,6 @@ import torch
 
 from r3rl.cli import main
 from r3rl.config import Config
-from r3rl.engine.loading import load_model
 from r3rl.demo import model_path as demo_model_path
 from tests.reliability.harness import ROOT
 from tests.reliability.test_corrupt_inputs import TRAIN_SMALL, trained  # noqa: F401 - the shared fixture

@@ -1,8 +1,11 @@
 """Fault injection into a real `r3rl` command: kill -9 at a chosen code point, or a failing disk.
 
-    R3RL_FAULT=jsonl:3 python -m r3rl.checks.faults mine --config F ...
-    R3RL_FAULT=delay:4.5 python -m r3rl.checks.faults train --config F ...
-    R3RL_FAULT_COUNTS=counts.json python -m r3rl.checks.faults train ...   (record how often each point runs)
+Part of the reliability suite, not of the library (it wraps the command line, so nothing in r3rl/
+may import it). Run from the repository root, or with it on PYTHONPATH (tests/reliability/harness.py).
+
+    R3RL_FAULT=jsonl:3 python -m tests.reliability.faults mine --config F ...
+    R3RL_FAULT=delay:4.5 python -m tests.reliability.faults train --config F ...
+    R3RL_FAULT_COUNTS=counts.json python -m tests.reliability.faults train ...   (record how often each point runs)
 
 The command runs exactly as `r3rl ...` would, with hooks wrapped around the places where work is
 saved or lost. At the N-th call of the named point the process sends itself SIGKILL (no handler,
@@ -36,7 +39,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 POINTS = ("jsonl", "replace", "replaced", "fsync", "torch_save", "safetensors", "rmtree", "attempts", "reflect")
 

@@ -1,7 +1,9 @@
 """Checks of files r3rl reads before a library reads them, so a damaged file is named in one sentence.
 
 A truncated tokenizer.json or a half-written optimizer state otherwise fails dozens of frames deep
-inside tokenizers, safetensors or torch with a message that names no file.
+inside tokenizers, safetensors or torch with a message that names no file. Used by model loading
+(r3rl.engine.loading) and checkpoint loading (r3rl.training.checkpoint); each check raises
+DamagedFileError (a ValueError) naming the file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import zipfile
 from pathlib import Path
 
+from r3rl.errors import DamagedFileError
+
 __all__ = ["check_json_file", "check_safetensors", "check_torch_zip", "check_model_folder"]
 
 
@@ -17,7 +21,7 @@ def check_json_file(path: Path) -> None:
     try:
         json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: damaged JSON file ({e})") from None
+        raise DamagedFileError(f"{path}: damaged JSON file ({e})") from None
 
 
 def check_safetensors(path: Path) -> None:
@@ -28,7 +32,7 @@ def check_safetensors(path: Path) -> None:
         with safe_open(str(path), "pt") as st:
             st.keys()
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: damaged weights file ({e})") from None
+        raise DamagedFileError(f"{path}: damaged weights file ({e})") from None
 
 
 def check_torch_zip(path: Path) -> None:
@@ -37,9 +41,9 @@ def check_torch_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: damaged state file ({e})") from None
+        raise DamagedFileError(f"{path}: damaged state file ({e})") from None
     if bad is not None:
-        raise ValueError(f"{path}: damaged state file (entry {bad} fails its checksum)")
+        raise DamagedFileError(f"{path}: damaged state file (entry {bad} fails its checksum)")
 
 
 def check_model_folder(folder: Path) -> None:

@@ -1,6 +1,6 @@
 """The reliability run's figures as Markdown (what RELIABILITY.md quotes).
 
-    python -m r3rl.checks.figures runs/reliability
+    python -m tests.reliability.figures runs/reliability     (from the repository root; `make reliability`)
 
 reads kills-<command>.json and hostile-<task>.json written by `make reliability`.
 """

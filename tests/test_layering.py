@@ -1,0 +1,190 @@
+"""Every import inside r3rl points down the layer order of DESIGN.md, and no imports run in a circle.
+
+Data flows one way: task -> prompts -> engine -> rollout -> mining -> training -> evaluation ->
+reporting. A module may import modules of its own layer or of a layer below, never one above. Every
+`import r3rl...` counts, at module level or inside a function: a lazy import still ties the two
+modules together.
+
+Placement of the modules DESIGN.md does not name:
+    errors, file_checks    core: the error types and the damaged-file checks, used from config and io up
+    checks                 right above tasks: `r3rl check-task` drives a task's verifier and needs nothing else
+    engine/factory.py      inside engine (it only picks an engine class)
+    stack                  between rollout and mining: it assembles model, engine and Rollout from the
+                           config, for mining, training, evaluation, the CLI and the demo
+    plan, cli, demo, __main__   the top: commands and the demo may use everything
+    r3rl (the package's __init__)  core: it only holds the version
+
+To place a new module or package, add its name to a layer of LAYERS (a new layer is a new row).
+An arrow that runs upward today and is being removed by other work goes in KNOWN_UPWARD with the
+reason; the test fails as soon as such an arrow is gone, so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "r3rl"
+
+# Lowest layer first. A unit is a top-level module or package of r3rl (r3rl/engine/hf.py -> "engine").
+LAYERS: list[tuple[str, ...]] = [
+    ("r3rl", "config", "io", "types", "progress", "distributed", "errors", "file_checks"),
+    ("tasks",),
+    ("checks",),
+    ("prompts",),
+    ("engine",),
+    ("rollout",),
+    ("stack",),
+    ("mining",),
+    ("training",),
+    ("evaluation",),
+    ("reporting",),
+    ("integrations",),
+    ("plan", "cli", "demo", "__main__"),
+]
+
+# (importer unit, imported unit): why it is still there. Remove the entry when the arrow goes.
+KNOWN_UPWARD: dict[tuple[str, str], str] = {
+    ("training", "evaluation"): "issue 17 item 4: the trainer's final evaluation (trainer.py evaluate_model)",
+    ("training", "reporting"): "issue 17 item 4: the model card moves to reporting",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every r3rl module `path` imports (module level and inside functions), as dotted names."""
+    return imports_in(path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py")
+
+
+def imports_in(source: str, module: str, is_package: bool) -> set[str]:
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            # `from r3rl import prompts` imports the module r3rl.prompts, not only the package
+            found.update(f"{name}.{a.name}" for a in node.names if _is_module(f"{name}.{a.name}"))
+    return {m for m in found if m == "r3rl" or m.startswith("r3rl.")}
+
+
+def _is_module(dotted: str) -> bool:
+    p = PACKAGE.parent.joinpath(*dotted.split("."))
+    return p.with_suffix(".py").is_file() or (p / "__init__.py").is_file()
+
+
+def unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "r3rl"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the r3rl modules it imports (only names that exist as modules or packages)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        graph[module_name(path)] = {m for m in imports_of(path) if _is_module(m)} - {module_name(path)}
+    return graph
+
+
+def layer_of() -> dict[str, int]:
+    return {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def test_every_unit_has_a_layer():
+    units = {unit(m) for m in import_graph()}
+    missing = sorted(units - set(layer_of()))
+    assert not missing, f"place these in LAYERS (tests/test_layering.py): {missing}"
+
+
+def upward_arrows() -> dict[tuple[str, str], list[str]]:
+    level = layer_of()
+    up: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for mod, targets in import_graph().items():
+        for t in targets:
+            a, b = unit(mod), unit(t)
+            if a in level and b in level and level[b] > level[a]:
+                up[(a, b)].append(f"{mod} -> {t}")
+    return dict(up)
+
+
+def test_no_module_imports_one_above_it():
+    up = upward_arrows()
+    new = {k: v for k, v in up.items() if k not in KNOWN_UPWARD}
+    assert not new, "imports that run up the layers (DESIGN.md):\n" + "\n".join(
+        f"  {a} -> {b}: {', '.join(sorted(v))}" for (a, b), v in sorted(new.items()))
+    gone = sorted(set(KNOWN_UPWARD) - set(up))
+    assert not gone, f"these arrows are gone: remove them from KNOWN_UPWARD: {gone}"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles_between_units():
+    units: dict[str, set[str]] = defaultdict(set)
+    for mod, targets in import_graph().items():
+        units[unit(mod)].update(unit(t) for t in targets if unit(t) != unit(mod))
+    assert _cycles(units) == []
+
+
+def test_no_import_circles_between_modules():
+    """A package's __init__ re-exporting its modules is not a circle: a module importing its own
+    package's __init__ is left out (it is how `from r3rl.tasks import Task` inside r3rl.tasks works)."""
+    graph = import_graph()
+    pruned = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
+    assert _cycles(pruned) == []
+
+
+def test_the_checker_sees_every_kind_of_import_and_a_circle():
+    """The machinery above on made-up input, so a parser that misses imports cannot pass silently."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    source = ("import r3rl.rollout\nfrom r3rl import prompts, __version__\nfrom . import base\n"
+              "def g():\n    from r3rl.engine.hf import HFEngine\n    from ..mining import mine\n")
+    got = imports_in(source, "r3rl.engine.x", is_package=False)
+    assert {"r3rl.rollout", "r3rl.prompts", "r3rl.engine", "r3rl.engine.hf", "r3rl.mining"} <= got
+    assert "r3rl.__version__" not in got
+    assert {unit(m) for m in got} >= {"rollout", "prompts", "engine", "mining"}
