@@ -4,7 +4,8 @@ report.py     the entry points: build_report(run_dir), summary_table(run_dir)
 run.py        reading the run folder (config.yaml, metrics.jsonl, eval_before/, eval_after/)
 compare.py    paired tests of the evals' trials (before vs after, acc@2 vs the control)
 wording.py    numbers and verdicts in words
-document.py   the report's content as format-free blocks
+blocks.py     the format-free blocks a report is made of
+document.py   the report's content as a list of blocks
 render.py     blocks -> Markdown / HTML through templates/*.j2
 plots.py      matplotlib figures
 class_results.py       an evaluation's failure classes, transitions and reflection diagnostics

@@ -15,7 +15,7 @@ from typing import Any
 from r3rl.evaluation.classes import HOLM, compare_classes
 from r3rl.reporting import plots
 from r3rl.reporting.class_results import EvalClasses, load_eval_classes
-from r3rl.reporting.document import Block, Heading, Image, Para, TableBlock
+from r3rl.reporting.blocks import Block, Heading, Image, Para, TableBlock
 from r3rl.reporting.run import RunData
 from r3rl.reporting.wording import ALPHA, fmt_ci, fmt_pct, fmt_pts, fmt_pts_ci
 

@@ -15,7 +15,7 @@ from typing import Any
 from r3rl.reporting import plots
 from r3rl.evaluation.diagnostics import MAX_SHOWN_CHARS
 from r3rl.reporting.class_results import EvalClasses
-from r3rl.reporting.document import Block, Heading, Image, Para, TableBlock
+from r3rl.reporting.blocks import Block, Heading, Image, Para, TableBlock
 from r3rl.reporting.run import RunData, metric_series
 from r3rl.reporting.wording import fmt_num, fmt_pct
 

@@ -8,12 +8,14 @@ identical to the first, a loss printed as 0.0000 when it is 1e-8.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
 from r3rl.reporting import plots
+from r3rl.reporting.blocks import Block, Code, Heading, Image, Para, TableBlock
+from r3rl.reporting.classes_section import failure_class_blocks, run_classes
+from r3rl.reporting.diagnostics_section import diagnostics_blocks
 from r3rl.reporting.compare import before_after, reflection_vs_control
 from r3rl.reporting.run import ACC_KEYS, EvalResults, RunData, is_number, lookup, metric_series, non_finite_steps
 from r3rl.reporting.wording import (
@@ -56,44 +58,6 @@ TINY_LOSS = 1e-4
 _TEXT_LIMITS = {"attempt": 320, "reflection": 480, "retry": 320, "reason": 100}
 
 
-@dataclass(frozen=True)
-class Heading:
-    kind: ClassVar[str] = "heading"
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Para:
-    kind: ClassVar[str] = "para"
-    text: str
-    style: str = ""  # "" | "note" (missing data) | "warning" (the run is suspect) | "verdict" (headline)
-
-
-@dataclass(frozen=True)
-class TableBlock:
-    kind: ClassVar[str] = "table"
-    header: list[str]
-    rows: list[list[str]]
-    long_text: bool = False  # cells hold multi-line model output
-
-
-@dataclass(frozen=True)
-class Image:
-    kind: ClassVar[str] = "image"
-    name: str  # file stem under report/
-    caption: str
-    png: bytes
-
-
-@dataclass(frozen=True)
-class Code:
-    kind: ClassVar[str] = "code"
-    summary: str
-    text: str
-
-
-Block = Heading | Para | TableBlock | Image | Code
 
 
 # --------------------------------------------------------------------------- run settings
@@ -372,8 +336,6 @@ def report_blocks(run: RunData) -> list[Block]:
     blocks += _config_blocks(run)
     blocks += _results_blocks(run)
     # Imported here: these sections build on the block types defined above.
-    from r3rl.reporting.classes_section import failure_class_blocks, run_classes
-    from r3rl.reporting.diagnostics_section import diagnostics_blocks
 
     evals = run_classes(run)
     blocks += failure_class_blocks(run, evals)

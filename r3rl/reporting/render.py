@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import jinja2
 
-from r3rl.reporting.document import Block, Image
+from r3rl.reporting.blocks import Block, Image
 
 
 def _md_text(text: str) -> str:
