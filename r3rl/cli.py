@@ -84,12 +84,13 @@ def _say(msg: str, file=None) -> None:
 def _split_line(task, split: str, asked: int, got: int) -> str:
     """How many examples the split gave, and, for a task read from a file, how the file was split:
     a 5-row file held out 10% by hash otherwise evaluates 1 row without a word."""
+    from r3rl.tasks.data import FileTask
+
     line = f"{task.name}: {got} example(s) from split '{split}' (asked for {asked})"
-    path = getattr(task, "path", None)
-    if path:
+    if isinstance(task, FileTask) and task.path:
         counts = {s: len(task.load_examples(s, None)) for s in ("train", "test")}
-        line += f"; {path} gives {counts['train']} train / {counts['test']} test"
-        if getattr(task, "test_path", None) is None and hasattr(task, "test_fraction"):
+        line += f"; {task.path} gives {counts['train']} train / {counts['test']} test"
+        if task.test_path is None:
             line += (f" (a hash-based test_fraction={task.test_fraction} of its rows is the test split; "
                      "set task.options.test_path or test_fraction to change it)")
     return line

@@ -225,3 +225,15 @@ def test_split_line_says_how_a_small_file_was_split(tmp_path):
     assert got == 1
     assert line.startswith(f"countdown: 1 example(s) from split 'test' (asked for 200); {path} gives 4 train / 1 test")
     assert "hash-based test_fraction=0.1" in line
+
+
+def test_split_line_of_bfcl_a_folder_task_with_no_train_split():
+    """BFCL's path is a folder and it has no train split: the line must not ask for one (it raised before)."""
+    from pathlib import Path
+
+    from r3rl.cli import _split_line
+    from r3rl.tasks import load_task
+
+    task = load_task("bfcl", path=str(Path(__file__).parent / "fixtures" / "bfcl"))
+    got = len(task.load_examples("test", 5))
+    assert _split_line(task, "test", 5, got) == f"bfcl: {got} example(s) from split 'test' (asked for 5)"
