@@ -229,10 +229,10 @@ class Rollout:
                         retry_reason=verdicts[0].reason if verdicts else "no retry generated",
                         retry_ids=first.token_ids if first else [],
                         reward=reward,
-                        round=rnd,
                         attempt_prompt_ids=attempt_prompts[i],
                         retry_prompt_ids=first.prompt_ids if first else [],
                         retry_logprobs=first.logprobs if first else [],
+                        round=rnd,
                         extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason, "failure_index": i},
                     ))
                     refl = first.next if first is not None else None
