@@ -241,6 +241,7 @@ class Config:
 
 
 _CHOICES = {
+    "train.objective": ("reflection", "first_attempt", "retry", "distill_retry"),
     "train.advantage": ("normalized", "mean_only"),
     "train.loss_aggregation": ("sequence_mean", "token_sum"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -248,7 +249,6 @@ _CHOICES = {
     "generation.shared_prefix_attention": ("auto", "on", "off"),
     "generation.backend": ("hf", "vllm"),
     "train.sampling_correction": ("none", "tis"),
-    "train.objective": ("reflection", "first_attempt", "retry", "distill_retry"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
 # train.objective -> the generation stage whose samples it trains (TrainingObjective.stage; kept here so
