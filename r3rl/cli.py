@@ -6,7 +6,7 @@
     r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl compare RUN_DIR RUN_DIR ... [--output DIR]   (runs on the same trials, paired tests)
-    r3rl demo   [--quick]
+    r3rl demo   [--quick] [--compare]
     r3rl forgetting --model BEFORE --model AFTER [--tasks T ...]   (lm-eval on both, differences)
     r3rl tasks
     r3rl config [--config FILE] [--docs] [overrides]   (the resolved config; --docs adds each field's doc)
@@ -230,7 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from r3rl.demo.run import run_demo
 
-    return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides)
+    return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides, compare=args.compare)
 
 
 def cmd_forgetting(args: argparse.Namespace) -> int:
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: evaluate, mine, train, evaluate, report (CPU, minutes)")
     p.add_argument("--output", "-o", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test, no significance)")
+    p.add_argument("--compare", action="store_true",
+                   help="also train the first_attempt baseline (plain GRPO) with the same budget into OUTPUT/first_attempt, "
+                        "evaluate it alike and compare both runs (OUTPUT/compare)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value")
     p.set_defaults(func=cmd_demo)
 

@@ -125,6 +125,8 @@ class FailuresConfig:
 class TrainConfig:
     output_dir: str = "runs/train"
     """Run folder: config.yaml, metrics.jsonl, episodes.jsonl, checkpoints, final model."""
+    objective: str = "reflection"
+    """What the loss trains (r3rl/training/objectives.py): reflection (the paper), first_attempt (plain GRPO), retry, distill_retry."""
     online: bool = False
     """Draw first attempts from the current policy each step (settings in `failures`) instead of a fixed failure set."""
     steps: int = 100
@@ -243,6 +245,7 @@ class Config:
 
 
 _CHOICES = {
+    "train.objective": ("reflection", "first_attempt", "retry", "distill_retry"),
     "train.advantage": ("normalized", "mean_only"),
     "train.loss_aggregation": ("sequence_mean", "token_sum"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -253,6 +256,9 @@ _CHOICES = {
     "failures.reuse": ("strict", "any"),
     "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
 }
+# train.objective -> the generation stage whose samples it trains (TrainingObjective.stage; kept here so
+# validating a config needs no torch import; tests/test_objectives.py checks the two agree).
+OBJECTIVE_STAGES = {"reflection": "reflection", "first_attempt": "attempt", "retry": "retry", "distill_retry": "retry"}
 _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
     "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",
@@ -429,9 +435,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.beta: must be >= 0, got {cfg.train.beta}")
     if cfg.train.sampling_correction_cap <= 0:
         raise ConfigError(f"train.sampling_correction_cap: must be > 0, got {cfg.train.sampling_correction_cap}")
-    if cfg.train.sampling_correction == "tis" and cfg.generation.reflection_temperature not in (0, 1):
+    stage = OBJECTIVE_STAGES[cfg.train.objective]
+    temperature = getattr(cfg.generation, f"{stage}_temperature")
+    if cfg.train.sampling_correction == "tis" and temperature not in (0, 1):
         raise ConfigError("train.sampling_correction=tis compares the engine's log-probs, taken at temperature 1, with the "
-                          f"training forward's at generation.reflection_temperature={cfg.generation.reflection_temperature}; "
+                          f"training forward's at generation.{stage}_temperature={temperature}; "
                           "set it to 1 (or 0) or train.sampling_correction=none")
     for stage in ("attempt", "reflection", "retry"):
         if getattr(cfg.generation, f"{stage}_temperature") < 0:

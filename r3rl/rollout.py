@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from r3rl import prompts
@@ -33,6 +33,8 @@ class Attempt:
     text: str
     verdict: Verdict
     token_ids: list[int]
+    prompt_ids: list[int] = field(default_factory=list)  # [P] the templated task prompt the attempt continues
+    logprobs: list[float] = field(default_factory=list)  # [T] sampling log-probs of token_ids
 
     def as_failure(self, example_id: str = "") -> "Failure":
         """This (failed) attempt as the input of reflection."""
@@ -138,7 +140,7 @@ class Rollout:
         self._check_prompt_lengths(examples, prompt_ids)
         gens = self.engine.generate(prompt_ids, self._params("attempt", seed, sampling), n=n)
         return [
-            [Attempt(ex, g.text, self.verify(ex, g.text), g.token_ids) for g in row]
+            [Attempt(ex, g.text, self.verify(ex, g.text), g.token_ids, g.prompt_ids, g.logprobs) for g in row]
             for ex, row in zip(examples, gens)
         ]
 
@@ -167,6 +169,7 @@ class Rollout:
         tools = [self.task.tools(f.example) for f in failures]
         convs = [self._conversation(f) for f in failures]
         contexts = [prompts.encode(self.tokenizer, c, t) for c, t in zip(convs, tools)]
+        attempt_prompts = [prompts.encode(self.tokenizer, self.task.messages(f.example), t) for f, t in zip(failures, tools)]
         k = self.cfg.retries_per_reflection
         retry_params = self._params("retry", seed, sampling)
         reflect_params = self._params("reflection", seed, sampling)
@@ -242,6 +245,9 @@ class Rollout:
                         retry_reason=verdicts[0].reason if verdicts else "no retry generated",
                         retry_ids=first.token_ids if first else [],
                         reward=reward,
+                        attempt_prompt_ids=attempt_prompts[i],
+                        retry_prompt_ids=first.prompt_ids if first else [],
+                        retry_logprobs=first.logprobs if first else [],
                         round=rnd,
                         extra=extra,
                     ))

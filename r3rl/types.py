@@ -56,7 +56,11 @@ class Generation:
 
 @dataclass
 class Episode:
-    """One reflection and its retry, for one failed first attempt (one member of a GRPO group)."""
+    """One reflection and its retry, for one failed first attempt (one member of a GRPO group).
+
+    With train.objective=first_attempt an episode is one fresh first attempt instead: its
+    attempt_* ids are set, and context_ids, the reflection and the retry are empty.
+    """
 
     example_id: str
     group_id: str
@@ -74,11 +78,17 @@ class Episode:
     retry_reason: str = ""
     retry_ids: list[int] = field(default_factory=list)
     round: int = 1  # which reflect/retry round produced this reflection (1 = first)
+    attempt_prompt_ids: list[int] = field(default_factory=list)  # [P0] task only, templated (ends with the assistant header): the first attempt's prompt
+    attempt_ids: list[int] = field(default_factory=list)  # [A] a first attempt sampled in training (objective first_attempt); empty otherwise
+    attempt_logprobs: list[float] = field(default_factory=list)  # [A] sampling log-probs of attempt_ids
+    retry_prompt_ids: list[int] = field(default_factory=list)  # [P1] context_ids + reflection_ids + retry suffix: the retry's prompt (empty: no retry)
+    retry_logprobs: list[float] = field(default_factory=list)  # [R] sampling log-probs of retry_ids
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self, with_ids: bool = False) -> dict[str, Any]:
         d = asdict(self)
         if not with_ids:
-            for k in ("context_ids", "reflection_ids", "reflection_logprobs", "retry_ids"):
+            for k in ("context_ids", "reflection_ids", "reflection_logprobs", "retry_ids", "attempt_prompt_ids",
+                      "attempt_ids", "attempt_logprobs", "retry_prompt_ids", "retry_logprobs"):
                 d.pop(k)
         return d

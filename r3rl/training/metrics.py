@@ -25,7 +25,10 @@ MAX_KEYS = ("diff_max",)
 @dataclass
 class MetricsRow:
     """One optimizer step. Means over episodes are over all of the step's reflections (batch_size x G,
-    every rank); token means are over the reflection tokens that entered the loss."""
+    every rank); token means are over the reflection tokens that entered the loss. With another
+    train.objective (training/objectives.py) read "the objective's samples and trained tokens":
+    reward is that objective's (first_attempt: the attempt passed), and reflection_len is 0 for
+    first_attempt, which generates no reflection."""
 
     step: int
     """Optimizer steps done (1 = after the first)."""

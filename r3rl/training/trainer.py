@@ -1,4 +1,5 @@
-"""Reflection-only GRPO: the training recipe.
+"""Reflection-only GRPO: the training recipe (train.objective=reflection, the default; the
+baselines of training/objectives.py change only which rollouts and rows steps 2-5 use).
 
 Each optimizer step:
   1. take `batch_size` failed first attempts (failures.py: a mined failure set, or drawn online
@@ -22,6 +23,8 @@ Deliberate choices: the loss is normalised by the *global* number of reflections
 (batch_size x G), a constant, so micro-batches and ranks need no communication to agree on it
 and skipped groups do not inflate the rest; sampling seeds derive from (seed, step, micro-batch),
 so a resumed run and a run on another number of processes roll out the same episodes.
+The objective (`train.objective`, training/objectives.py) makes each micro-batch's rollouts and
+turns them into loss rows (context, completion, reward, group); the loop is the same for all.
 Precision as the HF Trainer / TRL: float32 trainable weights and optimizer state, forward passes
 (training, reference, and generation) under `train.mixed_precision` autocast.
 Log-probs: the training forward's are of softmax(logits / T) at the reflection temperature T
@@ -68,6 +71,7 @@ from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoin
                                       prepare_output_dir, save_checkpoint)
 from r3rl.training.failures import FailureSource, build_failure_source
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
+from r3rl.training.objectives import Row, build_objective
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
 from r3rl.training.tracking import log_episode_texts
 from r3rl.types import Episode
@@ -209,8 +213,9 @@ class Trainer:
         self.scheduler = get_scheduler(tcfg.lr_scheduler, opt, num_warmup_steps=tcfg.warmup_steps,
                                        num_training_steps=tcfg.steps)
         self._configure_deepspeed()
-        # log-probs of the distribution reflections are sampled from (0 = greedy counts as 1)
-        self.temperature = cfg.generation.reflection_temperature or 1.0
+        # log-probs of the distribution the trained completions (reflections by default) are sampled from
+        self.objective = build_objective(tcfg.objective)
+        self.temperature = self.objective.temperature(cfg.generation)
         self.policy, self.opt = self.acc.prepare(LogprobModel(self.model, tcfg.logit_chunk_size, self.temperature), opt)
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
@@ -271,43 +276,50 @@ class Trainer:
         for micro in range(self.acc.process_index, self.micro_per_step, self.world):
             failures = self.failures.for_micro(step, micro)
             seed = derive_seed(cfg.seed, "train", step, micro)
-            batches.append(self.rollout.reflect_and_retry(failures, cfg.rollout.group_size, seed=seed) if failures else [])
+            batches.append(self.objective.episodes(self.rollout, failures, cfg.rollout.group_size, seed)
+                           if failures else [])
         return batches
 
     def _micro(self, episodes: list[Episode]) -> _Micro:
-        """Advantages and the padded batch of the rows that enter the loss."""
+        """Advantages and the padded batch of the rows that enter the loss (the objective's rows)."""
         tcfg = self.cfg.train
         stats: dict[str, float] = {}
         if not episodes:  # e.g. online mode where every attempt of the micro-batch passed
             return _Micro(episodes, stats, None, None)
-        rewards = torch.tensor([e.reward for e in episodes])  # [N]
-        gids = {g: i for i, g in enumerate(dict.fromkeys(e.group_id for e in episodes))}
-        group_ids = torch.tensor([gids[e.group_id] for e in episodes])  # [N]
-        adv = grpo.group_advantages(rewards, group_ids, tcfg.advantage)  # [N]
-        no_signal = grpo.zero_signal_mask(rewards, group_ids)  # [N]
-        for e, a in zip(episodes, adv.tolist()):
-            e.advantage = a
-        stats.update(episodes=len(episodes), reward=float(rewards.sum()), retry_ok=sum(e.retry_ok for e in episodes),
-                     zero_adv=float(no_signal.sum()), reflection_len=sum(len(e.reflection_ids) for e in episodes),
-                     gen_tokens=sum(len(e.reflection_ids) + len(e.retry_ids) for e in episodes))
+        all_rewards = torch.tensor([self.objective.reward(e) for e in episodes])  # [N]
+        cands = self.objective.rows(episodes)  # [R] the rows that may enter the loss (R = N for a GRPO objective)
+        stats.update(episodes=len(episodes), reward=float(all_rewards.sum()), retry_ok=sum(e.retry_ok for e in episodes),
+                     reflection_len=sum(len(e.reflection_ids) for e in episodes),
+                     gen_tokens=sum(len(e.attempt_ids) + len(e.reflection_ids) + len(e.retry_ids) for e in episodes))
+        if not cands:  # distill_retry with no successful retry: nothing to learn from
+            stats.update(zero_adv=float(len(episodes)))
+            return _Micro(episodes, stats, None, None)
+        rewards = all_rewards[[r.episode for r in cands]]  # [R]
+        gids = {g: i for i, g in enumerate(dict.fromkeys(episodes[r.episode].group_id for r in cands))}
+        group_ids = torch.tensor([gids[episodes[r.episode].group_id] for r in cands])  # [R]
+        adv, no_signal = self.objective.advantages(rewards, group_ids, tcfg.advantage)  # [R], [R]
+        for r, a in zip(cands, adv.tolist()):
+            episodes[r.episode].advantage = a
+        # episodes without a row carry no policy signal either (distill_retry's failed retries)
+        stats.update(zero_adv=float(no_signal.sum()) + (len(episodes) - len(cands)))
         # A zero-signal group's policy term is exactly zero, its KL term is not: keep it when beta > 0.
-        rows = list(range(len(episodes))) if tcfg.beta > 0 else [i for i in range(len(episodes)) if not no_signal[i]]
+        rows = list(range(len(cands))) if tcfg.beta > 0 else [i for i in range(len(cands)) if not no_signal[i]]
         if not rows:
             return _Micro(episodes, stats, None, None)
-        kept = [episodes[i] for i in rows]
-        batch = grpo.build_completion_batch([e.context_ids for e in kept], [e.reflection_ids for e in kept],
+        kept = [cands[i] for i in rows]
+        batch = grpo.build_completion_batch([r.context for r in kept], [r.completion for r in kept],
                                             self.tok.pad_token_id)
         batch = tuple(t.to(self.acc.device) for t in batch)  # [B, T] each
         return _Micro(episodes, stats, batch, adv[rows], self._sampling_logprobs(kept, batch[2]))
 
-    def _sampling_logprobs(self, episodes: list[Episode], completion_mask: torch.Tensor) -> torch.Tensor | None:
-        """[B, T] the engine's log-probs of the reflection tokens, when they are comparable with the training
-        forward's: the engine keeps log_softmax(logits) at temperature 1, so only at reflection temperature 1 (or 0)."""
-        complete = all(len(e.reflection_logprobs) == len(e.reflection_ids) for e in episodes)
+    def _sampling_logprobs(self, rows: list[Row], completion_mask: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] the engine's log-probs of the trained tokens, when they are comparable with the training
+        forward's: the engine keeps log_softmax(logits) at temperature 1, so only at a sampling temperature of 1 (or 0)."""
+        complete = all(len(r.sampling_logprobs) == len(r.completion) for r in rows)
         if self.temperature == 1.0 and complete:
-            return grpo.completion_values([e.reflection_logprobs for e in episodes], completion_mask)  # [B, T]
+            return grpo.completion_values([r.sampling_logprobs for r in rows], completion_mask)  # [B, T]
         if self.cfg.train.sampling_correction == "tis":
-            raise RuntimeError("train.sampling_correction=tis: the engine returned no log-probs for some reflection tokens")
+            raise RuntimeError("train.sampling_correction=tis: the engine returned no log-probs for some trained tokens")
         return None
 
     def _old_logprobs(self, micro: _Micro) -> torch.Tensor | None:
@@ -340,9 +352,9 @@ class Trainer:
             with self.acc.autocast():
                 ref = reference_logprobs(self.model, self.ref, tcfg.logit_chunk_size, *micro.batch,
                                          temperature=self.temperature)  # [B, T]
-        total = tcfg.batch_size * cfg.rollout.group_size  # the global number of reflections in this step
+        total = tcfg.batch_size * cfg.rollout.group_size  # the global number of samples (reflections) in this step
         agg = grpo.LossAggregation(tcfg.loss_aggregation)
-        norm = total / self.world if agg is grpo.LossAggregation.SEQUENCE_MEAN else total * cfg.generation.max_reflection_tokens / self.world
+        norm = total / self.world if agg is grpo.LossAggregation.SEQUENCE_MEAN else total * self.objective.max_tokens(cfg.generation) / self.world
         loss, s = grpo.policy_loss(
             logp, old, micro.advantages.to(logp), mask, clip_eps=tcfg.clip_eps,
             clip_eps_high=tcfg.clip_eps_high or None, beta=tcfg.beta, logp_ref=ref, aggregation=agg, norm_constant=norm,
