@@ -139,9 +139,13 @@ class VLLMEngine(Engine):
             kwargs["block_size"] = vc.block_size
         try:
             llm = vllm.LLM(base, **kwargs)
+            # vLLM's CPU build accepts some models it cannot run (head_dim 16) and fails at the first
+            # forward: one token now turns that into a start-up error instead of one mid-run.
+            llm.generate([{"prompt_token_ids": [0]}], vllm.SamplingParams(max_tokens=1, detokenize=False),
+                         use_tqdm=False)
         except Exception as e:
-            text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             if any(word in str(e).lower() for word in _UNSUPPORTED):
+                text = str(e).strip().splitlines()[0][:300]
                 raise VLLMError(f"vLLM cannot run model {base!r} ({text}); generate with transformers instead: "
                                 f"generation.backend=hf.") from e
             raise
