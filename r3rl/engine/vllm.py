@@ -137,6 +137,10 @@ class VLLMEngine(Engine):
             kwargs["max_model_len"] = vc.max_model_len
         if vc.block_size:
             kwargs["block_size"] = vc.block_size
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under accelerate / torchrun each rank drives its own in-process vLLM on its own device, as
+            # TRL's colocate mode does: the plain executor would put every rank's engine on device 0.
+            kwargs["distributed_executor_backend"] = "external_launcher"
         try:
             llm = vllm.LLM(base, **kwargs)
             # vLLM's CPU build accepts some models it cannot run (head_dim 16) and fails at the first

@@ -1,0 +1,93 @@
+"""`r3rl mine` and `r3rl eval` with generation.backend=vllm, as a user runs them (subprocesses), and the
+two one-sentence errors: vLLM missing, vLLM unable to run the model.
+
+Greedy settings, so each command's records must equal the hf backend's on the same model.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r3rl.cli import main
+from r3rl.config import GenerationConfig, ModelConfig
+from tests.vllm.conftest import needs_vllm, vllm_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM = ["generation.vllm.enforce_eager=true", "generation.vllm.max_model_len=512", "generation.vllm.block_size=32",
+        "generation.vllm.cpu_kvcache_space_gb=1", "generation.vllm.dtype=float32"]
+
+
+def common(model: str) -> list[str]:
+    # 3-digit sums: the demo model (trained on 2 digits) fails most of them, so mining finds failures
+    return [f"model.name_or_path={model}", "task.name=addition", "task.options.digits=3", "seed=0", "generation.attempt_temperature=0",
+            "generation.reflection_temperature=0", "generation.retry_temperature=0", "generation.max_attempt_tokens=16",
+            "generation.max_reflection_tokens=32", "generation.max_retry_tokens=16"]
+
+
+def mine_args(model: str, tmp: Path, backend: str) -> list[str]:
+    return ["mine", *common(model), f"generation.backend={backend}", f"failures.path={tmp / backend / 'f.jsonl'}",
+            "failures.num_examples=12", "failures.attempts_per_example=1", "failures.chunk_size=6"]
+
+
+def eval_args(model: str, tmp: Path, backend: str) -> list[str]:
+    return ["eval", *common(model), f"generation.backend={backend}", f"eval.output_dir={tmp / backend / 'eval'}",
+            "eval.num_examples=6", "eval.chunk_size=3", "rollout.group_size=1"]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A local model folder (the demo model, copied: a user's folder, not the registered alias)."""
+    import shutil
+
+    from r3rl.demo import model_path
+
+    return shutil.copytree(model_path(), tmp_path_factory.mktemp("cli") / "model")
+
+
+def test_mine_and_eval_run_with_the_vllm_backend_and_match_hf(model_dir, tmp_path):
+    needs_vllm()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    runs = [subprocess.Popen([sys.executable, "-m", "r3rl", *args(str(model_dir), tmp_path, "vllm"), *VLLM],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for args in (mine_args, eval_args)]
+    outs = [p.communicate(timeout=600) for p in runs]
+    for p, (out, err) in zip(runs, outs):
+        assert p.returncode == 0, err[-3000:]
+    # the same commands with the hf backend, in this process (no vLLM involved)
+    assert main(mine_args(str(model_dir), tmp_path, "hf")) == 0
+    assert main(eval_args(str(model_dir), tmp_path, "hf")) == 0
+    mined = {b: lines(tmp_path / b / "f.jsonl") for b in ("vllm", "hf")}
+    assert mined["vllm"] and mined["vllm"] == mined["hf"]
+    results = {b: json.loads((tmp_path / b / "eval" / "results.json").read_text()) for b in ("vllm", "hf")}
+    for key in ("acc@1", "acc@2", "n"):
+        if key in results["hf"]:
+            assert results["vllm"][key] == results["hf"][key], key
+    episodes = {b: lines(tmp_path / b / "eval" / "episodes.jsonl") for b in ("vllm", "hf")}
+    assert len(episodes["vllm"]) == 6
+    assert [e.get("retry_text") for e in episodes["vllm"]] == [e.get("retry_text") for e in episodes["hf"]]
+
+
+def test_without_vllm_the_error_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed (the default environment)
+    from r3rl.engine.vllm import VLLMError, import_vllm
+
+    with pytest.raises(VLLMError, match=r"r3rl\[vllm\].*make install-vllm"):
+        import_vllm()
+
+
+def test_a_model_vllm_cannot_run_names_the_model_and_the_hf_fallback(tmp_path):
+    needs_vllm()
+    from r3rl.demo.tiny import save_tiny_model
+    from r3rl.engine.vllm import VLLMEngine, VLLMError
+
+    folder = save_tiny_model(tmp_path / "h16", hidden_size=32, layers=1, heads=2, kv_heads=1)  # head_dim 16
+    with pytest.raises(VLLMError, match=r"cannot run model .*h16.*generation\.backend=hf"):
+        VLLMEngine.from_config(GenerationConfig(backend="vllm", vllm=vllm_settings()), ModelConfig(name_or_path=str(folder)))
