@@ -141,6 +141,7 @@ class VLLMEngine(Engine):
             # Under accelerate / torchrun each rank drives its own in-process vLLM on its own device, as
             # TRL's colocate mode does: the plain executor would put every rank's engine on device 0.
             kwargs["distributed_executor_backend"] = "external_launcher"
+        llm = None
         try:
             llm = vllm.LLM(base, **kwargs)
             # vLLM's CPU build accepts some models it cannot run (head_dim 16) and fails at the first
@@ -148,6 +149,8 @@ class VLLMEngine(Engine):
             llm.generate([{"prompt_token_ids": [0]}], vllm.SamplingParams(max_tokens=1, detokenize=False),
                          use_tqdm=False)
         except Exception as e:
+            if llm is not None:  # now, not whenever the traceback is collected (see close)
+                _shutdown(llm)
             if any(word in str(e).lower() for word in _UNSUPPORTED):
                 text = str(e).strip().splitlines()[0][:300]
                 raise VLLMError(f"vLLM cannot run model {base!r} ({text}); generate with transformers instead: "
@@ -324,10 +327,21 @@ class VLLMEngine(Engine):
         self.reset_prefix_cache()
         self.weight_syncs += 1
 
+    def close(self) -> None:
+        """Shut vLLM down now. Its shutdown also tears down vLLM's process-global parallel state, so
+        an engine left to the garbage collector can break another engine started in the meantime."""
+        if self.llm is not None:
+            _shutdown(self.llm)
+            self.llm = None
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached KV block (vLLM refuses while requests run; none do between calls)."""
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM did not reset its prefix cache (requests still running?)")
+
+
+def _shutdown(llm: Any) -> None:
+    llm.llm_engine.engine_core.shutdown()
 
 
 def policy_weights(module: "torch.nn.Module") -> Iterator[tuple[str, "torch.Tensor"]]:

@@ -36,7 +36,9 @@ def hf():
 @pytest.fixture(scope="module")
 def engine(hf):
     gen = GenerationConfig(backend="vllm", vllm=vllm_settings())
-    return VLLMEngine.from_config(gen, ModelConfig(name_or_path=model_path()), tokenizer=hf.tokenizer)
+    engine = VLLMEngine.from_config(gen, ModelConfig(name_or_path=model_path()), tokenizer=hf.tokenizer)
+    yield engine
+    engine.close()  # before the next module starts its own
 
 
 def questions(tok, pairs):

@@ -37,7 +37,9 @@ def policy():
 def engine(policy):
     model, tok = policy
     gen = GenerationConfig(backend="vllm", vllm=vllm_settings())
-    return VLLMEngine.from_config(gen, ModelConfig(name_or_path=model_path()), model=model, tokenizer=tok)
+    engine = VLLMEngine.from_config(gen, ModelConfig(name_or_path=model_path()), model=model, tokenizer=tok)
+    yield engine
+    engine.close()  # before the next module starts its own
 
 
 def questions(tok, pairs=((12, 35), (48, 7), (90, 99), (61, 18)), system=""):
