@@ -60,7 +60,7 @@ def test_greedy_matches_hf_token_for_token(engine, hf):
     ids = questions(hf.tokenizer, PAIRS)
     p = SamplingParams(max_new_tokens=GREEDY_TOKENS, temperature=0)
     ours, ref = engine.generate(ids, p), hf.generate(ids, p)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert a[0].token_ids == b[0].token_ids
         assert a[0].text == b[0].text and a[0].finish_reason == b[0].finish_reason
         assert a[0].logprobs == pytest.approx(b[0].logprobs, abs=LOGPROB_TOL)
@@ -76,7 +76,7 @@ def test_sampled_rows_use_top_k_and_report_raw_logprobs(engine, hf):
     p = SamplingParams(max_new_tokens=12, temperature=0.7, top_k=3, seed=1)
     out = engine.generate(ids, p, n=4)
     assert [len(row) for row in out] == [4, 4, 4]
-    for prompt, row in zip(ids, out):
+    for prompt, row in zip(ids, out, strict=True):
         for g in row:
             assert 1 <= len(g.token_ids) <= 12 and len(g.logprobs) == len(g.token_ids)
             full, picked = teacher_forced_logprobs(hf.model, prompt, g.token_ids)
@@ -120,7 +120,7 @@ def test_continuation_equals_generating_the_whole_prompt(engine, hf):
     stats = engine.last_stats
     whole = [row[0].prompt_ids + row[0].token_ids + suffix for row in chained]
     scratch = engine.generate(whole, greedy)
-    for row, fresh in zip(chained, scratch):
+    for row, fresh in zip(chained, scratch, strict=True):
         for g in row:
             assert g.next is not None and g.next.prompt_ids == g.prompt_ids + g.token_ids + suffix
             assert g.next.token_ids == fresh[0].token_ids

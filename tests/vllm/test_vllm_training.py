@@ -80,7 +80,7 @@ def test_the_trainers_weights_reach_vllm_after_an_optimizer_step(engine, policy)
     engine.sync_weights(model)
     after = engine.generate(ids, GREEDY)
     assert tokens(after) == tokens(updated)
-    for a, b in zip(after, updated):
+    for a, b in zip(after, updated, strict=True):
         assert a[0].logprobs == pytest.approx(b[0].logprobs, abs=LOGPROB_TOL)
 
 
@@ -130,7 +130,7 @@ def test_reflect_and_retry_over_vllm_gives_the_hf_backends_episodes(engine, poli
     assert failures, "the policy should fail some additions after the test's optimizer steps"
     episodes, expected = ours.reflect_and_retry(failures, 2, seed=0), ref.reflect_and_retry(failures, 2, seed=0)
     assert len(episodes) == 2 * len(failures)
-    for e, x in zip(episodes, expected):
+    for e, x in zip(episodes, expected, strict=True):
         assert (e.group_id, e.reflection_ids, e.retry_ids, e.retry_text, e.reward) == \
             (x.group_id, x.reflection_ids, x.retry_ids, x.retry_text, x.reward)
         assert e.reflection_logprobs == pytest.approx(x.reflection_logprobs, abs=LOGPROB_TOL)
