@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from r3rl.distributed import Processes
+from r3rl.errors import DamagedFileError
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, write_json
 
 STATE_FORMAT = 1
 
 
-class ChunkStateError(ValueError):
+class ChunkStateError(DamagedFileError):
     """Outputs and their state file disagree (a file cut or edited after it was written); names both."""
 
 

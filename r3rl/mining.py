@@ -45,7 +45,7 @@ _SETTINGS = ("split", "num_examples", "attempts_per_example", "max_per_example",
 _SAMPLING = ("max_attempt_tokens", "attempt_temperature", "top_p", "top_k")
 
 
-class FailureSetMismatch(ValueError):
+class FailureSetMismatch(InputError):
     """The failure set at failures.path was mined by another setup (or says nothing about it)."""
 
 

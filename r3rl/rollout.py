@@ -13,7 +13,6 @@ Ids and text:
 from __future__ import annotations
 
 import sys
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from r3rl import prompts
 from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.base import Continuation, Engine
 from r3rl.errors import InputError, R3RLError
+from r3rl.seeds import derive_seed  # noqa: F401  (re-exported: mining, training and tests import it from here)
 from r3rl.tasks.base import Example, Task
 from r3rl.types import Episode, Generation, SamplingParams, Verdict
 
@@ -58,11 +58,6 @@ def failed_attempts(row: list[Attempt], limit: int | None = None) -> list[Attemp
 
     The one rule for "first attempts -> failures" (mining, online training, evaluation)."""
     return [a for a in row if not a.verdict.ok][:limit]
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any parts (seed, step, stage name, ...), same on every machine."""
-    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
 
 
 def instructions_from(cfg: RolloutConfig) -> prompts.Instructions:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["generation.max_attempt_tokens=8", "generation.max_reflection_tokens=8", "generation.max_retry_tokens=8"]
 
 
-COMMANDS = ("mine", "train", "eval", "plan", "report", "demo", "forgetting", "tasks", "check-task", "config")
+COMMANDS = ("mine", "train", "eval", "plan", "report", "compare", "demo", "forgetting", "tasks", "check-task", "config")
 
 
 def _registered_commands(parser) -> set[str]:

@@ -37,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "r3rl"
 
 # Lowest layer first. A unit is a top-level module or package of r3rl (r3rl/engine/hf.py -> "engine").
 LAYERS: list[tuple[str, ...]] = [
-    ("r3rl", "config", "io", "types", "progress", "distributed", "errors", "file_checks", "chunks"),
+    ("r3rl", "config", "io", "types", "progress", "distributed", "errors", "file_checks", "chunks", "seeds"),
     ("tasks",),
     ("checks",),
     ("prompts",),

@@ -43,6 +43,12 @@ class Engine(ABC):
     tokenizer: Any
     #: called with the number of tokens generated at each decoding step (progress display), if set
     on_tokens: Callable[[int], None] | None = None
+    #: True when the engine generates from its own copy of the weights (vLLM): a trainer must push its
+    #: updates with sync_weights. An engine over the training model object itself (hf) sees them at once.
+    holds_weights: bool = False
+
+    def sync_weights(self, model: Any) -> None:
+        """Generate with `model`'s current weights from now on (nothing to do for an engine over `model` itself)."""
 
     @abstractmethod
     def generate(

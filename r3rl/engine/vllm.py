@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from r3rl.engine.base import Engine, ThenFn
-from r3rl.engine.batch import check_continuation
+from r3rl.engine.call import check_continuation
 from r3rl.engine.sampling import validate_params
+from r3rl.errors import InputError
 from r3rl.types import Generation, SamplingParams
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ INSTALL_HINT = ("install it with `pip install 'r3rl[vllm]'` on a GPU machine or 
 _UNSUPPORTED = ("unsupported", "not supported", "head size", "head_size", "architecture")
 
 
-class VLLMError(ValueError):
+class VLLMError(InputError):
     """vLLM is missing or cannot run the model; the message says what to do (the CLI prints it)."""
 
 
@@ -81,11 +82,15 @@ class _Row:
 class VLLMEngine(Engine):
     """An `Engine` over a `vllm.LLM` (see the module docstring). Build it with `from_config`.
 
+    It holds its own copy of the weights (`holds_weights`): a trainer pushes its updates with sync_weights.
+
     `tokenizer` is the Hugging Face tokenizer of the model (stop ids and decoding, as with the hf
     backend); `stop_token_ids` overrides the stop set as in HFEngine (an empty list: stop only at
     max_new_tokens). `last_stats` describes the last generate call: requests, steps, and per depth
     the prompt tokens submitted and the tokens vLLM served from its prefix cache.
     """
+
+    holds_weights = True
 
     def __init__(self, llm: Any, tokenizer: Any, *, stop_token_ids: Sequence[int] | None = None,
                  tensor_parallel_size: int = 1, model_name: str = ""):
@@ -252,7 +257,7 @@ class VLLMEngine(Engine):
             request_id = f"r3rl-{self._calls}-{row.prompt_index}-{row.sample_index}-{row.depth}"
             seed = None
             if self._per_request_seeds and params.seed is not None:
-                from r3rl.rollout import derive_seed
+                from r3rl.seeds import derive_seed
 
                 seed = derive_seed(params.seed, row.prompt_index, row.sample_index, row.depth)
             engine.add_request(request_id, {"prompt_token_ids": row.prompt_ids},

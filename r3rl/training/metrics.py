@@ -85,6 +85,9 @@ class MetricsRow:
     """Retry success after the step's unique reflections (None when all repeated)."""
     reflection_most_repeated: list[dict[str, Any]] | None = None
     """The step's most repeated reflections: [{"text", "count"}, ...] (not sent to trackers: not a number)."""
+    weight_sync_s: float | None = None
+    """Seconds spent pushing the policy's weights into the generation engine after the step (vLLM; None when
+    the engine generates with the policy object itself, or no sync was due)."""
     eval: dict[str, float] = field(default_factory=dict)
     """Periodic evaluation of the step ("acc@1", "acc@2"), written as "eval/acc@1", ...; empty when none ran."""
     extra: dict[str, Any] = field(default_factory=dict)

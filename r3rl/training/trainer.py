@@ -163,6 +163,8 @@ class Trainer:
         self._setup_policy()
         self._setup_rollout()
         self.start_step = self._setup_resume(resume)
+        if self.start_step:
+            self._sync_generation_weights()  # a vLLM engine loaded the base weights, not the checkpoint's
         self._setup_trackers()
         self.failures: FailureSource = build_failure_source(cfg, self.rollout, self.micro_per_step, accelerator=self.acc,
                                                             show_progress=self.show_progress, log=self.log)
@@ -406,6 +408,17 @@ class Trainer:
                                       grad_norm=grad_norm, gen_time=gen_time, step_time=time.perf_counter() - t0,
                                       verifier_errors=verifier_errors, diff_comparable=self.temperature == 1.0)
 
+    def _sync_generation_weights(self) -> float | None:
+        """An engine with its own copy of the weights (vLLM) gets the policy's after updates, and resets its
+        prefix cache: KV computed with old weights must never serve a new rollout. Every rank pushes to its
+        own engine (TRL's colocate pattern). The hf engine generates with the policy object: nothing to do."""
+        engine = self.rollout.engine
+        if not engine.holds_weights:
+            return None
+        t0 = time.perf_counter()
+        engine.sync_weights(self.acc.unwrap_model(self.policy).model)
+        return time.perf_counter() - t0
+
     def _reflection_diagnostics(self, batches: list[list[Episode]]) -> dict[str, Any]:
         """Length, diversity and repetition of the whole step's reflections (every rank's, gathered).
 
@@ -442,11 +455,15 @@ class Trainer:
             micros = [self._micro(eps) for eps in batches]
             totals, grad_norm = self._updates(step, micros)
             self.scheduler.step()
+            eval_due = bool(tcfg.eval_every) and (done % tcfg.eval_every == 0 or done == tcfg.steps)
+            synced = (self._sync_generation_weights()
+                      if done % self.cfg.generation.vllm.sync_every == 0 or eval_due else None)
             t = totals.reduced(self.acc)
             row = self._metrics_row(done, t, grad_norm, gen_time, t0)
+            row.weight_sync_s = synced
             row.add_diagnostics(self._reflection_diagnostics(batches))
             self._watch_signal(t)
-            if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
+            if eval_due:
                 row.eval = self._periodic_eval(done)
             if logs is not None:
                 logs.write(self.acc, row, [e for eps in batches for e in eps][: tcfg.log_episodes_per_step])

@@ -130,3 +130,32 @@ def test_two_processes_under_accelerate_each_with_its_own_engine_mine_what_one_h
     assert (proc.stdout + proc.stderr).count("Using external launcher") == 2
     assert main(mine_args(model, tmp_path, "hf")) == 0
     assert lines(tmp_path / "vllm" / "f.jsonl") == lines(tmp_path / "hf" / "f.jsonl")
+
+
+def test_train_with_the_vllm_backend_syncs_the_weights_every_step(model_dir, tmp_path):
+    """`r3rl train generation.backend=vllm`: rollouts on vLLM, the policy's weights pushed after every
+    optimizer step (weight_sync_s in metrics.jsonl), and the trained model differs from the base."""
+    needs_vllm()
+    from safetensors.torch import load_file
+
+    out = tmp_path / "train"
+    args = ["train", f"model.name_or_path={model_dir}", "task.name=addition", "task.options.digits=3", "seed=0",
+            "generation.backend=vllm", "generation.max_attempt_tokens=16", "generation.max_reflection_tokens=24",
+            "generation.max_retry_tokens=16", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
+            "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=2", "train.batch_size=4",
+            "train.micro_batch_size=4", "rollout.group_size=4", "train.lora=false", "train.beta=0.0",
+            "train.learning_rate=1e-3", "train.save_every=0", "train.eval_every=0"]
+    rc, err = finished(r3rl_process(args, tmp_path))
+    assert rc == 0, err[-3000:]
+    rows = lines(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["weight_sync_s"] is not None and r["weight_sync_s"] > 0 for r in rows)  # pushed after each step
+    base = load_file(str(Path(model_dir) / "model.safetensors"))
+    final = load_file(str(out / "final" / "model.safetensors"))
+    assert any(not torch_equal(base[k], final[k]) for k in final if k in base)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
