@@ -11,7 +11,8 @@ and reads a JSON result:
     result: {"startup_s": s, "runs": [{"seconds": s, "reflections": [[ids]], "retries": [[ids]]}, ...]}
 
 Stage 1: each context with n=G samples; stage 2: one retry per reflection, its prompt the
-context + reflection + suffix ids (prefix caching finds the context's blocks). vLLM's CPU
+context + reflection + suffix ids (prefix caching finds the context's blocks). Greedy runs
+(the agreement check) give each context G times with n=1, which vLLM requires. vLLM's CPU
 build refuses per-request seeds, so the engine is seeded once (`seed` of the first run)
 and sampled runs draw from that one stream; greedy runs need no seed.
 
@@ -55,8 +56,12 @@ def main(job_path: str, result_path: str) -> int:
                                   stop_token_ids=stops, ignore_eos=True, detokenize=False)
 
         start = time.perf_counter()
-        out = llm.generate([TokensPrompt(prompt_token_ids=c) for c in contexts], params(job["reflection_tokens"], group),
-                           use_tqdm=False)
+        if run["sample"]:
+            out = llm.generate([TokensPrompt(prompt_token_ids=c) for c in contexts],
+                               params(job["reflection_tokens"], group), use_tqdm=False)
+        else:  # vLLM refuses n > 1 for greedy sampling: each context G times (prefix caching shares its blocks)
+            out = llm.generate([TokensPrompt(prompt_token_ids=c) for c in contexts for _ in range(group)],
+                               params(job["reflection_tokens"], 1), use_tqdm=False)
         reflections = [list(o.token_ids) for req in out for o in req.outputs]
         rows = [c for c in contexts for _ in range(group)]
         retry_prompts = [TokensPrompt(prompt_token_ids=c + r + job["suffix"]) for c, r in zip(rows, reflections)]

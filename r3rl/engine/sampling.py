@@ -85,13 +85,15 @@ def sample_next(
     is drawn from for every call that has at least one sampling row, whatever
     the greedy rows do, so a seeded run is reproducible.
     """
-    logits = logits.float()  # [B, V]
+    logits = logits.float()  # [B, V]; half-precision logits are converted once, here
     logprobs = torch.log_softmax(logits, dim=-1)  # [B, V]
     tokens = logits.argmax(dim=-1)  # [B]
     greedy = sampling.temperature <= 0  # [B]
     if not bool(greedy.all()):
         temperature = torch.where(greedy, torch.ones_like(sampling.temperature), sampling.temperature)  # [B]
-        scaled = filter_logits(logits / temperature[:, None], sampling.top_k, sampling.top_p)  # [B, V]
+        # x / 1.0 == x exactly, so at temperature 1 (the rollout's setting) the [B, V] division is skipped.
+        scaled = logits if bool((temperature == 1).all()) else logits / temperature[:, None]  # [B, V]
+        scaled = filter_logits(scaled, sampling.top_k, sampling.top_p)  # [B, V]
         probs = torch.softmax(scaled, dim=-1)  # [B, V]
         # Inverse CDF: one uniform per row against the cumulative probabilities. On CPU this is
         # about 12x cheaper than torch.multinomial or the exponential race (argmax(p / E)),
