@@ -194,11 +194,19 @@ def test_float32_sampler_is_bit_identical_to_before(temps):
             assert torch.equal(a.get_state(), b.get_state())  # the same random numbers consumed
 
 
-def test_bf16_logits_sample_like_their_float32_values():
-    """bfloat16 logits are converted once: tokens and log-probs as for the same values in float32."""
+@pytest.mark.parametrize("temps", [[1.0, 0.0, 0.7, 1.0] * 2, [1.0, 0.0, 1.0, 1.0] * 2, [0.0] * 8])
+def test_bf16_logits_sample_like_their_float32_values(temps):
+    """bfloat16 logits are converted once: the same tokens as their float32 values, log-probs within 1e-5.
+
+    [1, 0, 1, 1] and all-greedy take the shortcut (log-sum-exp from the softmax), 0.7 the general path.
+    """
     g = torch.Generator().manual_seed(1)
-    logits = (torch.randn(8, 3000, generator=g) * 3).to(torch.bfloat16)
-    sampling = RowSampling(torch.tensor([1.0, 0.0, 0.8, 1.0] * 2), torch.ones(8), torch.zeros(8, dtype=torch.long))
-    t1, lp1 = sample_next(logits, sampling, torch.Generator().manual_seed(5))
-    t2, lp2 = sample_next(logits.float(), sampling, torch.Generator().manual_seed(5))
-    assert lp1.dtype == torch.float32 and torch.equal(t1, t2) and torch.equal(lp1, lp2)
+    for step in range(10):
+        logits = (torch.randn(8, 3000, generator=g) * 3).to(torch.bfloat16)
+        sampling = RowSampling(torch.tensor(temps), torch.ones(8), torch.zeros(8, dtype=torch.long))
+        a, b = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
+        t1, lp1 = sample_next(logits, sampling, a)
+        t2, lp2 = _sample_before(logits.float(), sampling, b)
+        assert lp1.dtype == torch.float32 and torch.equal(t1, t2)
+        torch.testing.assert_close(lp1, lp2, rtol=0, atol=1e-5)
+        assert torch.equal(a.get_state(), b.get_state())
