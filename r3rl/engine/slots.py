@@ -217,8 +217,9 @@ def matmul_dtype(kv: torch.Tensor) -> torch.dtype:
     """The dtype of attention's batched matmuls over a cache of this dtype.
 
     The cache's own dtype, except half precision on a CPU without bfloat16 units: there
-    torch's batched matmul falls back to a scalar loop (measured on an AVX2-only CPU: the
-    two decode matmuls of a 0.5B model took 47% of a bfloat16 decode step), so the few
+    torch's bfloat16 batched matmul is emulated (measured on an AVX2-only CPU: 8x slower than
+    float32 at a decode shape; the two decode matmuls of a 0.5B model took 47% of a bfloat16
+    decode step), so the few
     columns read are converted to float32 first, which costs one pass over them. Float32
     caches are untouched (`.to` returns the same tensor), so float32 results do not change.
     """
