@@ -13,7 +13,16 @@ set of 1/40 of the vocabulary, so rows stop after very different numbers of toke
 * transformers-CB: `model.generate_batch` (continuous batching, paged cache, prefix
   block sharing), one call per stage;
 * naive: `model.generate` per stage in 64-row batches (stage 2 prefills every retry
-  conversation from scratch).
+  conversation from scratch);
+* vllm: vLLM itself (its CPU build lives in another virtual environment, --vllm-python),
+  run in a subprocess by bench/vllm_worker.py on the same random weights saved to a folder
+  (--vllm-models), prefix caching on, the retry given as context + reflection + suffix ids.
+  Its start-up (import, load, compile unless --vllm-eager) is timed apart from the runs;
+  vLLM's CPU build refuses per-request seeds, so it is seeded once per process.
+
+`--dtypes float32 bfloat16` runs everything once per dtype in one process and ends with a
+summary: tok/s of each method in each dtype, r3rl / vllm, and the decode forwards' FLOP/s
+as a fraction of the bfloat16 matmul ceiling measured in the same run (--decode-timing).
 
 Agreement is checked on a greedy slice (2 failures): every method against r3rl. Speed
 is generated tokens / s (median over repeats); --decode-timing also times every
@@ -29,14 +38,19 @@ carry a 1,000-token tool schema (1,030-1,070 tokens in all).
     PYTHONPATH=. python bench/rollout.py --threads 1 --workload fc
     PYTHONPATH=. python bench/rollout.py --model 0.5b --workload countdown --methods r3rl r3rl-copies --decode-timing
     PYTHONPATH=. python bench/rollout.py --device cuda --dtype bfloat16 --model qwen2.5-1.5b
+    PYTHONPATH=. python bench/rollout.py --model 0.5b --workload countdown --reflection-tokens 64 \
+        --retry-tokens 64 --methods r3rl vllm --dtypes float32 bfloat16 --decode-timing --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +179,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> 
     The best run, not the median: on a shared machine the ceiling is what the
     hardware can do, and load from other processes only ever lowers a reading.
     """
-    # CPU bfloat16 matmuls can be 100x slower than float32: a smaller matrix keeps the measurement short.
-    n = 4096 if device.type == "cuda" else 2048 if dtype == torch.float32 else 512
+    # Without AMX / AVX512-BF16 CPU bfloat16 matmuls are several times slower than float32: a
+    # smaller matrix keeps the measurement short (1024^3 is past the size where the rate levels off).
+    n = 4096 if device.type == "cuda" else 2048 if dtype == torch.float32 else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     times = []
@@ -443,11 +458,58 @@ def real_cb(model, tok, w: Workload, stops: list[int], sample: bool, seed: int =
     return reflections, retries
 
 
+VLLM = {"python": "/work/vllm-venv/bin/python", "models": "/tmp/r3rl-bench-models", "eager": False}
+
+
+def vllm_model_dir(model: torch.nn.Module, name: str) -> Path:
+    """The bench model's weights in a folder vLLM's process can load, written once per shape and dtype.
+
+    build_model is seeded, so a folder written by an earlier run holds the same weights.
+    """
+    dtype = str(model.dtype).removeprefix("torch.")
+    path = Path(VLLM["models"]) / f"{name}-{dtype}"
+    if not (path / "config.json").exists():
+        model.save_pretrained(path)
+    return path
+
+
+def run_vllm(model: torch.nn.Module, name: str, w: Workload, small: Workload, stops: list[int],
+             repeats: int) -> dict[str, Any]:
+    """One vLLM process: start-up, the greedy slice, then `repeats` sampled runs (timed inside the worker)."""
+    runs = [{"sample": False, "seed": 0, "slice": len(small.contexts), "group": small.group}]
+    runs += [{"sample": True, "seed": rep} for rep in range(repeats)]
+    job = dict(model=str(vllm_model_dir(model, name)), dtype=str(model.dtype).removeprefix("torch."),
+               contexts=w.contexts, suffix=w.suffix, group=w.group, reflection_tokens=w.reflection_tokens,
+               retry_tokens=w.retry_tokens, stops=stops, runs=runs, enforce_eager=VLLM["eager"],
+               max_num_seqs=BATCH["rows"], threads=torch.get_num_threads(),
+               max_model_len=max(map(len, w.contexts)) + w.reflection_tokens + w.retry_tokens + len(w.suffix) + 16)
+    worker = Path(__file__).with_name("vllm_worker.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        job_path, result_path, log_path = Path(tmp) / "job.json", Path(tmp) / "result.json", Path(tmp) / "log.txt"
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+        env.pop("PYTHONPATH", None)  # vLLM's environment, not r3rl's
+        t0 = time.perf_counter()
+        with open(log_path, "w") as log:
+            rc = subprocess.run([VLLM["python"], str(worker), str(job_path), str(result_path)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+        total = time.perf_counter() - t0
+        if rc != 0:
+            tail = log_path.read_text()[-3000:]
+            raise RuntimeError(f"the vLLM worker ({VLLM['python']}) exited {rc}; the end of its log:\n{tail}")
+        result = json.loads(result_path.read_text())
+    result["process_s"] = total
+    greedy, *sampled = result["runs"]
+    return dict(startup_s=result["startup_s"], process_s=total, greedy=(greedy["reflections"], greedy["retries"]),
+                runs=sampled)
+
+
 REAL_METHODS = {"r3rl": real_r3rl, "r3rl-copies": real_r3rl_copies, "transformers-CB": real_cb,
-                "naive": real_naive}
+                "naive": real_naive, "vllm": None}  # vllm: run_vllm, one process per workload and dtype
 
 
-def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device: torch.device) -> bool:
+def bench_realistic(name: str, model, tok, args, peak: float, bw: float,
+                    device: torch.device) -> tuple[bool, dict[str, Any]]:
     vocab = model.config.vocab_size
     w = make_workload(name, vocab, args.failures, args.group, args.reflection_tokens, args.retry_tokens)
     stops = stop_set(vocab)
@@ -456,7 +518,8 @@ def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device:
     methods = {m: REAL_METHODS[m] for m in args.methods}
     # Agreement: greedy, stop set on, a slice of the workload (2 failures), every method.
     small = Workload(w.contexts[:2], w.suffix, min(w.group, 2), w.reflection_tokens, w.retry_tokens)
-    greedy = {m: fn(model, tok, small, stops, False) for m, fn in methods.items()}
+    vllm = run_vllm(model, args.model, w, small, stops, args.repeats) if "vllm" in methods else None
+    greedy = {m: vllm["greedy"] if m == "vllm" else fn(model, tok, small, stops, False) for m, fn in methods.items()}
     agree = {m: sum(a == b for a, b in zip(greedy["r3rl"][0] + greedy["r3rl"][1], out[0] + out[1]))
              for m, out in greedy.items() if m != "r3rl"}
     total = 2 * len(greedy["r3rl"][0])
@@ -469,6 +532,11 @@ def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device:
     for rep in range(args.repeats):
         for method, fn in methods.items():  # interleaved, so load from other processes hits all alike
             tallies[method] = Tally(cost, peak, bw, device=device if args.decode_timing else None)
+            if method == "vllm":  # ran before the others, in its own process
+                run = vllm["runs"][rep]
+                times[method].append(run["seconds"])
+                toks[method].append(sum(map(len, run["reflections"])) + sum(map(len, run["retries"])))
+                continue
             seconds, (refl, retr) = timed(lambda: fn(model, tok, w, stops, True, rep), model, tallies[method], device)
             times[method].append(seconds)
             toks[method].append(sum(map(len, refl)) + sum(map(len, retr)))
@@ -499,10 +567,16 @@ def bench_realistic(name: str, model, tok, args, peak: float, bw: float, device:
         s = statistics.median(times[m])
         dec = (f"{100 * statistics.median(decode[m]) / peak:9.1f}%" if decode[m] else f"{'-':>10}")
         kv = f"{KV_BYTES[m] / 2**20:7.1f}" if m in KV_BYTES else f"{'-':>7}"
+        mm = f"{100 * t.flops / times[m][-1] / peak:7.1f}%" if t.calls else f"{'-':>8}"
         print(f"   {m:16} {rate[m]:10.1f} {s:9.2f} {statistics.median(toks[m]):10.0f} {t.calls:9d} {t.tokens:9d} "
-              f"{100 * t.flops / times[m][-1] / peak:7.1f}% {dec} {kv} {rate[auto] / rate[m]:6.2f}x   "
+              f"{mm} {dec} {kv} {rate[auto] / rate[m]:6.2f}x   "
               f"{', '.join(f'{x:.2f}' for x in times[m])}")
-    return all(k == total for m, k in agree.items() if m in ("naive", "r3rl-copies"))
+    if vllm is not None:
+        print(f"   vllm start-up (import, load, {'eager' if VLLM['eager'] else 'compile'}, first request): "
+              f"{vllm['startup_s']:.1f} s; its whole process {vllm['process_s']:.1f} s; runs not interleaved")
+    info = dict(rate=rate, decode={m: statistics.median(d) for m, d in decode.items() if d},
+                vllm_startup=vllm["startup_s"] if vllm is not None else None, agree=agree, total=total)
+    return all(k == total for m, k in agree.items() if m in ("naive", "r3rl-copies")), info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workload", choices=["countdown", "fc", "all"], default="all")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=None,
+                   help="realistic mode: run every method once per dtype, in this order, and end with a summary")
     p.add_argument("--failures", type=int, default=None, help="failures per batch (default 8 tiny, 2 others)")
     p.add_argument("--group", type=int, default=None, help="G: reflections per failure (default 8; 4 --fixed)")
     p.add_argument("--reflection-tokens", type=int, default=None, help="limit (default 96; 32 --fixed)")
@@ -518,17 +594,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 5 tiny, 3 others)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and failures: a smoke run")
-    p.add_argument("--methods", nargs="+", choices=list(REAL_METHODS), default=list(REAL_METHODS),
-                   help="realistic mode: which methods to run (r3rl always runs)")
+    p.add_argument("--methods", nargs="+", choices=list(REAL_METHODS),
+                   default=[m for m in REAL_METHODS if m != "vllm"],
+                   help="realistic mode: which methods to run (r3rl always runs; vllm only when named)")
     p.add_argument("--max-batch-size", type=int, default=64,
-                   help="realistic mode: r3rl's max_batch_size (decode slots); the peers keep 64 rows per call")
+                   help="realistic mode: r3rl's max_batch_size (decode slots) and vLLM's max_num_seqs; "
+                        "the other peers keep 64 rows per call")
     p.add_argument("--decode-timing", action="store_true",
                    help="time every forward (synchronised) and report the decode forwards' FLOP/s as %% of matmul")
+    p.add_argument("--vllm-python", default=VLLM["python"], help="the Python of vLLM's environment")
+    p.add_argument("--vllm-models", default=VLLM["models"], help="where the random-weight models are saved for vLLM")
+    p.add_argument("--vllm-eager", action="store_true",
+                   help="vLLM with enforce_eager=True: no compilation at start-up, slower steps")
     p.add_argument("--fixed", action="store_true",
                    help="the old fixed-length workload (no stop tokens, r3rl vs naive only)")
     args = p.parse_args(argv)
     args.methods = ["r3rl"] + [m for m in args.methods if m != "r3rl"]
     BATCH["rows"] = args.max_batch_size
+    VLLM.update(python=args.vllm_python, models=args.vllm_models, eager=args.vllm_eager)
+    if args.fixed and "vllm" in args.methods:
+        p.error("--fixed compares r3rl with naive generate only; the vllm method runs in realistic mode")
 
     fixed_defaults = dict(group=4, reflection_tokens=32, retry_tokens=16)
     real_defaults = dict(group=8, reflection_tokens=96, retry_tokens=48)
@@ -545,19 +630,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    ok = True
+    summary: list[tuple[str, str, dict[str, Any], float, float]] = []
+    for dtype_name in args.dtypes or [args.dtype]:
+        good, rows = run_dtype(args, device, dtype_name)
+        ok &= good
+        summary += rows
+    if args.dtypes and not args.fixed:
+        print_summary(summary, args)
+    if not ok:
+        what = "the baseline" if args.fixed else "the naive baseline (or r3rl-copies)"
+        print(f"\nFAIL: r3rl and {what} produced different greedy outputs", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def run_dtype(args: argparse.Namespace, device: torch.device, dtype_name: str) -> tuple[bool, list]:
+    """Every workload in one dtype; returns (agreement ok, summary rows of the realistic mode)."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     if device.type == "cpu" and dtype == torch.bfloat16:
-        print("warning: bfloat16 matmuls on CPU are usually far slower than float32", file=sys.stderr)
+        print("note: bfloat16 matmuls pay on CPUs with AMX or AVX512-BF16 (lscpu flags amx_bf16, avx512_bf16); "
+              "elsewhere they are several times slower than float32", file=sys.stderr)
 
     t0 = time.perf_counter()
     model, tok = build_model(args.model, device, dtype)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.model}: {n_params / 1e6:.1f}M parameters (random init), {args.dtype} on {device}; "
+    print(f"\nmodel {args.model}: {n_params / 1e6:.1f}M parameters (random init), {dtype_name} on {device}; "
           f"built in {time.perf_counter() - t0:.1f}s")
     peak = matmul_peak(device, dtype)
     bw = copy_bandwidth(device)
     print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-          f"matmul {peak / 1e9:.1f} GFLOP/s ({args.dtype}), copy bandwidth {bw / 1e9:.1f} GB/s")
+          f"matmul {peak / 1e9:.1f} GFLOP/s ({dtype_name}), copy bandwidth {bw / 1e9:.1f} GB/s")
 
     # Warm-up (kernel selection, allocator): a short run of each method, untimed.
     warm = make_workload("countdown", model.config.vocab_size, 1, 2, 2, 2, seed=1)
@@ -565,25 +667,50 @@ def main(argv: list[str] | None = None) -> int:
     run_baseline(model, tok, warm)
 
     names = ["countdown", "fc"] if args.workload == "all" else [args.workload]
+    ok = True
+    rows = []
     if not args.fixed:
         if "transformers-CB" in args.methods:
             real_cb(model, tok, warm, stop_set(model.config.vocab_size), False)
-        ok = True
         for name in names:
             peak, bw = max(peak, matmul_peak(device, dtype)), max(bw, copy_bandwidth(device))
-            ok &= bench_realistic(name, model, tok, args, peak, bw, device)
-        if not ok:
-            print("\nFAIL: r3rl and the naive baseline (or r3rl-copies) produced different greedy outputs",
-                  file=sys.stderr)
-        return 0 if ok else 1
-    ok = True
+            bf16_peak = peak if dtype == torch.bfloat16 else matmul_peak(device, torch.bfloat16)
+            good, info = bench_realistic(name, model, tok, args, peak, bw, device)
+            ok &= good
+            rows.append((dtype_name, name, info, peak, bf16_peak))
+        return ok, rows
     for name in names:
         # Re-measured before each workload, keeping the best: one reading on a busy machine can be low.
         peak, bw = max(peak, matmul_peak(device, dtype)), max(bw, copy_bandwidth(device))
         ok &= bench_workload(name, model, tok, args, model.config.vocab_size, peak, bw, device)["identical"]
-    if not ok:
-        print("\nFAIL: r3rl and the baseline produced different greedy outputs", file=sys.stderr)
-    return 0 if ok else 1
+    return ok, rows
+
+
+def print_summary(rows: list, args: argparse.Namespace) -> None:
+    """One table over the dtypes: tok/s per method, r3rl / vllm, decode FLOP/s against both ceilings."""
+    bf16_ceiling = max(r[4] for r in rows)
+    print(f"\n== summary: {args.model}, {args.failures} x {args.group}, limits {args.reflection_tokens}/"
+          f"{args.retry_tokens}, {torch.get_num_threads()} threads; bfloat16 matmul ceiling "
+          f"{bf16_ceiling / 1e9:.1f} GFLOP/s (best measured in this run)")
+    methods = [m for m in args.methods]
+    print("| dtype | workload | " + " | ".join(f"{m} tok/s" for m in methods)
+          + (" | r3rl / vllm | vllm start-up s" if "vllm" in methods else "")
+          + " | r3rl decode GFLOP/s | % of own-dtype ceiling | % of bf16 ceiling |")
+    print("| --- | --- | " + " | ".join("---:" for _ in methods) + (" | ---: | ---:" if "vllm" in methods else "")
+          + " | ---: | ---: | ---: |")
+    for dtype_name, name, info, peak, _ in rows:
+        rate, dec = info["rate"], info["decode"].get("r3rl")
+        cells = [f"{rate[m]:.1f}" for m in methods]
+        if "vllm" in methods:
+            cells += [f"{rate['r3rl'] / rate['vllm']:.2f}x", f"{info['vllm_startup']:.0f}"]
+        cells += [f"{dec / 1e9:.1f}", f"{100 * dec / peak:.1f}%", f"{100 * dec / bf16_ceiling:.1f}%"] if dec \
+            else ["-", "-", "-"]
+        print(f"| {dtype_name} | {name} | " + " | ".join(cells) + " |")
+    by = {(r[0], r[1]): r[2]["rate"] for r in rows}
+    for name in {r[1] for r in rows}:
+        if ("float32", name) in by and ("bfloat16", name) in by:
+            print(f"   {name}: bfloat16 / float32 speed: " + ", ".join(
+                f"{m} {by['bfloat16', name][m] / by['float32', name][m]:.2f}x" for m in methods))
 
 
 if __name__ == "__main__":

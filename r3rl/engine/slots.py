@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Iterator
 
 import torch
@@ -193,14 +193,39 @@ def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     """
     active, kv_heads, kv_len, dim = key.shape
     heads = query.shape[1]
-    q = query.new_zeros(active, heads, dim)  # [A, Hq, D]
-    q[step.rows] = query[:, :, 0]
+    work = matmul_dtype(key)
+    q = query.new_zeros(active, heads, dim, dtype=work)  # [A, Hq, D]
+    q[step.rows] = query[:, :, 0].to(work)
     q = q.view(active, kv_heads, heads // kv_heads, dim)  # [A, Hkv, rep, D]
-    scores = torch.matmul(q * scale, key.transpose(-1, -2)).float()  # [A, Hkv, rep, K]
+    scores = torch.matmul(q * scale, key.to(work).transpose(-1, -2)).float()  # [A, Hkv, rep, K]
     scores += step.bias.view(active, 1, 1, kv_len)
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [A, Hkv, rep, K]
-    out = torch.matmul(probs, value)  # [A, Hkv, rep, D]
+    probs = torch.softmax(scores, dim=-1).to(work)  # [A, Hkv, rep, K]
+    out = torch.matmul(probs, value.to(work))  # [A, Hkv, rep, D]
     return out.view(active, heads, 1, dim)[step.rows]  # [B, Hq, 1, D]
+
+
+@cache
+def _cpu_has_fast_bf16() -> bool:
+    """oneDNN multiplies bfloat16 natively here (AVX512 / AVX512-BF16 / AMX), not by emulation."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def matmul_dtype(kv: torch.Tensor) -> torch.dtype:
+    """The dtype of attention's batched matmuls over a cache of this dtype.
+
+    The cache's own dtype, except half precision on a CPU without bfloat16 units: there
+    torch's bfloat16 batched matmul is emulated (measured on an AVX2-only CPU: 8x slower than
+    float32 at a decode shape; the two decode matmuls of a 0.5B model took 47% of a bfloat16
+    decode step), so the few
+    columns read are converted to float32 first, which costs one pass over them. Float32
+    caches are untouched (`.to` returns the same tensor), so float32 results do not change.
+    """
+    if kv.dtype == torch.float32 or kv.device.type != "cpu":
+        return kv.dtype
+    return kv.dtype if _cpu_has_fast_bf16() else torch.float32
 
 
 def _bias(mask: torch.Tensor) -> torch.Tensor:
@@ -218,11 +243,12 @@ def _partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tens
     >= 1/L, so lse = max - log(max probability) loses nothing, and the scores need no
     separate exp pass (an unfused exp costs more than the whole fused softmax on CPU).
     """
-    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
+    work = matmul_dtype(k)
+    scores = torch.matmul(q.to(work) * scale, k.to(work).transpose(-1, -2)).float()
     scores += bias
     probs = torch.softmax(scores, dim=-1)  # every query sees at least one key
     lse = scores.amax(dim=-1) - torch.log(probs.amax(dim=-1))
-    return torch.matmul(probs.to(v.dtype), v), lse
+    return torch.matmul(probs.to(work), v.to(work)), lse
 
 
 def cascade_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, step: Step,
