@@ -139,7 +139,9 @@ def test_train_with_the_vllm_backend_syncs_the_weights_every_step(model_dir, tmp
     from safetensors.torch import load_file
 
     out = tmp_path / "train"
-    args = ["train", f"model.name_or_path={model_dir}", "task.name=addition", "task.options.digits=3", "seed=0",
+    # CoinTask (tests/trainer_fixtures.py): a retry passes when its length is even, ~50% for any model,
+    # so groups carry signal and the step must move the weights
+    args = ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
             "generation.backend=vllm", "generation.max_attempt_tokens=16", "generation.max_reflection_tokens=24",
             "generation.max_retry_tokens=16", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
             "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=2", "train.batch_size=4",
@@ -150,6 +152,10 @@ def test_train_with_the_vllm_backend_syncs_the_weights_every_step(model_dir, tmp
     rows = lines(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["weight_sync_s"] is not None and r["weight_sync_s"] > 0 for r in rows)  # pushed after each step
+    # vLLM's sampling log-probs against the training forward (float32, reflection temperature 1); a large
+    # gap at step 2 would mean vLLM sampled from stale weights
+    print("vLLM vs training log-probs per step (mean, max):", [(r["logprob_diff_mean"], r["logprob_diff_max"]) for r in rows])
+    assert all(r["logprob_diff_max"] is not None and r["logprob_diff_max"] < 1e-3 for r in rows)
     base = load_file(str(Path(model_dir) / "model.safetensors"))
     final = load_file(str(out / "final" / "model.safetensors"))
     assert any(not torch_equal(base[k], final[k]) for k in final if k in base)
