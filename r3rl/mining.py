@@ -188,8 +188,12 @@ def mine(
         done = value
     skipped = sum(map(len, chunks[:done]))
     counts = {"failed": 0, "passed": 0, "attempts": 0, "ok": 0}
-    progress = GenerationProgress(roll.engine, total=len(examples), initial=skipped,
-                                  desc=f"mine {fcfg.split}", disable=not (show_progress and procs.is_main))
+    if done == len(chunks) and procs.is_main and show_progress:
+        # nothing to generate: a bar at 100% reading "0 tokens, 0 tok/s" would look like a stalled engine
+        print(f"r3rl: {output} is complete ({len(examples)} examples mined); nothing left to mine", file=sys.stderr,
+              flush=True)
+    progress = GenerationProgress(roll.engine, total=len(examples), initial=skipped, desc=f"mine {fcfg.split}",
+                                  disable=not (show_progress and procs.is_main) or done == len(chunks))
 
     def on_round(batch: list[range], parts: list[ChunkOutput]) -> None:
         for part in parts:

@@ -224,3 +224,16 @@ def test_failure_classes_go_into_the_set_and_back(tok, tmp_path):
     assert [r["classes"] for r in recs] == [["wrong_parity"]] * 2
     assert list(recs[0]) == ["example_id", "attempts", "pass_rate", "example", "failed_attempts", "reasons", "classes"]
     assert [f.attempt_class for f in load_failures(cfg.failures.path)] == ["wrong_parity"] * 2
+
+
+def test_a_complete_failure_set_says_so_instead_of_a_zero_token_bar(tok, tmp_path, capsys):
+    """`r3rl train` re-checks the failure set `r3rl mine` wrote: nothing is generated, and a progress bar at
+    100% reading "0 tokens, 0 tok/s" looked like a stalled engine (the line issue 17 quoted from the demo)."""
+    cfg = cfg_for(tmp_path, n=16)
+    roll = Rollout(ScriptedEngine(tok, lambda p, j: "odd"), ParityTask(), cfg.generation, cfg.rollout)
+    mine(roll, cfg.failures, cfg.seed, show_progress=True, chunk_size=8)
+    capsys.readouterr()
+    mine(roll, cfg.failures, cfg.seed, show_progress=True, chunk_size=8)
+    err = capsys.readouterr().err
+    assert "is complete (16 examples mined); nothing left to mine" in err
+    assert "0 tok/s" not in err
