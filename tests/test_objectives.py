@@ -19,32 +19,16 @@ from r3rl.config import OBJECTIVE_STAGES, GenerationConfig, RolloutConfig, load_
 from r3rl.demo.tiny import build_tokenizer, save_tiny_model
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.rollout import Failure, Rollout
-from r3rl.tasks.base import Task
 from r3rl.training import grpo
 from r3rl.training.objectives import OBJECTIVES, Objective, build_objective
 from r3rl.training.trainer import Trainer
-from r3rl.types import Episode, Verdict
+from r3rl.types import Episode
 
+from tests.test_rollout import EchoTask
 from tests.trainer_fixtures import tiny_config
 
 G = 4
 USEFUL = "I should say the word."
-
-
-class EchoTask(Task):
-    """Pass iff the completion equals the example's word."""
-
-    name = "echo"
-
-    def load_examples(self, split="train", n=None, seed=0):
-        return [{"id": f"w{i}", "word": w} for i, w in enumerate(["apple", "pear", "plum"])][:n]
-
-    def prompt(self, ex):
-        return f"Say the word {ex['word']}."
-
-    def verify(self, ex, completion):
-        ok = completion.strip() == ex["word"]
-        return Verdict(ok, "" if ok else f"expected {ex['word']}")
 
 
 def _last(role: str, text: str) -> str:

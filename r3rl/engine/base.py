@@ -64,8 +64,14 @@ class Engine(ABC):
         params.max_new_tokens. The returned order matches the input order.
         """
 
+    #: a backend's stop set given by its caller (an empty list: stop only at max_new_tokens), else None
+    _stop_override: list[int] | None = None
+
     def stop_token_ids(self) -> list[int]:
-        """Token ids that end a turn: EOS plus the chat template's end-of-turn token if it has one."""
+        """Token ids that end a turn: the caller's override if any, else EOS plus the chat template's
+        end-of-turn token if it has one."""
+        if self._stop_override is not None:
+            return list(self._stop_override)
         tok = self.tokenizer
         ids = set()
         if tok.eos_token_id is not None:

@@ -86,11 +86,6 @@ class HFEngine(Engine):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
 
-    def stop_token_ids(self) -> list[int]:
-        if self._stop_override is not None:
-            return list(self._stop_override)
-        return super().stop_token_ids()
-
     def generate(
         self,
         prompts: list[list[int]],

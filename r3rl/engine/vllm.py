@@ -184,11 +184,6 @@ class VLLMEngine(Engine):
             engine.sync_weights(model)
         return engine
 
-    def stop_token_ids(self) -> list[int]:
-        if self._stop_override is not None:
-            return list(self._stop_override)
-        return super().stop_token_ids()
-
     # --------------------------------------------------------------- generation
 
     def generate(
