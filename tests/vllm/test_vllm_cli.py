@@ -56,10 +56,10 @@ def model_dir(tmp_path_factory):
 
 
 def r3rl_process(args: list[str], cwd: Path, fault: str = "") -> subprocess.Popen:
-    """`r3rl ARGS` in a fresh process; with `fault`, under r3rl.checks.faults (e.g. jsonl:5 = kill -9
+    """`r3rl ARGS` in a fresh process; with `fault`, under tests.reliability.faults (e.g. jsonl:5 = kill -9
     half-way through writing the 5th JSONL line)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "R3RL_FAULT": fault}
-    entry = "r3rl.checks.faults" if fault else "r3rl"
+    entry = "tests.reliability.faults" if fault else "r3rl"
     return subprocess.Popen([sys.executable, "-m", entry, *args, *VLLM], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
