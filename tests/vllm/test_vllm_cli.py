@@ -165,3 +165,41 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_eval_with_vllm_killed_with_kill_9_resumes_to_the_uninterrupted_records(model_dir, tmp_path):
+    """kill -9 on entry to the second chunk's reflections; the same command resumes after the first chunk and
+    ends with the records an uninterrupted hf evaluation writes (greedy: both backends agree)."""
+    needs_vllm()
+    model = str(model_dir)
+    rc, err = finished(r3rl_process(eval_args(model, tmp_path, "vllm"), tmp_path, fault="reflect:2"))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    out = tmp_path / "vllm" / "eval"
+    assert len(lines(out / "episodes.jsonl")) == 3 and not (out / "results.json").exists()  # the first chunk only
+    rc, err = finished(r3rl_process(eval_args(model, tmp_path, "vllm"), tmp_path))
+    assert rc == 0, err[-3000:]
+    assert main(eval_args(model, tmp_path, "hf")) == 0
+    got, want = lines(out / "episodes.jsonl"), lines(tmp_path / "hf" / "eval" / "episodes.jsonl")
+    assert [(e["example_id"], e["sample"]) for e in got] == [(e["example_id"], e["sample"]) for e in want]  # none lost or twice
+    assert [e["retry_text"] for e in got] == [e["retry_text"] for e in want]
+
+
+def test_train_with_vllm_killed_with_kill_9_resumes_without_losing_or_repeating_a_step(model_dir, tmp_path):
+    """kill -9 on entry to step 3's rollouts (checkpoint at step 2); `--resume` pushes the checkpoint's weights
+    into the new vLLM engine and finishes: every step logged once, the final model saved."""
+    needs_vllm()
+    out = tmp_path / "train"
+    args = ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
+            "generation.backend=vllm", "generation.max_attempt_tokens=8", "generation.max_reflection_tokens=8",
+            "generation.max_retry_tokens=8", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
+            "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=3", "train.batch_size=4",
+            "train.micro_batch_size=4", "rollout.group_size=2", "train.lora=false", "train.beta=0.0",
+            "train.learning_rate=1e-3", "train.save_every=1", "train.eval_every=0"]
+    rc, err = finished(r3rl_process(args, tmp_path, fault="reflect:3"))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert [r["step"] for r in lines(out / "metrics.jsonl")] == [1, 2] and not (out / "final").exists()
+    rc, err = finished(r3rl_process([*args, "--resume"], tmp_path))
+    assert rc == 0, err[-3000:]
+    rows = lines(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["weight_sync_s"] for r in rows)
+    assert (out / "final" / "model.safetensors").is_file()
