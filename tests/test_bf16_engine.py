@@ -38,23 +38,11 @@ from r3rl.training.grpo import build_completion_batch
 from r3rl.training.logprobs import completion_logprobs
 from r3rl.types import Generation, SamplingParams
 
-from tests.test_engine import TEXTS, _spread_weights, chain, scripted_then
+from tests.test_engine import TEXTS, _spread_weights, chain, one_thread, scripted_then  # noqa: F401 (one_thread: autouse fixture)
 
 NEAR_TIE_ULPS = 8
 GREEDY = SamplingParams(max_new_tokens=32, temperature=0.0)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.build_tokenizer()
 
 
 @pytest.fixture(scope="module")
