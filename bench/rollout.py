@@ -63,6 +63,7 @@ import torch  # noqa: E402
 
 from r3rl.engine import Continuation, HFEngine  # noqa: E402
 from r3rl.engine.base import use_shared_prefix  # noqa: E402
+from r3rl.engine.half_matmul import cpu_has_fast_half  # noqa: E402
 from r3rl.types import SamplingParams  # noqa: E402
 
 SUFFIX_TOKENS = 20
@@ -381,12 +382,13 @@ def _params(tokens: int, sample: bool, seed: int) -> SamplingParams:
     return SamplingParams(max_new_tokens=tokens, temperature=1.0 if sample else 0.0, top_k=0, top_p=1.0, seed=seed)
 
 
-BATCH = {"rows": 64}  # r3rl's max_batch_size in realistic mode (--max-batch-size)
+BATCH = {"rows": 64, "half_matmul": "auto"}  # r3rl's max_batch_size (--max-batch-size) and half_matmul in realistic mode
 KV_BYTES: dict[str, int] = {}  # peak KV-cache bytes of the last r3rl run, by method
 
 
 def real_r3rl(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0, shared: bool = True):
-    engine = HFEngine(model, tok, max_batch_size=BATCH["rows"], stop_token_ids=stops, shared_prefix_attention=shared)
+    engine = HFEngine(model, tok, max_batch_size=BATCH["rows"], stop_token_ids=stops, shared_prefix_attention=shared,
+                      half_matmul=BATCH["half_matmul"])
     retry = _params(w.retry_tokens, sample, seed)
 
     def then(i: int, j: int, depth: int, gen: Any) -> Continuation | None:
@@ -600,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=64,
                    help="realistic mode: r3rl's max_batch_size (decode slots) and vLLM's max_num_seqs; "
                         "the other peers keep 64 rows per call")
+    p.add_argument("--half-matmul", choices=["auto", "native", "float32"], default="auto",
+                   help="realistic mode: r3rl's generation.half_matmul (bfloat16 runs; auto = float32 products on CPUs without bf16 units)")
     p.add_argument("--decode-timing", action="store_true",
                    help="time every forward (synchronised) and report the decode forwards' FLOP/s as %% of matmul")
     p.add_argument("--vllm-python", default=VLLM["python"], help="the Python of vLLM's environment")
@@ -611,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.methods = ["r3rl"] + [m for m in args.methods if m != "r3rl"]
     BATCH["rows"] = args.max_batch_size
+    BATCH["half_matmul"] = args.half_matmul
     VLLM.update(python=args.vllm_python, models=args.vllm_models, eager=args.vllm_eager)
     if args.fixed and "vllm" in args.methods:
         p.error("--fixed compares r3rl with naive generate only; the vllm method runs in realistic mode")
@@ -675,9 +680,14 @@ def run_dtype(args: argparse.Namespace, device: torch.device, dtype_name: str) -
         for name in names:
             peak, bw = max(peak, matmul_peak(device, dtype)), max(bw, copy_bandwidth(device))
             bf16_peak = peak if dtype == torch.bfloat16 else matmul_peak(device, torch.bfloat16)
+            # The ceiling of the dtype r3rl's linear layers multiply in: float32 for bf16 weights
+            # under half_matmul float32, or auto on a CPU without bfloat16 units.
+            upcast = dtype == torch.bfloat16 and device.type == "cpu" and (
+                args.half_matmul == "float32" or (args.half_matmul == "auto" and not cpu_has_fast_half(dtype)))
+            product_peak = matmul_peak(device, torch.float32) if upcast else peak
             good, info = bench_realistic(name, model, tok, args, peak, bw, device)
             ok &= good
-            rows.append((dtype_name, name, info, peak, bf16_peak))
+            rows.append((dtype_name, name, info, peak, bf16_peak, product_peak, "float32" if upcast else dtype_name))
         return ok, rows
     for name in names:
         # Re-measured before each workload, keeping the best: one reading on a busy machine can be low.
@@ -695,16 +705,17 @@ def print_summary(rows: list, args: argparse.Namespace) -> None:
     methods = [m for m in args.methods]
     print("| dtype | workload | " + " | ".join(f"{m} tok/s" for m in methods)
           + (" | r3rl / vllm | vllm start-up s" if "vllm" in methods else "")
-          + " | r3rl decode GFLOP/s | % of own-dtype ceiling | % of bf16 ceiling |")
+          + " | r3rl decode GFLOP/s | % of own-dtype ceiling | % of bf16 ceiling | r3rl multiplies in"
+          + " | % of that dtype's ceiling |")
     print("| --- | --- | " + " | ".join("---:" for _ in methods) + (" | ---: | ---:" if "vllm" in methods else "")
-          + " | ---: | ---: | ---: |")
-    for dtype_name, name, info, peak, _ in rows:
+          + " | ---: | ---: | ---: | --- | ---: |")
+    for dtype_name, name, info, peak, _, product_peak, product in rows:
         rate, dec = info["rate"], info["decode"].get("r3rl")
         cells = [f"{rate[m]:.1f}" for m in methods]
         if "vllm" in methods:
             cells += [f"{rate['r3rl'] / rate['vllm']:.2f}x", f"{info['vllm_startup']:.0f}"]
-        cells += [f"{dec / 1e9:.1f}", f"{100 * dec / peak:.1f}%", f"{100 * dec / bf16_ceiling:.1f}%"] if dec \
-            else ["-", "-", "-"]
+        cells += [f"{dec / 1e9:.1f}", f"{100 * dec / peak:.1f}%", f"{100 * dec / bf16_ceiling:.1f}%", product,
+                  f"{100 * dec / product_peak:.1f}%"] if dec else ["-", "-", "-", product, "-"]
         print(f"| {dtype_name} | {name} | " + " | ".join(cells) + " |")
     by = {(r[0], r[1]): r[2]["rate"] for r in rows}
     for name in {r[1] for r in rows}:

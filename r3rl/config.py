@@ -102,6 +102,8 @@ class GenerationConfig:
     """Store a prompt's KV once and let its G rows attend to it together (cascade attention): on, off, or auto (on when a call samples several rows per prompt and prompts average 512 tokens or more)."""
     max_prompt_tokens: int = 0
     """Longest first-attempt prompt (chat template + task + tool schemas) in tokens, checked in mining, evaluation and online training; a longer one stops the run with an error naming the example (0 = no limit)."""
+    half_matmul: str = "auto"
+    """hf backend, bfloat16/float16 weights on a CPU without bfloat16 units: auto multiplies the linear layers in float32 (several times faster than PyTorch's emulation, same results up to summation order), native keeps PyTorch's half-precision kernels, float32 multiplies in float32 on every CPU."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM backend (used when backend is vllm)."""
 
@@ -277,6 +279,7 @@ _CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "generation.shared_prefix_attention": ("auto", "on", "off"),
+    "generation.half_matmul": ("auto", "native", "float32"),
     "generation.backend": ("hf", "vllm"),
     "train.sampling_correction": ("none", "tis"),
     "failures.reuse": ("strict", "any"),

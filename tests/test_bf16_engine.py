@@ -20,6 +20,12 @@ uses such log-probs only through a ratio clipped to 1 +- clip_eps (0.2): a per-t
 difference below log(1.2) = 0.18 never moves a ratio across the clip. Bound checked: max
 |difference| <= 0.1 and mean <= 0.03 (measured: max 0.045-0.061, mean 0.011).
 
+bfloat16 weights multiplied in float32 (the default on CPUs without bfloat16 units,
+r3rl/engine/half_matmul.py): one layer equals an exact float32 product of the bfloat16 values,
+at most one bfloat16 step from PyTorch's own kernel; a float32 model is bit-identical in every
+mode; greedy outputs agree with PyTorch's bf16 kernels up to near-ties as above, and the
+sampler's log-probs meet the same bound against the training forward.
+
 float32 stays bit-identical: the sampler's float32 results are checked against the
 formula it had before the bf16 work (same tokens, same log-probs, same generator use).
 """
@@ -33,6 +39,7 @@ import torch
 
 from r3rl.demo import tiny
 from r3rl.engine import Continuation, HFEngine
+from r3rl.engine.half_matmul import cpu_has_fast_half, half_matmuls, needs_float32_matmuls
 from r3rl.engine.sampling import RowSampling, filter_logits, sample_next
 from r3rl.training.grpo import build_completion_batch
 from r3rl.training.logprobs import completion_logprobs
@@ -198,3 +205,117 @@ def test_bf16_logits_sample_like_their_float32_values(temps):
         assert lp1.dtype == torch.float32 and torch.equal(t1, t2)
         torch.testing.assert_close(lp1, lp2, rtol=0, atol=1e-5)
         assert torch.equal(a.get_state(), b.get_state())
+
+
+# --- bfloat16 weights multiplied in float32 (r3rl/engine/half_matmul.py) ------------------------
+# On a CPU without bfloat16 units the engine's default (half_matmul="auto") multiplies bfloat16
+# linear layers in float32; "float32" forces that on any CPU, so these tests check the same
+# rewrite on every machine.
+
+
+def test_float32_products_equal_an_exact_float32_linear_of_the_bf16_values():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    with torch.no_grad(), half_matmuls(layer, "float32"):
+        got = layer(x)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16)
+        native = layer(x)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)  # PyTorch's own bfloat16 kernel also accumulates in float32: at most one rounding step apart
+    steps = (got.float() - native.float()).abs() / torch.tensor([_bf16_step(float(v)) for v in want.flatten()]).view_as(want)
+    assert float(steps.max()) <= 1.0
+
+
+def test_float32_products_in_slabs_equal_the_whole_product(monkeypatch):
+    """A wide weight is converted and multiplied a slab of output rows at a time: same values as one product."""
+    import r3rl.engine.half_matmul as hm
+
+    monkeypatch.setattr(hm, "_MIN_SLAB_ROWS", 8)
+    monkeypatch.setattr(hm, "_SLAB_BYTES", 4 * 64 * 8)  # 8 rows of K=64 per slab: 6 slabs of a [48, 64] weight
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(64, 44).to(torch.bfloat16)  # 44 rows: the last slab is short
+    x = torch.randn(2, 3, 64).to(torch.bfloat16)  # [B, S, K], as a model calls it
+    with torch.no_grad():
+        with half_matmuls(layer, "float32"):
+            got = layer(x)
+        want = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16)
+    assert got.shape == (2, 3, 44) and torch.equal(got, want)
+
+
+def test_float32_products_leave_float32_models_and_native_mode_alone(model32, model16):
+    assert not needs_float32_matmuls(model32)
+    assert needs_float32_matmuls(model16) == (not cpu_has_fast_half(torch.bfloat16))
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    layer = torch.nn.Linear(64, 8).to(torch.bfloat16)
+    with half_matmuls(layer, "native"):
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    with pytest.raises(ValueError, match="half_matmul"):
+        HFEngine(model32, None, half_matmul="fast")  # checked before the tokenizer is touched
+
+
+def test_engine_routes_bf16_linears_through_float32_products_per_mode(model16, tok, prompts, stops, monkeypatch):
+    """The engine enters the rewrite around its forwards: every linear of a bf16 model under float32,
+    none under native, and under auto exactly when this CPU lacks bfloat16 units."""
+    import r3rl.engine.half_matmul as hm
+
+    calls = []
+
+    class Counting(hm._Float32Linear):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.linear:
+                calls.append(args[1].dtype)
+            return super().__torch_function__(func, types, args, kwargs)
+
+    monkeypatch.setattr(hm, "_Float32Linear", Counting)
+    params = SamplingParams(max_new_tokens=4, temperature=0.0)
+    counts = {}
+    for mode in ("native", "auto", "float32"):
+        calls.clear()
+        HFEngine(model16, tok, stop_token_ids=stops, half_matmul=mode).generate(prompts[:1], params)
+        counts[mode] = len(calls)
+    assert counts["native"] == 0 and counts["float32"] > 0 and set(calls) == {torch.bfloat16}
+    assert counts["auto"] == (0 if cpu_has_fast_half(torch.bfloat16) else counts["float32"])
+
+
+def test_float32_model_generates_bit_identically_in_every_half_matmul_mode(model32, tok, prompts, stops):
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=3)
+    outs = [HFEngine(model32, tok, stop_token_ids=stops, half_matmul=m).generate(prompts, params, n=2)
+            for m in ("native", "auto", "float32")]
+    flat = [[(g.token_ids, g.logprobs) for row in out for g in row] for out in outs]
+    assert flat[1] == flat[0] and flat[2] == flat[0]
+
+
+def test_bf16_weights_with_float32_products_agree_with_the_plain_path_up_to_near_ties(model16, tok, prompts, stops):
+    """Greedy, float32 products (slot path, both layouts) against PyTorch's own bf16 kernels (plain path)."""
+    model_f32 = _as_float32(model16)
+    reference = HFEngine(model16, tok, share_prefix=False, reuse_cache=False, stop_token_ids=stops,
+                         half_matmul="native")
+    expected = [g for row in reference.generate(prompts, GREEDY, n=2) for g in row]
+    identical = 0
+    for shared in (True, False):
+        engine = HFEngine(model16, tok, stop_token_ids=stops, shared_prefix_attention=shared, half_matmul="float32")
+        got = [g for row in engine.generate(prompts, GREEDY, n=2) for g in row]
+        for ref, g in zip(expected, got):
+            ok, why = _near_tie_at_first_difference(ref, g, model_f32)
+            assert ok, (shared, why)
+            identical += ref.token_ids == g.token_ids
+    assert identical > 0
+
+
+def test_bf16_weights_with_float32_products_logprobs_match_the_training_forward(model16, tok, prompts, stops):
+    """The sampler's log-probs (float32 products) against the training forward on the same bf16 model
+    with PyTorch's own kernels: the same bound the trainer relies on under autocast (max 0.1, mean 0.03)."""
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=0)
+    engine = HFEngine(model16, tok, stop_token_ids=stops, half_matmul="float32")
+    gens = [g for row in engine.generate(prompts, params, n=3) for g in row if g.token_ids]
+    ids, attn, mask = build_completion_batch([g.prompt_ids for g in gens], [g.token_ids for g in gens],
+                                             tok.pad_token_id)
+    with torch.no_grad():
+        train = completion_logprobs(model16, ids, attn, mask).float()  # [B, T]
+    engine_lp = torch.zeros_like(train)
+    for b, g in enumerate(gens):
+        engine_lp[b, mask[b].bool().nonzero()[:, 0]] = torch.tensor(g.logprobs)
+    diff = (engine_lp - train)[mask.bool()].abs()
+    assert diff.numel() > 100
+    assert float(diff.max()) <= 0.1 and float(diff.mean()) <= 0.03, (float(diff.max()), float(diff.mean()))

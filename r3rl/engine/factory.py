@@ -42,7 +42,8 @@ def build_engine(
 
             model, tokenizer = load_for_inference(model_cfg, device=device)
         return HFEngine(model, tokenizer, max_batch_size=generation.max_batch_size,
-                        shared_prefix_attention=generation.shared_prefix_attention, autocast=autocast)
+                        shared_prefix_attention=generation.shared_prefix_attention, autocast=autocast,
+                        half_matmul=generation.half_matmul)
     if backend == "vllm":
         from r3rl.engine.vllm import VLLMEngine  # vLLM is optional: its module says how to install it
 

@@ -30,6 +30,7 @@ import torch
 from r3rl.engine.base import Engine, ThenFn, prefix_setting
 from r3rl.engine.batch import generate_slots
 from r3rl.engine.call import Call, base_model, cache_argument
+from r3rl.engine.half_matmul import MODES as HALF_MATMUL_MODES, half_matmuls
 from r3rl.engine.microbatch import MicroBatchRunner
 from r3rl.engine.sampling import validate_params
 from r3rl.engine.slots import supports_slots
@@ -58,7 +59,9 @@ class HFEngine(Engine):
     "stop only at max_new_tokens", as benchmarks need). shared_prefix_attention (slots
     path): True stores a prompt's KV once and lets all its rows attend to it (cascade
     attention); False copies it into each row's slot; "auto" decides per call
-    (`use_shared_prefix`).
+    (`use_shared_prefix`). half_matmul: "auto" multiplies bfloat16 / float16 linear layers in
+    float32 on a CPU that only emulates them, "float32" on every CPU, "native" never
+    (r3rl/engine/half_matmul.py).
     """
 
     def __init__(
@@ -71,9 +74,12 @@ class HFEngine(Engine):
         stop_token_ids: Sequence[int] | None = None,
         shared_prefix_attention: bool | str = "auto",
         autocast: Callable[[], ContextManager[Any]] | None = None,
+        half_matmul: str = "auto",
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if half_matmul not in HALF_MATMUL_MODES:
+            raise ValueError(f"half_matmul must be one of {', '.join(HALF_MATMUL_MODES)}, got {half_matmul!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -81,6 +87,7 @@ class HFEngine(Engine):
         self.reuse_cache = reuse_cache
         self.shared_prefix_attention = prefix_setting(shared_prefix_attention)
         self.autocast = autocast  # the trainer's mixed-precision context, entered around every call
+        self.half_matmul = half_matmul
         self.last_stats: dict[str, int] = {}  # the last slot-path call: forwards, peak KV bytes, prefix entries
         self._stop_override = None if stop_token_ids is None else sorted({int(t) for t in stop_token_ids})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -142,11 +149,11 @@ class HFEngine(Engine):
 
     @contextmanager
     def _inference(self, module: torch.nn.Module) -> Iterator[None]:
-        """eval mode + inference_mode; every submodule's own train/eval flag is put back afterwards."""
+        """eval mode, inference_mode, float32 products for emulated half weights; train/eval flags restored after."""
         modes = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in module.modules()]
         module.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), half_matmuls(module, self.half_matmul):
                 yield
         finally:
             for m, training in modes:

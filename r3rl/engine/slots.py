@@ -28,12 +28,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cached_property
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+
+from r3rl.engine.half_matmul import cpu_has_fast_half
 
 ATTN_NAME = "r3rl_slots"
 SUPPORTED_MODEL_TYPES = {"qwen2", "qwen3", "llama", "mistral"}
@@ -204,15 +206,6 @@ def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out.view(active, heads, 1, dim)[step.rows]  # [B, Hq, 1, D]
 
 
-@cache
-def _cpu_has_fast_bf16() -> bool:
-    """oneDNN multiplies bfloat16 natively here (AVX512 / AVX512-BF16 / AMX), not by emulation."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def matmul_dtype(kv: torch.Tensor) -> torch.dtype:
     """The dtype of attention's batched matmuls over a cache of this dtype.
 
@@ -225,7 +218,7 @@ def matmul_dtype(kv: torch.Tensor) -> torch.dtype:
     """
     if kv.dtype == torch.float32 or kv.device.type != "cpu":
         return kv.dtype
-    return kv.dtype if _cpu_has_fast_bf16() else torch.float32
+    return kv.dtype if cpu_has_fast_half(kv.dtype) else torch.float32
 
 
 def _bias(mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""Half-precision linear layers multiplied in float32 on CPUs that only emulate bfloat16.
+
+A model loaded in bfloat16 (`model.dtype: bfloat16`, to halve its memory) generates on a
+CPU without bfloat16 units (no AVX512-BF16 or AMX: AMD before Zen 4, Intel before Cooper
+Lake) at the speed of PyTorch's emulated bfloat16 matmul, which is several times slower than
+float32 (BENCHMARKS.md, "bfloat16 on CPU": 6.5 vs 17.5 GFLOP/s at a decode shape on an AVX2
+EPYC). Inside `half_matmuls(model, "auto")` every `F.linear` whose weight is bfloat16 or
+float16 on such a CPU converts input, weight and bias to float32, multiplies, and rounds the
+result back to the input's dtype. The rest of the model (embeddings, norms, activations, the
+residual stream, the KV cache) stays in the model's dtype.
+
+Why results barely change: the inputs are already bfloat16 values, so their float32 copies are
+exact; the products are accumulated in float32 and rounded to bfloat16 once, which is what
+oneDNN's native bfloat16 kernels do too. Outputs differ from the emulated kernel's only by the
+order of the float32 additions. The cost is one conversion pass over each weight per forward
+(the whole model once per decode step), which at a decode batch of 64 rows is a fraction of the
+float32 matmul time it buys (BENCHMARKS.md).
+
+Where it does nothing: float32 weights (including float32 master weights under bf16
+autocast: autocast casts below this layer), any CUDA tensor, and a CPU that multiplies
+bfloat16 natively. `mode="native"` turns it off (to measure the emulated kernels, say);
+`mode="float32"` applies it to half weights on any CPU (tests use it to check the rewrite on
+machines with bfloat16 units too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+MODES = ("auto", "native", "float32")
+_HALF = (torch.bfloat16, torch.float16)
+
+
+@cache
+def cpu_has_fast_half(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """oneDNN multiplies this half dtype natively on this CPU (AVX512-BF16 / AMX / AVX512-FP16), not by emulation."""
+    probe = (torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == torch.bfloat16
+             else torch.ops.mkldnn._is_mkldnn_fp16_supported)
+    try:
+        return bool(probe())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _emulated(weight: torch.Tensor) -> bool:
+    return weight.dtype in _HALF and weight.device.type == "cpu" and not cpu_has_fast_half(weight.dtype)
+
+
+# Weights converted a slab of output rows at a time, each slab multiplied while it is still in
+# cache: converting a whole [4864, 896] weight first cost 1.44x a float32 matmul at 64 rows, slabs
+# of 4 MiB 0.96x, and the [151936, 896] LM head 1.67x whole vs 0.48x in slabs (2 threads, AVX2
+# EPYC). Narrow weights (fewer than 4 slabs) are converted whole: slabs of them measured slower.
+_SLAB_BYTES = 4 << 20
+_MIN_SLAB_ROWS = 256
+
+
+def _float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear of the float32 values of x, weight and bias, rounded back to x's dtype."""
+    x32 = x.float()
+    rows = max(_MIN_SLAB_ROWS, _SLAB_BYTES // (4 * weight.shape[1]))
+    if weight.shape[0] < 4 * rows:
+        out = F.linear(x32, weight.float(), None if bias is None else bias.float())
+        return out.to(x.dtype)
+    parts = [F.linear(x32, weight[i:i + rows].float(), None if bias is None else bias[i:i + rows].float()).to(x.dtype)
+             for i in range(0, weight.shape[0], rows)]
+    return torch.cat(parts, dim=-1)
+
+
+class _Float32Linear(TorchFunctionMode):
+    """Routes F.linear over half CPU weights (only the emulated ones unless every_half) through float32 products."""
+
+    def __init__(self, every_half: bool = False):
+        super().__init__()
+        self.every_half = every_half
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if _emulated(weight) or (self.every_half and weight.dtype in _HALF and weight.device.type == "cpu"):
+                return _float32_linear(x, weight, bias)
+        return func(*args, **kwargs)
+
+
+def needs_float32_matmuls(module: torch.nn.Module) -> bool:
+    """Whether any of the module's linear weights is a half dtype this CPU only emulates."""
+    return any(isinstance(m, torch.nn.Linear) and _emulated(m.weight) for m in module.modules())
+
+
+@contextmanager
+def half_matmuls(module: torch.nn.Module, mode: str = "auto") -> Iterator[None]:
+    """Within this block, multiply the module's half linear layers in float32: the emulated ones (auto), all (float32), none (native)."""
+    if mode not in MODES:
+        raise ValueError(f"half_matmul must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "float32":
+        use = any(isinstance(m, torch.nn.Linear) and m.weight.dtype in _HALF for m in module.modules())
+    else:
+        use = mode == "auto" and needs_float32_matmuls(module)
+    with _Float32Linear(every_half=mode == "float32") if use else nullcontext():
+        yield
