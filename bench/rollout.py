@@ -578,6 +578,11 @@ def bench_realistic(name: str, model, tok, args, peak: float, bw: float,
               f"{vllm['startup_s']:.1f} s; its whole process {vllm['process_s']:.1f} s; runs not interleaved")
     info = dict(rate=rate, decode={m: statistics.median(d) for m, d in decode.items() if d},
                 vllm_startup=vllm["startup_s"] if vllm is not None else None, agree=agree, total=total)
+    # Identity is promised in float32 only: in bfloat16 the engines round differently (r3rl's float32
+    # products, PyTorch's kernels in naive), so greedy rows may part at a near-tie (tests/test_bf16_engine.py
+    # checks that every such parting is one); here the count is reported, not enforced.
+    if next(model.parameters()).dtype != torch.float32:
+        return True, info
     return all(k == total for m, k in agree.items() if m in ("naive", "r3rl-copies")), info
 
 

@@ -161,6 +161,35 @@ def test_train_with_the_vllm_backend_syncs_the_weights_every_step(model_dir, tmp
     assert any(not torch_equal(base[k], final[k]) for k in final if k in base)
 
 
+@pytest.mark.slow
+def test_two_ranks_train_each_syncing_its_own_vllm_engine_every_step(model_dir, tmp_path):
+    """TRL's colocate pattern under accelerate: each rank samples with its own in-process vLLM and pushes
+    its (all-reduced, identical) weights into it after every step. The log-prob gap is the max over both
+    ranks (metrics reduce it with max), so a rank whose engine kept the old weights would show at step 2."""
+    needs_vllm()
+    out = tmp_path / "train"
+    args = ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
+            "generation.backend=vllm", "generation.max_attempt_tokens=16", "generation.max_reflection_tokens=24",
+            "generation.max_retry_tokens=16", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
+            "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=2", "train.batch_size=4",
+            "train.micro_batch_size=2", "rollout.group_size=4", "train.lora=false", "train.beta=0.0",
+            "train.learning_rate=1e-3", "train.save_every=0", "train.eval_every=0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "VLLM_LOGGING_LEVEL": "INFO"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl"]
+    proc = subprocess.run([*launch, *args, *VLLM], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("Using external launcher") == 2  # one engine per rank
+    rows = lines(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["weight_sync_s"] is not None and r["weight_sync_s"] > 0 for r in rows)
+    print("2 ranks, vLLM vs training log-probs per step (mean, max):",
+          [(r["logprob_diff_mean"], r["logprob_diff_max"]) for r in rows])
+    assert all(r["logprob_diff_max"] is not None and r["logprob_diff_max"] < 1e-3 for r in rows)
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
