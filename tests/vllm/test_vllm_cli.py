@@ -161,11 +161,11 @@ def test_train_with_the_vllm_backend_syncs_the_weights_every_step(model_dir, tmp
     assert any(not torch_equal(base[k], final[k]) for k in final if k in base)
 
 
-@pytest.mark.slow
 def test_two_ranks_train_each_syncing_its_own_vllm_engine_every_step(model_dir, tmp_path):
     """TRL's colocate pattern under accelerate: each rank samples with its own in-process vLLM and pushes
     its (all-reduced, identical) weights into it after every step. The log-prob gap is the max over both
-    ranks (metrics reduce it with max), so a rank whose engine kept the old weights would show at step 2."""
+    ranks (metrics reduce it with max), so a rank whose engine kept the old weights would show at step 2
+    (seen failing with rank 1's sync removed: max gap 3.6 at step 2, against 1e-5 with both syncing). 40 s."""
     needs_vllm()
     out = tmp_path / "train"
     args = ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
