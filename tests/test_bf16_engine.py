@@ -278,12 +278,51 @@ def test_engine_routes_bf16_linears_through_float32_products_per_mode(model16, t
     assert counts["auto"] == (0 if cpu_has_fast_half(torch.bfloat16) else counts["float32"])
 
 
-def test_float32_model_generates_bit_identically_in_every_half_matmul_mode(model32, tok, prompts, stops):
+def test_wide_float32_layers_are_multiplied_in_slabs_with_identical_values(monkeypatch):
+    import r3rl.engine.half_matmul as hm
+
+    monkeypatch.setattr(hm, "_SLAB_BYTES", 4 * 64 * 256)  # slabs of 256 rows (the minimum) at K=64
+    torch.manual_seed(2)
+    wide, narrow = torch.nn.Linear(64, 1100), torch.nn.Linear(64, 1000)  # >= 4 slabs (the last short); < 4
+    assert hm.has_wide_float32(wide) and not hm.has_wide_float32(narrow)
+    x = torch.randn(2, 3, 64)
+    seen = []
+    real = hm._slabbed_linear
+    monkeypatch.setattr(hm, "_slabbed_linear", lambda *a: seen.append(a[1].shape) or real(*a))
+    with torch.no_grad():
+        with half_matmuls(wide, "auto"):
+            got = wide(x)
+        with half_matmuls(wide, "native"):
+            wide(x)
+    assert seen == [torch.Size([1100, 64])]  # auto slabs it, native does not
+    # The same dot products; BLAS may block a slab's sum differently from the whole call's, so equal up to
+    # float32 summation order (bit-identical at the 0.5B shapes measured, BENCHMARKS.md)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, wide.weight, wide.bias), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("wide_head", [False, True])
+def test_float32_model_generates_bit_identically_in_every_half_matmul_mode(model32, tok, prompts, stops, wide_head,
+                                                                           monkeypatch):
+    """With wide_head the slab size is shrunk so the test model's LM head is multiplied in slabs under
+    auto and float32 (as a 150k-vocabulary head is): the tokens must not change, nor the log-probs beyond
+    float32 summation order (8-row slabs of a tiny head take other BLAS kernels than one call)."""
+    if wide_head:
+        import r3rl.engine.half_matmul as hm
+
+        monkeypatch.setattr(hm, "_MIN_SLAB_ROWS", 8)
+        monkeypatch.setattr(hm, "_SLAB_BYTES", 4 * model32.config.hidden_size * 8)
+        assert hm._wide_float32(model32.get_output_embeddings().weight)
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=3)
     outs = [HFEngine(model32, tok, stop_token_ids=stops, half_matmul=m).generate(prompts, params, n=2)
             for m in ("native", "auto", "float32")]
     flat = [[(g.token_ids, g.logprobs) for row in out for g in row] for out in outs]
-    assert flat[1] == flat[0] and flat[2] == flat[0]
+    if not wide_head:
+        assert flat[1] == flat[0] and flat[2] == flat[0]  # nothing rewritten: bit-identical
+        return
+    for other in flat[1:]:
+        assert [t for t, _ in other] == [t for t, _ in flat[0]]
+        gap = max((abs(a - b) for (_, la), (_, lb) in zip(other, flat[0]) for a, b in zip(la, lb)), default=0.0)
+        assert gap <= 1e-5, gap
 
 
 def test_bf16_weights_with_float32_products_agree_with_the_plain_path_up_to_near_ties(model16, tok, prompts, stops):

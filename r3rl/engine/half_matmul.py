@@ -1,4 +1,4 @@
-"""Half-precision linear layers multiplied in float32 on CPUs that only emulate bfloat16.
+"""CPU linear layers the engine rewrites: half weights multiplied in float32 where bfloat16 is emulated, wide ones in slabs.
 
 A model loaded in bfloat16 (`model.dtype: bfloat16`, to halve its memory) generates on a
 CPU without bfloat16 units (no AVX512-BF16 or AMX: AMD before Zen 4, Intel before Cooper
@@ -16,11 +16,16 @@ order of the float32 additions. The cost is one conversion pass over each weight
 (the whole model once per decode step), which at a decode batch of 64 rows is a fraction of the
 float32 matmul time it buys (BENCHMARKS.md).
 
-Where it does nothing: float32 weights (including float32 master weights under bf16
-autocast: autocast casts below this layer), any CUDA tensor, and a CPU that multiplies
-bfloat16 natively. `mode="native"` turns it off (to measure the emulated kernels, say);
-`mode="float32"` applies it to half weights on any CPU (tests use it to check the rewrite on
-machines with bfloat16 units too).
+Wide float32 weights (at least 4 slabs of about 4 MiB: an LM head over a 150k vocabulary, a
+wide MLP projection) are multiplied a slab of rows at a time too, without any conversion: each
+output is the same dot product, measured bit-identical, and one [151936, 896] head took 0.6x the
+time of one call at 32-64 rows. Small models (every test model, the demo) have no such weight.
+
+Where it does nothing: narrow float32 weights, float32 master weights under bf16 autocast
+(autocast casts below this layer), any CUDA tensor, and half weights on a CPU that multiplies
+them natively. `mode="native"` turns all of it off (PyTorch's kernels as the model calls them);
+`mode="float32"` applies the float32 products to half weights on any CPU (tests use it to check
+the rewrite on machines with bfloat16 units too).
 """
 
 from __future__ import annotations
@@ -52,18 +57,38 @@ def _emulated(weight: torch.Tensor) -> bool:
     return weight.dtype in _HALF and weight.device.type == "cpu" and not cpu_has_fast_half(weight.dtype)
 
 
+def _wide_float32(weight: torch.Tensor) -> bool:
+    """A float32 CPU weight of at least 4 slabs: an LM head over a large vocabulary, a wide MLP projection."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2
+            and weight.shape[0] >= 4 * _slab_rows(weight.shape[1]))
+
+
 # Weights converted a slab of output rows at a time, each slab multiplied while it is still in
 # cache: converting a whole [4864, 896] weight first cost 1.44x a float32 matmul at 64 rows, slabs
 # of 4 MiB 0.96x, and the [151936, 896] LM head 1.67x whole vs 0.48x in slabs (2 threads, AVX2
 # EPYC). Narrow weights (fewer than 4 slabs) are converted whole: slabs of them measured slower.
+# Float32 weights gain from slabs too: the [151936, 896] head in slabs took 0.58-0.64x of one call
+# at 32-64 rows (0.79x at 8), [4864, 896] 0.62-0.98x, bit-identical results; narrow ones 1.0-1.3x.
 _SLAB_BYTES = 4 << 20
 _MIN_SLAB_ROWS = 256
+
+
+def _slab_rows(in_features: int) -> int:
+    return max(_MIN_SLAB_ROWS, _SLAB_BYTES // (4 * in_features))
+
+
+def _slabbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear of a wide float32 weight a slab of rows at a time: the same values (every output is the same
+    dot product over the same K), measured bit-identical, and faster on CPU than one call (module comment)."""
+    rows = _slab_rows(weight.shape[1])
+    return torch.cat([F.linear(x, weight[i:i + rows], None if bias is None else bias[i:i + rows])
+                      for i in range(0, weight.shape[0], rows)], dim=-1)
 
 
 def _float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear of the float32 values of x, weight and bias, rounded back to x's dtype."""
     x32 = x.float()
-    rows = max(_MIN_SLAB_ROWS, _SLAB_BYTES // (4 * weight.shape[1]))
+    rows = _slab_rows(weight.shape[1])
     if weight.shape[0] < 4 * rows:
         out = F.linear(x32, weight.float(), None if bias is None else bias.float())
         return out.to(x.dtype)
@@ -86,6 +111,8 @@ class _Float32Linear(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if _emulated(weight) or (self.every_half and weight.dtype in _HALF and weight.device.type == "cpu"):
                 return _float32_linear(x, weight, bias)
+            if _wide_float32(weight):
+                return _slabbed_linear(x, weight, bias)
         return func(*args, **kwargs)
 
 
@@ -94,14 +121,23 @@ def needs_float32_matmuls(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Linear) and _emulated(m.weight) for m in module.modules())
 
 
+def has_wide_float32(module: torch.nn.Module) -> bool:
+    """Whether any of the module's linear weights is a wide float32 CPU weight (multiplied in slabs)."""
+    return any(isinstance(m, torch.nn.Linear) and _wide_float32(m.weight) for m in module.modules())
+
+
 @contextmanager
 def half_matmuls(module: torch.nn.Module, mode: str = "auto") -> Iterator[None]:
-    """Within this block, multiply the module's half linear layers in float32: the emulated ones (auto), all (float32), none (native)."""
+    """Within this block: half linear layers multiplied in float32 (the emulated ones under auto, all under
+    float32) and wide float32 ones in slabs; native changes nothing."""
     if mode not in MODES:
         raise ValueError(f"half_matmul must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "float32":
+    if mode == "native":
+        use = False
+    elif mode == "float32":
         use = any(isinstance(m, torch.nn.Linear) and m.weight.dtype in _HALF for m in module.modules())
     else:
-        use = mode == "auto" and needs_float32_matmuls(module)
+        use = needs_float32_matmuls(module)
+    use = use or (mode != "native" and has_wide_float32(module))
     with _Float32Linear(every_half=mode == "float32") if use else nullcontext():
         yield
