@@ -109,11 +109,16 @@ class _Float32Linear(TorchFunctionMode):
         if func is F.linear:
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _emulated(weight) or (self.every_half and weight.dtype in _HALF and weight.device.type == "cpu"):
-                return _float32_linear(x, weight, bias)
-            if _wide_float32(weight):
-                return _slabbed_linear(x, weight, bias)
+            if _rewritten(weight, self.every_half):
+                rewrite = _slabbed_linear if weight.dtype == torch.float32 else _float32_linear
+                return rewrite(x, weight, bias)
         return func(*args, **kwargs)
+
+
+def _rewritten(weight: torch.Tensor, every_half: bool) -> bool:
+    """Whether F.linear over this weight is rewritten: emulated half (every CPU half weight if every_half), or wide float32."""
+    half_cpu = weight.dtype in _HALF and weight.device.type == "cpu"
+    return _emulated(weight) or (every_half and half_cpu) or _wide_float32(weight)
 
 
 def needs_float32_matmuls(module: torch.nn.Module) -> bool:
@@ -132,12 +137,8 @@ def half_matmuls(module: torch.nn.Module, mode: str = "auto") -> Iterator[None]:
     float32) and wide float32 ones in slabs; native changes nothing."""
     if mode not in MODES:
         raise ValueError(f"half_matmul must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "native":
-        use = False
-    elif mode == "float32":
-        use = any(isinstance(m, torch.nn.Linear) and m.weight.dtype in _HALF for m in module.modules())
-    else:
-        use = needs_float32_matmuls(module)
-    use = use or (mode != "native" and has_wide_float32(module))
-    with _Float32Linear(every_half=mode == "float32") if use else nullcontext():
+    every_half = mode == "float32"
+    use = mode != "native" and any(isinstance(m, torch.nn.Linear) and _rewritten(m.weight, every_half)
+                                   for m in module.modules())
+    with _Float32Linear(every_half) if use else nullcontext():
         yield

@@ -69,6 +69,39 @@ def finished(p: subprocess.Popen) -> tuple[int, str]:
     return p.returncode, err
 
 
+def two_ranks(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`r3rl ARGS` under accelerate with 2 CPU processes, each rank starting its own in-process vLLM."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "VLLM_LOGGING_LEVEL": "INFO"}  # vLLM says at INFO which executor each rank uses
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl"]
+    proc = subprocess.run([*launch, *args, *VLLM], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("Using external launcher") == 2  # one engine per rank
+    return proc
+
+
+def coin_train_args(model_dir: Path, out: Path, micro_batch_size: int = 4) -> list[str]:
+    """2 steps of full fine-tuning on vLLM. CoinTask (tests/trainer_fixtures.py): a retry passes when its
+    length is even, ~50% for any model, so groups carry signal and each step must move the weights."""
+    return ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
+            "generation.backend=vllm", "generation.max_attempt_tokens=16", "generation.max_reflection_tokens=24",
+            "generation.max_retry_tokens=16", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
+            "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=2", "train.batch_size=4",
+            f"train.micro_batch_size={micro_batch_size}", "rollout.group_size=4", "train.lora=false",
+            "train.beta=0.0", "train.learning_rate=1e-3", "train.save_every=0", "train.eval_every=0"]
+
+
+def assert_synced_every_step(rows: list[dict], label: str) -> None:
+    """Both steps logged, a weight push after each, and vLLM's sampling log-probs within 1e-3 of the training
+    forward's (float32, temperature 1): a large gap at step 2 would mean vLLM sampled from stale weights."""
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["weight_sync_s"] is not None and r["weight_sync_s"] > 0 for r in rows)
+    print(f"{label}: vLLM vs training log-probs per step (mean, max):",
+          [(r["logprob_diff_mean"], r["logprob_diff_max"]) for r in rows])
+    assert all(r["logprob_diff_max"] is not None and r["logprob_diff_max"] < 1e-3 for r in rows)
+
+
 def test_mine_and_eval_run_with_the_vllm_backend_match_hf_and_mining_survives_kill_9(model_dir, tmp_path):
     needs_vllm()
     model = str(model_dir)
@@ -120,14 +153,7 @@ def test_two_processes_under_accelerate_each_with_its_own_engine_mine_what_one_h
     mines its share of the chunks; rank 0 writes the one failure set."""
     needs_vllm()
     model = str(model_dir)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
-           "VLLM_LOGGING_LEVEL": "INFO"}  # vLLM says at INFO which executor each rank uses
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl"]
-    proc = subprocess.run([*launch, *mine_args(model, tmp_path, "vllm"), *VLLM], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (proc.stdout + proc.stderr).count("Using external launcher") == 2
+    two_ranks(mine_args(model, tmp_path, "vllm"), tmp_path)
     assert main(mine_args(model, tmp_path, "hf")) == 0
     assert lines(tmp_path / "vllm" / "f.jsonl") == lines(tmp_path / "hf" / "f.jsonl")
 
@@ -139,23 +165,9 @@ def test_train_with_the_vllm_backend_syncs_the_weights_every_step(model_dir, tmp
     from safetensors.torch import load_file
 
     out = tmp_path / "train"
-    # CoinTask (tests/trainer_fixtures.py): a retry passes when its length is even, ~50% for any model,
-    # so groups carry signal and the step must move the weights
-    args = ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
-            "generation.backend=vllm", "generation.max_attempt_tokens=16", "generation.max_reflection_tokens=24",
-            "generation.max_retry_tokens=16", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
-            "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=2", "train.batch_size=4",
-            "train.micro_batch_size=4", "rollout.group_size=4", "train.lora=false", "train.beta=0.0",
-            "train.learning_rate=1e-3", "train.save_every=0", "train.eval_every=0"]
-    rc, err = finished(r3rl_process(args, tmp_path))
+    rc, err = finished(r3rl_process(coin_train_args(model_dir, out), tmp_path))
     assert rc == 0, err[-3000:]
-    rows = lines(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(r["weight_sync_s"] is not None and r["weight_sync_s"] > 0 for r in rows)  # pushed after each step
-    # vLLM's sampling log-probs against the training forward (float32, reflection temperature 1); a large
-    # gap at step 2 would mean vLLM sampled from stale weights
-    print("vLLM vs training log-probs per step (mean, max):", [(r["logprob_diff_mean"], r["logprob_diff_max"]) for r in rows])
-    assert all(r["logprob_diff_max"] is not None and r["logprob_diff_max"] < 1e-3 for r in rows)
+    assert_synced_every_step(lines(out / "metrics.jsonl"), "1 process")
     base = load_file(str(Path(model_dir) / "model.safetensors"))
     final = load_file(str(out / "final" / "model.safetensors"))
     assert any(not torch_equal(base[k], final[k]) for k in final if k in base)
@@ -168,26 +180,8 @@ def test_two_ranks_train_each_syncing_its_own_vllm_engine_every_step(model_dir, 
     (seen failing with rank 1's sync removed: max gap 3.6 at step 2, against 1e-5 with both syncing). 40 s."""
     needs_vllm()
     out = tmp_path / "train"
-    args = ["train", f"model.name_or_path={model_dir}", "task.name=tests.trainer_fixtures:CoinTask", "seed=0",
-            "generation.backend=vllm", "generation.max_attempt_tokens=16", "generation.max_reflection_tokens=24",
-            "generation.max_retry_tokens=16", f"failures.path={out / 'f.jsonl'}", "failures.num_examples=8",
-            "failures.attempts_per_example=1", f"train.output_dir={out}", "train.steps=2", "train.batch_size=4",
-            "train.micro_batch_size=2", "rollout.group_size=4", "train.lora=false", "train.beta=0.0",
-            "train.learning_rate=1e-3", "train.save_every=0", "train.eval_every=0"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
-           "VLLM_LOGGING_LEVEL": "INFO"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl"]
-    proc = subprocess.run([*launch, *args, *VLLM], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (proc.stdout + proc.stderr).count("Using external launcher") == 2  # one engine per rank
-    rows = lines(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(r["weight_sync_s"] is not None and r["weight_sync_s"] > 0 for r in rows)
-    print("2 ranks, vLLM vs training log-probs per step (mean, max):",
-          [(r["logprob_diff_mean"], r["logprob_diff_max"]) for r in rows])
-    assert all(r["logprob_diff_max"] is not None and r["logprob_diff_max"] < 1e-3 for r in rows)
+    two_ranks(coin_train_args(model_dir, out, micro_batch_size=2), tmp_path, timeout=900)
+    assert_synced_every_step(lines(out / "metrics.jsonl"), "2 ranks")
 
 
 def torch_equal(a, b) -> bool:
