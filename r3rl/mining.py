@@ -206,7 +206,8 @@ def mine(
 
     def work(c: range) -> ChunkOutput:
         progress.chunk(len(c), stages=1)
-        progress.stage("attempts", generations=len(c) * fcfg.attempts_per_example)
+        n = len(c) * fcfg.attempts_per_example
+        progress.stage("attempts", generations=n, tokens=n * roll.gen.max_attempt_tokens)
         return _mine_chunk(roll, fcfg, examples, ids, c, seed)
 
     with progress:

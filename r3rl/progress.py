@@ -24,8 +24,9 @@ class GenerationProgress:
     line moves during a long chunk instead of only when a chunk ends, and its `on_generated`
     hook (called per finished generation), so the bar itself moves inside a chunk: a chunk of k
     examples done in S stages (`chunk`) advances k / S over each stage (`stage`) in proportion to
-    the stage's generations finished, which gives tqdm a rate and a time estimate from the first
-    rows on. The count is in examples' worth of work (5.3/12); `update` sets it to the examples
+    the stage's generations finished, or to its tokens against its token limit when that is
+    further (rows of one batch decode together and finish together), which gives tqdm a rate and
+    a time estimate from the first decoding steps on. The count is in examples' worth of work (5.3/12); `update` sets it to the examples
     finished when chunks end. A disabled bar installs no hook and costs nothing. It only watches:
     no result or seed depends on it.
     """
@@ -45,6 +46,7 @@ class GenerationProgress:
         self._finished = float(initial)  # examples whose chunk has ended
         self._chunk = (0.0, 0, 1)  # (examples finished when it started, its examples, its stages)
         self._stage = (-1, 0, 0)  # (index in the chunk, generations expected, generations finished)
+        self._stage_tokens = (0, 0)  # (the stage's token limit: generations x max new tokens, tokens so far)
 
     def __enter__(self) -> "GenerationProgress":
         import time
@@ -65,11 +67,13 @@ class GenerationProgress:
         self._chunk = (self._finished, examples, max(stages, 1))
         self._stage = (-1, 0, 0)
 
-    def stage(self, name: str, generations: int = 0) -> None:
-        """The next stage of the chunk starts: `generations` finished generations complete it (0: unknown)."""
+    def stage(self, name: str, generations: int = 0, tokens: int = 0) -> None:
+        """The next stage of the chunk starts: `generations` finished generations complete it, as would
+        `tokens` generated (its upper bound: every generation at its limit); 0 = unknown."""
         self.name = name
         self._move(self._stage[0] + 1)
         self._stage = (self._stage[0] + 1, generations, 0)
+        self._stage_tokens = (tokens, 0)
         self._show(force=True)
 
     def update(self, n: int, **info) -> None:
@@ -82,14 +86,21 @@ class GenerationProgress:
 
     def _on_tokens(self, n: int) -> None:
         self.tokens += n
+        limit, made = self._stage_tokens
+        self._stage_tokens = (limit, made + n)
+        self._stage_moved()
         self._show()
 
     def _on_generated(self, n: int) -> None:
         index, expected, done = self._stage
-        if index < 0 or expected <= 0:
-            return
         self._stage = (index, expected, done + n)
-        self._move(index + min((done + n) / expected, 1.0))
+        self._stage_moved()
+
+    def _stage_moved(self) -> None:
+        index, expected, done = self._stage
+        limit, made = self._stage_tokens
+        if index >= 0:
+            self._move(index + min(max(done / expected if expected else 0.0, made / limit if limit else 0.0), 1.0))
 
     def _move(self, stages_done: float) -> None:
         """To `stages_done` of the current chunk's stages (never past the chunk's end, never back)."""

@@ -86,3 +86,26 @@ def test_progress_changes_no_result(tmp_path):
         evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, show_progress=show, chunk_size=2)
         outs.append([(out / name).read_bytes() for name in ("results.json", "episodes.jsonl")])
     assert outs[0] == outs[1]
+
+
+def test_tokens_move_the_bar_while_a_batch_decodes_together():
+    """Rows of one batch finish together: the tokens against the stage's limit move the bar before that."""
+    from types import SimpleNamespace
+
+    from r3rl.progress import GenerationProgress
+
+    engine = SimpleNamespace(on_tokens=None, on_generated=None)
+    with GenerationProgress(engine, total=12, desc="t") as progress:
+        progress.chunk(12, stages=2)
+        progress.stage("attempt", generations=12, tokens=12 * 10)
+        engine.on_tokens(12 * 5)  # half the stage's token limit
+        assert progress.bar.n == pytest.approx(3.0)
+        for _ in range(12):
+            engine.on_generated(1)  # all rows ended early: the stage is done
+        assert progress.bar.n == pytest.approx(6.0)
+        progress.stage("control", generations=4, tokens=40)
+        engine.on_generated(1)
+        assert progress.bar.n == pytest.approx(6.0 + 6 * 0.25)
+        progress.update(12)
+        assert progress.bar.n == 12
+    assert engine.on_tokens is None and engine.on_generated is None
