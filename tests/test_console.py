@@ -25,6 +25,10 @@ def test_a_step_line_has_the_numbers_a_trl_user_reads():
         assert part in line, (part, line)
 
 
+def test_no_kl_without_a_reference_model():
+    assert "kl" not in step_line(_row(kl=0.0), steps=20, kl=False)
+
+
 def test_phase_times_show_only_when_measured():
     """Rows without phase timing (older runs, the hf engine's weight sync) print none of those fields."""
     line = step_line(_row(), steps=20)

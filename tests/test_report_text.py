@@ -84,6 +84,11 @@ def test_report_paired_counts_say_which_side(report_md):
     assert "only before training: 0, only after training: 10" in row
 
 
+def test_report_tables_name_metrics_in_words(report_md):
+    paired = report_md.split("### Paired tests")[1].split("\n\n")[1]
+    assert "acc@2_no_reflection" not in paired and "| acc@2 without reflection |" in paired
+
+
 def test_rates_get_a_fixed_axis():
     fig = plots.metric_curve([1, 2, 3], [0.25, 0.55, 0.4], title="t", ylabel="y", rate=True)
     lo, hi = fig.axes[0].get_ylim()
@@ -107,7 +112,16 @@ def test_the_report_plots_rewards_and_shares_as_rates(tmp_path, monkeypatch):
         return curve(xs, ys, **kw)
 
     monkeypatch.setattr(plots, "metric_curve", metric_curve)
+    legends = []
+    eval_curves = plots.eval_curves
+
+    def eval_curves_seen(series):
+        legends.extend(series)
+        return eval_curves(series)
+
+    monkeypatch.setattr(plots, "eval_curves", eval_curves_seen)
     build_report(run)
+    assert legends == ["acc@1 (first try)", "acc@2 (retry after reflection)"]  # not the metrics.jsonl keys
     rates = {t for t, r in calls.items() if r}
     assert any("reward" in t.lower() for t in rates) and any("zero-advantage" in t.lower() for t in rates)
     assert not any("length" in t.lower() for t in rates)

@@ -130,7 +130,7 @@ def _paired_blocks(run: RunData, headline) -> list[Block]:
     if not done:
         return []
     rows = [
-        [c.label, f"{c.first} → {c.second}", fmt_pct(c.result.first_rate), fmt_pct(c.result.second_rate),
+        [dict(ACC_KEYS).get(c.label, c.label).split(" (")[0], f"{c.first} → {c.second}", fmt_pct(c.result.first_rate), fmt_pct(c.result.second_rate),
          fmt_pts(c.result.difference), fmt_pts_ci(c.result.difference_ci), fmt_p(c.result.p_value),
          fmt_discordant(c.first, c.result.first_only, c.second, c.result.second_only)]
         for c in done
@@ -228,7 +228,8 @@ def _training_blocks(run: RunData) -> list[Block]:
                 title = "Mean reflection reward = retry success rate"
             fig = plots.metric_curve(xs, ys, title=title, ylabel=ylabel, rate=key in RATE_PLOTS)
             blocks.append(Image(key, f"{title} ({key}) over optimizer steps", plots.png_bytes(fig)))
-    eval_series = {k: v for k in EVAL_METRIC_KEYS if (v := _series(run, k))[1]}
+    words = dict(ACC_KEYS)  # the legend says "acc@1 (first try)", not the metrics.jsonl key "eval/acc@1"
+    eval_series = {words.get(k.split("/")[-1], k): v for k in EVAL_METRIC_KEYS if (v := _series(run, k))[1]}
     if eval_series:
         blocks.append(Image("eval_accuracy", "Periodic eval accuracy during training",
                             plots.png_bytes(plots.eval_curves(eval_series))))

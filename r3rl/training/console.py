@@ -13,11 +13,13 @@ PHASES = (("gen", "time_generation_s"), ("policy", "time_policy_s"), ("ref", "ti
           ("opt", "time_optimizer_s"), ("sync", "weight_sync_s"))
 
 
-def step_line(row: MetricsRow, steps: int) -> str:
-    """"step 3/20  reward 0.438  retry 0.438  zero-adv 0.25  kl 1.2e-04  refl 42 tok  5.0s (gen 3.1s ...)  412 tok/s"."""
+def step_line(row: MetricsRow, steps: int, kl: bool = True) -> str:
+    """"step 3/20  reward 0.438  retry 0.438  zero-adv 0.25  kl 1.2e-04  refl 42 tok  5.0s (gen 3.1s ...)  412 tok/s".
+
+    kl=False leaves out the KL, which is not computed (logged as 0) when train.beta = 0."""
     parts = [f"step {row.step}/{steps}"]
     for label, value, spec in (("reward", row.reward_mean, ".3f"), ("retry", row.retry_success, ".3f"),
-                               ("zero-adv", row.zero_adv_frac, ".2f"), ("kl", row.kl, ".1e")):
+                               ("zero-adv", row.zero_adv_frac, ".2f"), ("kl", row.kl if kl else None, ".1e")):
         if value is not None:
             parts.append(f"{label} {value:{spec}}")
     if row.reflection_len is not None:

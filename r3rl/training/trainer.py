@@ -442,7 +442,7 @@ class Trainer:
     def _print_step(self, bar: Any, row: MetricsRow) -> None:
         """The step's line every train.log_every steps (and the last), and any periodic evaluation, above the bar."""
         every, steps = self.cfg.train.log_every, self.cfg.train.steps
-        lines = [step_line(row, steps)] if every and (row.step % every == 0 or row.step == steps) else []
+        lines = [step_line(row, steps, kl=self.cfg.train.beta > 0)] if every and (row.step % every == 0 or row.step == steps) else []
         lines += [line] if (line := eval_line(row, steps)) else []
         for line in lines if self.acc.is_main_process else []:
             bar.write(line, file=sys.stdout)
