@@ -183,14 +183,22 @@ def run_bars(labels: Sequence[str], metrics: Sequence[str],
         if xs:
             ax.bar(xs, heights, width, label=label, color=colors[r % len(colors)],
                    yerr=[err_lo, err_hi], capsize=3, error_kw={"elinewidth": 1.0})
+            # at the foot of the bar, as in accuracy_bars: above the error bar a label can leave the axes
             for x, h, up in zip(xs, heights, err_hi):
-                ax.text(x, h + up + 1.0, f"{h:.1f}", ha="center", va="bottom", fontsize=7)
+                if h >= 8:
+                    ax.text(x, 1.5, f"{h:.1f}", ha="center", va="bottom", fontsize=7, color="white", fontweight="bold")
+                else:
+                    ax.text(x, h + up + 1.0, f"{h:.1f}", ha="center", va="bottom", fontsize=7)
+    for m in range(len(metrics)):
+        if all(row[m] is None for row in cells):  # an empty slot says why, rather than looking like 0%
+            ax.text(m, 3, "not measured", ha="center", va="bottom", fontsize=8, color="#616161")
     ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_xlim(-0.6, len(metrics) - 0.4)  # room for the last metric's name
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Runs evaluated on the same trials (95% intervals)")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside: bars reach 100%
     return fig
 
 
