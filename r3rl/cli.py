@@ -3,7 +3,7 @@
     r3rl mine   --config FILE [section.field=value ...]
     r3rl train  --config FILE [--resume | --overwrite] [overrides]
     r3rl eval   --config FILE [--model PATH] [overrides]
-    r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
+    r3rl plan   --config FILE [--processes N] [--device-memory 80GB] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl compare RUN_DIR RUN_DIR ... [--output DIR]   (runs on the same trials, paired tests)
     r3rl demo   [--quick] [--compare]
@@ -200,9 +200,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from r3rl.plan import format_plan, load_model_shape
 
     cfg = _config(args)
+    from r3rl.plan import parse_memory, this_device_memory
+
     shape, source = load_model_shape(cfg, args.model_config, preset=args.config)
-    print(format_plan(cfg, shape, source, processes=args.processes, gpu_memory_gb=args.gpu_memory_gb,
-                      tokens_per_s=args.tokens_per_s, prompt_tokens=args.prompt_tokens))
+    device = None
+    if args.device_memory is not None:
+        gb = parse_memory(args.device_memory)
+    elif args.gpu_memory_gb is not None:
+        gb = args.gpu_memory_gb
+    else:
+        gb, device = this_device_memory()
+        device += "; size another with --device-memory 80GB"
+    print(format_plan(cfg, shape, source, processes=args.processes, gpu_memory_gb=gb,
+                      tokens_per_s=args.tokens_per_s, prompt_tokens=args.prompt_tokens, device=device))
     return 0
 
 
@@ -309,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="memory per device and generated tokens / wall time of a preset, offline")
     _add_config_args(p)
     p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run will use")
-    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one device in GB (default 80)")
+    p.add_argument("--device-memory", help="memory of one device, e.g. 80GB or 24GiB (default: this machine's GPU, "
+                        "else its CPU RAM)")
+    p.add_argument("--gpu-memory-gb", type=float, help="memory of one device in GB (the same as --device-memory NGB)")
     p.add_argument("--tokens-per-s", type=float, help="measured generation speed per device (else an assumption, labelled)")
     p.add_argument("--prompt-tokens", type=int, help="templated task prompt length (else an assumption, labelled)")
     p.add_argument("--model-config", help="folder or config.json of the model (default: model.name_or_path, else the "

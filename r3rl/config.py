@@ -215,6 +215,8 @@ class TrainConfig:
     """Write a checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (oldest removed)."""
+    log_every: int = 1
+    """Print a line of the step's metrics (reward, retry success, zero-advantage share, KL, reflection length, time, tokens/s) every N steps (0 = none; metrics.jsonl has every step either way)."""
     log_episodes_per_step: int = 4
     """Whole episodes written to episodes.jsonl per step, for reading (training uses every episode)."""
     merge_adapter: bool = False

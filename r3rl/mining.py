@@ -204,10 +204,14 @@ def mine(
                 counts["ok"] += round(rec["pass_rate"] * rec["attempts"])
         progress.update(sum(map(len, batch)), failed=counts["failed"], passed=counts["passed"])
 
+    def work(c: range) -> ChunkOutput:
+        progress.chunk(len(c), stages=1)
+        n = len(c) * fcfg.attempts_per_example
+        progress.stage("attempts", generations=n, tokens=n * roll.gen.max_attempt_tokens)
+        return _mine_chunk(roll, fcfg, examples, ids, c, seed)
+
     with progress:
-        progress.stage("attempts")
-        run_chunks(procs, chunks, lambda c: _mine_chunk(roll, fcfg, examples, ids, c, seed),
-                   done=done, log=log, on_round=on_round)
+        run_chunks(procs, chunks, work, done=done, log=log, on_round=on_round)
     if log is not None:
         log.finish()
     summary = {

@@ -170,8 +170,59 @@ def generated_tokens(cfg: Config) -> dict[str, int]:
     }
 
 
+_MEMORY_UNITS = {"": 1e9, "gb": 1e9, "g": 1e9, "gib": GIB, "mb": 1e6, "m": 1e6, "mib": 2 ** 20,
+                 "tb": 1e12, "t": 1e12, "tib": 2 ** 40}
+
+
+def parse_memory(text: str) -> float:
+    """A device's memory as typed ("80GB", "24 GiB", "512MB"; a bare number is GB), in GB (1e9 bytes)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m and m.group(2).lower()
+    if not m or unit not in _MEMORY_UNITS or float(m.group(1)) <= 0:
+        raise InputError(f"--device-memory {text!r} is not a memory size; write it like 80GB, 24GiB or 512MB")
+    return float(m.group(1)) * _MEMORY_UNITS[unit] / 1e9
+
+
+def this_device_memory() -> tuple[float, str]:
+    """(GB, what it is) of the device this machine would train on: CUDA device 0's memory when there is
+    one, else the CPU's RAM, so a plan on a laptop or a CPU box sizes that machine, not an assumed GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return props.total_memory / 1e9, f"this machine's GPU, {props.name}"
+    try:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    except ImportError:  # psutil comes with accelerate, but stay usable without it
+        import os
+
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total / 1e9, "this machine's CPU RAM, no GPU found"
+
+
+def _count(n: float) -> str:
+    """A count the way model cards write it: 1.54B, 494.0M, 0.9M, 4.3K."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e5:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return f"{n:.0f}"
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e8 else _count(n)  # large runs keep the aligned 0.655B form
+
+
 def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1, gpu_memory_gb: float = 80.0,
-                tokens_per_s: float | None = None, prompt_tokens: int | None = None) -> str:
+                tokens_per_s: float | None = None, prompt_tokens: int | None = None,
+                device: str | None = None) -> str:
+    """`device` says what `gpu_memory_gb` is when it was not typed (e.g. "this machine's CPU RAM")."""
     assumptions = []
     if prompt_tokens is None:
         prompt_tokens = ASSUMED_PROMPT_TOKENS
@@ -187,23 +238,23 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
     shared = bool(mem.pop("_shared", 0))
     t = cfg.train
     lines = [f"r3rl plan: {cfg.model.name_or_path} ({source})",
-             f"parameters: {shape.params() / 1e9:.2f}B ({shape.params():,}); {shape.layers} layers, hidden {shape.hidden}, "
+             f"parameters: {_count(shape.params())} ({shape.params():,}); {shape.layers} layers, hidden {shape.hidden}, "
              f"{shape.heads} heads / {shape.kv_heads} kv heads, intermediate {shape.intermediate}, vocab {shape.vocab}"
              f"{', tied embeddings' if shape.tied else ''}",
-             f"{processes} process(es), {gpu_memory_gb:g} GB per device; {'LoRA r=' + str(t.lora_r) if t.lora else 'full fine-tuning'}, "
+             f"{processes} process(es), {_gb(gpu_memory_gb)} GB per device{f' ({device})' if device else ''}; {'LoRA r=' + str(t.lora_r) if t.lora else 'full fine-tuning'}, "
              f"bf16 autocast over float32 trainable weights",
              "", "memory per device (data parallel: every device holds the model)"]
     for name, b in mem.items():
-        lines.append(f"  {name:52s} {b / GIB:8.2f} GiB")
+        lines.append(f"  {name:52s} {_bytes(b):>12s}")
     static = sum(b for k, b in mem.items() if not k.startswith(("activations", "KV")))
     act_key = "activations with gradient checkpointing" if t.gradient_checkpointing else "activations without gradient checkpointing"
     peak = static + max(mem[act_key], mem["KV cache at generation.max_batch_size"])
     fits = "fits" if peak <= gpu_memory_gb * 1e9 else "does NOT fit"
     lines.append(f"  peak (static + the larger of training activations ({'with' if t.gradient_checkpointing else 'without'} "
-                 f"checkpointing, as configured) and the KV cache): {peak / GIB:.2f} GiB -> {fits} in {gpu_memory_gb:g} GB")
+                 f"checkpointing, as configured) and the KV cache): {_bytes(peak)} -> {fits} in {_gb(gpu_memory_gb)} GB")
     if not t.lora and processes > 1:
         z2 = static - (mem["gradients (float32)"] + mem["optimizer (AdamW, 2 x float32)"]) * (1 - 1 / processes)
-        lines.append(f"  with deepspeed-zero2 (gradients and optimizer sharded over {processes}): static {z2 / GIB:.2f} GiB")
+        lines.append(f"  with deepspeed-zero2 (gradients and optimizer sharded over {processes}): static {_bytes(z2)}")
     lines.append(f"  (training forward: micro_batch_size x group_size = {rows} reflections of up to {seq} tokens; "
                  f"generation: {cfg.generation.max_batch_size} rows of up to {gen_len} tokens"
                  + (", each failure context stored once for its group (shared-prefix attention))"
@@ -212,12 +263,26 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
     total_tokens = 0
     for name, n in generated_tokens(cfg).items():
         total_tokens += n
-        lines.append(f"  {name:32s} {n / 1e9:9.3f}B tokens  {_hours(n, tokens_per_s * processes)}")
-    lines.append(f"  {'total':32s} {total_tokens / 1e9:9.3f}B tokens  {_hours(total_tokens, tokens_per_s * processes)}")
+        lines.append(f"  {name:32s} {_tokens(n):>10s} tokens  {_duration(n, tokens_per_s * processes)}")
+    lines.append(f"  {'total':32s} {_tokens(total_tokens):>10s} tokens  {_duration(total_tokens, tokens_per_s * processes)}")
     if assumptions:
         lines += ["", "assumptions:"] + [f"  - {a}" for a in assumptions]
     return "\n".join(lines)
 
 
-def _hours(tokens: int, per_s: float) -> str:
-    return f"{tokens / per_s / 3600:10.1f} h"
+def _bytes(b: float) -> str:
+    return f"{b / GIB:.2f} GiB" if b >= GIB else f"{b / 2 ** 20:.1f} MiB"  # a tiny model is not "0.00 GiB"
+
+
+def _gb(gb: float) -> str:
+    return f"{gb:g}" if gb == round(gb, 1) else f"{gb:.1f}"  # typed sizes as typed, measured ones to 0.1 GB
+
+
+def _duration(tokens: float, per_s: float) -> str:
+    """Wall time in hours, or minutes / seconds under an hour (a small run is not "0.0 h")."""
+    s = tokens / per_s
+    if s >= 3600:
+        return f"{s / 3600:10.1f} h"
+    if s >= 60:
+        return f"{s / 60:8.1f} min"
+    return f"{s:10.1f} s"

@@ -147,7 +147,8 @@ def test_progress_follows_generation_steps_and_stages(monkeypatch):
     roll = Rollout(engine, EchoTask(), cfg.generation, cfg.rollout)
     stages, counts = [], []
     original_stage, original_tokens = GenerationProgress.stage, GenerationProgress._on_tokens
-    monkeypatch.setattr(GenerationProgress, "stage", lambda self, name: (stages.append(name), original_stage(self, name)))
+    monkeypatch.setattr(GenerationProgress, "stage",
+                        lambda self, name, **kw: (stages.append(name), original_stage(self, name, **kw)))
     monkeypatch.setattr(GenerationProgress, "_on_tokens",
                         lambda self, n: (counts.append(n), original_tokens(self, n)))
     evaluate_model(roll, cfg.eval, cfg.seed, show_progress=True)
@@ -155,7 +156,7 @@ def test_progress_follows_generation_steps_and_stages(monkeypatch):
     # one call per generation: 3 attempts, 3 reflections, 3 retries, 3 control retries
     banana = len(tok("banana", add_special_tokens=False)["input_ids"]) + 1
     assert len(counts) == 12 and counts[:3] == [banana] * 3
-    assert engine.on_tokens is None  # the hook is removed afterwards
+    assert engine.on_tokens is None and engine.on_generated is None  # the hooks are removed afterwards
 
 
 # ---------------------------------------------------------------- Ctrl-C in the commands

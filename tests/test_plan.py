@@ -64,7 +64,7 @@ def test_generated_tokens(cfg):
 def test_cli_prints_the_plan_with_and_without_a_measured_speed(capsys):
     from r3rl.cli import main
 
-    args = ["plan", "--config", str(PRESET), "--model-config", str(FIXTURE), "--processes", "8"]
+    args = ["plan", "--config", str(PRESET), "--model-config", str(FIXTURE), "--processes", "8", "--device-memory", "80GB"]
     assert main(args + ["--tokens-per-s", "2000", "--prompt-tokens", "150"]) == 0
     out = capsys.readouterr().out
     assert "1.54B" in out and "fits in 80 GB" in out and "ASSUMED" not in out and "assumptions:" not in out
@@ -152,3 +152,93 @@ def test_the_bundled_configs_have_the_published_parameter_counts():
     for name, params in sizes.items():
         shape, _ = load_model_shape(load_config(PRESET), str(ROOT / "configs" / "models" / name))
         assert shape.params() == params, name
+
+
+DEMO = ROOT / "r3rl" / "demo"
+
+
+def test_a_small_model_prints_in_millions_and_short_times_in_minutes(capsys):
+    """The demo's tiny model: parameters in M, not "0.00B"; wall times under an hour in min / s, not "0.0 h"."""
+    from r3rl.cli import main
+
+    args = ["plan", "--config", str(DEMO / "demo.yaml"), "--model-config", str(DEMO / "model"), "--device-memory", "2GB"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    shape = ModelShape.from_config(__import__("json").loads((DEMO / "model" / "config.json").read_text()))
+    assert shape.params() < 1e8
+    assert f"parameters: {shape.params() / 1e6:.1f}M ({shape.params():,})" in out
+    assert "0.00B" not in out and " 0.0 h" not in out and "0.000B" not in out
+    assert "fits in 2 GB" in out
+
+
+def test_count_and_duration_formatting():
+    from r3rl.plan import _count, _duration
+
+    assert _count(1_543_714_304) == "1.54B"
+    assert _count(494_032_768) == "494.0M"
+    assert _count(912_345) == "0.9M"
+    assert _count(4_321) == "4.3K" and _count(12) == "12"
+    assert _duration(3.67e9, 8000).strip() == "127.4 h"
+    assert _duration(36 * 60 * 1000, 1000).strip() == "36.0 min"
+    assert _duration(12_500, 1000).strip() == "12.5 s"
+
+
+@pytest.mark.parametrize("text, gb", [("80GB", 80.0), ("80 GB", 80.0), ("24gb", 24.0), ("16GiB", 16 * 2 ** 30 / 1e9),
+                                      ("512MB", 0.512), ("1.5TB", 1500.0), ("40", 40.0)])
+def test_device_memory_parses_units(text, gb):
+    from r3rl.plan import parse_memory
+
+    assert parse_memory(text) == pytest.approx(gb)
+
+
+def test_a_bad_device_memory_is_one_sentence():
+    from r3rl.plan import parse_memory
+
+    with pytest.raises(ValueError, match="--device-memory"):
+        parse_memory("lots")
+
+
+def test_without_a_size_the_plan_sizes_this_machine(monkeypatch, capsys):
+    """No --device-memory / --gpu-memory-gb: this machine's device (CPU RAM here, there is no GPU in CI)."""
+    import torch
+
+    from r3rl.cli import main
+    from r3rl.plan import this_device_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gb, where = this_device_memory()
+    import psutil
+
+    assert gb == pytest.approx(psutil.virtual_memory().total / 1e9)
+    assert "CPU" in where
+    assert main(["plan", "--config", str(DEMO / "demo.yaml"), "--model-config", str(DEMO / "model")]) == 0
+    out = capsys.readouterr().out
+    assert f"{gb:.1f} GB per device ({where}; size another with --device-memory 80GB)" in out
+
+
+def test_a_cuda_device_is_sized_from_its_memory(monkeypatch):
+    import torch
+
+    from r3rl.plan import this_device_memory
+
+    class Props:
+        total_memory = 80 * 10 ** 9
+        name = "NVIDIA H100 80GB HBM3"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+    gb, where = this_device_memory()
+    assert gb == 80.0 and "H100" in where
+
+
+def test_the_old_gpu_memory_flag_still_works(capsys):
+    from r3rl.cli import main
+
+    assert main(["plan", "--config", str(PRESET), "--model-config", str(FIXTURE), "--gpu-memory-gb", "24"]) == 0
+    assert "does NOT fit in 24 GB" in capsys.readouterr().out
+
+
+def test_small_memory_reads_in_mib():
+    from r3rl.plan import _bytes
+
+    assert _bytes(5.75 * GIB) == "5.75 GiB" and _bytes(3.5 * 2 ** 20) == "3.5 MiB"

@@ -43,6 +43,9 @@ class Engine(ABC):
     tokenizer: Any
     #: called with the number of tokens generated at each decoding step (progress display), if set
     on_tokens: Callable[[int], None] | None = None
+    #: called with 1 as each generation finishes (a then() continuation is a generation of its own), if set:
+    #: progress moves per finished row inside one long call
+    on_generated: Callable[[int], None] | None = None
     #: True when the engine generates from its own copy of the weights (vLLM): a trainer must push its
     #: updates with sync_weights. An engine over the training model object itself (hf) sees them at once.
     holds_weights: bool = False

@@ -45,6 +45,7 @@ class Call:
     pad_token_id: int  # from the engine: the token fed where a row has nothing to feed
     decode: Callable[[list[list[int]]], list[str]]  # from the engine: generated tokens -> text (decode_generated)
     on_tokens: Callable[[int], None] | None  # from the engine: progress, called with the tokens of each step
+    on_generated: Callable[[int], None] | None = None  # from the engine: progress, called with 1 per finished generation
 
     def __post_init__(self) -> None:
         self.stop_set = set(self.stop.tolist())
@@ -68,6 +69,8 @@ class Call:
             self.results[row.prompt_index][row.sample_index] = gen
         else:
             row.parent.next = gen
+        if self.on_generated is not None:
+            self.on_generated(1)
         return gen
 
     def continuation(self, row: Row, gen: Generation) -> tuple[Row, list[int] | None] | None:

@@ -138,6 +138,7 @@ class HFEngine(Engine):
             pad_token_id=self.pad_token_id,
             decode=self.decode_generated,
             on_tokens=self.on_tokens,
+            on_generated=self.on_generated,
         )
         with self._inference(module):
             if self.share_prefix and self.reuse_cache and supports_slots(model):

@@ -34,6 +34,8 @@ class ScriptedEngine(Engine):
             ids = ids + [self.tokenizer.eos_token_id]
         if self.on_tokens is not None:
             self.on_tokens(len(ids))
+        if self.on_generated is not None:
+            self.on_generated(1)
         return Generation(
             prompt_ids=list(prompt_ids),
             token_ids=ids,

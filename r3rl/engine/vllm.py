@@ -286,6 +286,8 @@ class VLLMEngine(Engine):
                         raise RuntimeError(f"vLLM ended request {out.request_id} with {completion.finish_reason!r}")
                     reason = "stop" if token_ids and token_ids[-1] in stop_set else "length"
                     finish(row, token_ids, logprobs, reason)
+                    if self.on_generated is not None:
+                        self.on_generated(1)
                 if new_tokens and self.on_tokens is not None:
                     self.on_tokens(new_tokens)
         finally:

@@ -64,7 +64,9 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
                 progress: GenerationProgress) -> list[TrialRecord]:
     """The trials of one chunk of examples: samples_per_example trials per example, in order."""
     task = roll.task
-    progress.stage("attempt")
+    progress.chunk(len(chunk), stages=3 if ecfg.no_reflection_control else 2)
+    n = len(chunk) * ecfg.samples_per_example
+    progress.stage("attempt", generations=n, tokens=n * sampling.max_attempt_tokens)
     attempts = roll.attempts(chunk, n=ecfg.samples_per_example, seed=seed, sampling=sampling)
     ids = [task.example_id(ex) for ex in chunk]
     failed = []  # (example index, sample index, attempt): every failed sample is a trial of its own
@@ -75,12 +77,15 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
     by_trial: dict[tuple[int, int], list] = {}
     controls = {}
     if failures:
-        progress.stage("reflection + retry")
+        k, rounds = roll.cfg.retries_per_reflection, roll.cfg.rounds  # per failure: a reflection and its retries, each round
+        progress.stage("reflection + retry", generations=len(failures) * (2 * rounds if k == 1 else 1 + k),
+                       tokens=len(failures) * (rounds * (sampling.max_reflection_tokens + sampling.max_retry_tokens)
+                                               if k == 1 else sampling.max_reflection_tokens + k * sampling.max_retry_tokens))
         for e in roll.reflect_and_retry(failures, group_size=1, seed=seed, sampling=sampling):
             i, j, _ = failed[e.extra["failure_index"]]
             by_trial.setdefault((i, j), []).append(e)
         if ecfg.no_reflection_control:
-            progress.stage("control")
+            progress.stage("control", generations=len(failures), tokens=len(failures) * sampling.max_retry_tokens)
             for (i, j, _), g in zip(failed, roll.retry_without_reflection(failures, seed=seed, sampling=sampling)):
                 controls[(i, j)] = (g.text, roll.verify(chunk[i], g.text))
     records = []

@@ -76,9 +76,13 @@ def _findings(label: str, table: dict[str, Any]) -> str:
              for c, g in tested.items() if g["p_holm"] < ALPHA and g["difference"] != 0]
     if not found:
         return (f"{label.capitalize()} training, no class shows a significant gain of reflection over the control "
-                f"at the {ALPHA:.0%} level after Holm's correction ({len(tested)} classes tested).")
+                f"at the {ALPHA:.0%} level after Holm's correction ({_classes_tested(len(tested))}).")
     return (f"{label.capitalize()} training, the retry after reflection differs significantly from the control "
-            f"(Holm-adjusted, {ALPHA:.0%} level) on: " + "; ".join(found) + f" ({len(tested)} classes tested).")
+            f"(Holm-adjusted, {ALPHA:.0%} level) on: " + "; ".join(found) + f" ({_classes_tested(len(tested))}).")
+
+
+def _classes_tested(n: int) -> str:
+    return f"{n} class tested" if n == 1 else f"{n} classes tested"
 
 
 def _per_class_blocks(classified: list[tuple[str, EvalClasses]]) -> list[Block]:

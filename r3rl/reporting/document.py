@@ -19,7 +19,7 @@ from r3rl.reporting.diagnostics_section import diagnostics_blocks
 from r3rl.reporting.compare import before_after, reflection_vs_control
 from r3rl.reporting.run import ACC_KEYS, EvalResults, RunData, is_number, lookup, metric_series, non_finite_steps
 from r3rl.reporting.wording import (
-    fmt_ci, fmt_change, fmt_num, fmt_p, fmt_pct, fmt_pts, fmt_pts_ci, fmt_sci, significance_sentence, truncate,
+    fmt_ci, fmt_change, fmt_discordant, fmt_num, fmt_p, fmt_pct, fmt_pts, fmt_pts_ci, fmt_sci, significance_sentence, truncate,
 )
 from r3rl.training.metrics import MetricsRow, column
 
@@ -33,6 +33,8 @@ TRAIN_PLOTS: dict[str, tuple[str, str, str]] = {
     column("zero_adv_frac"): ("Zero-advantage groups", "fraction of groups", "share of groups with equal rewards (no gradient)"),
     column("kl"): ("KL to the reference model", "KL (k3 estimate)", "KL estimate to the reference model"),
 }
+# Shares between 0 and 1, plotted on the whole 0-1 axis (plots.metric_curve).
+RATE_PLOTS = frozenset({column("reward_mean"), column("retry_success"), column("zero_adv_frac")})
 # Tabulated but not plotted: useful for debugging, not for judging the method.
 TRAIN_TABLE_ONLY: dict[str, str] = {
     column("loss"): "policy loss",
@@ -128,15 +130,15 @@ def _paired_blocks(run: RunData, headline) -> list[Block]:
     if not done:
         return []
     rows = [
-        [c.label, f"{c.first} → {c.second}", fmt_pct(c.result.first_rate), fmt_pct(c.result.second_rate),
+        [dict(ACC_KEYS).get(c.label, c.label).split(" (")[0], f"{c.first} → {c.second}", fmt_pct(c.result.first_rate), fmt_pct(c.result.second_rate),
          fmt_pts(c.result.difference), fmt_pts_ci(c.result.difference_ci), fmt_p(c.result.p_value),
-         f"{c.result.second_only} / {c.result.first_only}"]
+         fmt_discordant(c.first, c.result.first_only, c.second, c.result.second_only)]
         for c in done
     ]
     blocks: list[Block] = [
         Heading(3, "Paired tests"),
         TableBlock(["comparison", "conditions", "first", "second", "difference", "95% CI", "p-value",
-                    "trials passed only second / only first"], rows),
+                    "trials passed under one condition only"], rows),
     ]
     methods = sorted({(c.result.test, c.result.interval) for c in done})
     blocks.append(Para(
@@ -224,9 +226,10 @@ def _training_blocks(run: RunData) -> list[Block]:
         if ys:
             if key == "reward_mean" and one_panel:
                 title = "Mean reflection reward = retry success rate"
-            fig = plots.metric_curve(xs, ys, title=title, ylabel=ylabel)
+            fig = plots.metric_curve(xs, ys, title=title, ylabel=ylabel, rate=key in RATE_PLOTS)
             blocks.append(Image(key, f"{title} ({key}) over optimizer steps", plots.png_bytes(fig)))
-    eval_series = {k: v for k in EVAL_METRIC_KEYS if (v := _series(run, k))[1]}
+    words = dict(ACC_KEYS)  # the legend says "acc@1 (first try)", not the metrics.jsonl key "eval/acc@1"
+    eval_series = {words.get(k.split("/")[-1], k): v for k in EVAL_METRIC_KEYS if (v := _series(run, k))[1]}
     if eval_series:
         blocks.append(Image("eval_accuracy", "Periodic eval accuracy during training",
                             plots.png_bytes(plots.eval_curves(eval_series))))

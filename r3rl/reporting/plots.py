@@ -45,9 +45,13 @@ def rolling_mean(values: Sequence[float], window: int) -> list[float]:
 
 
 def metric_curve(
-    steps: Sequence[int], values: Sequence[float], *, title: str, ylabel: str
+    steps: Sequence[int], values: Sequence[float], *, title: str, ylabel: str, rate: bool = False
 ) -> Figure:
-    """One training metric over optimizer steps; a rolling mean is overlaid on long runs."""
+    """One training metric over optimizer steps; a rolling mean is overlaid on long runs.
+
+    A rate (a share between 0 and 1: reward, retry success) is drawn on the whole 0-1 axis: zoomed to
+    its own range, step-to-step noise between 0.25 and 0.55 reads as a trend. Values outside 0-1 (a
+    task with another reward scale) keep the automatic range rather than being cut off."""
     fig = _new_figure()
     ax = fig.add_subplot()
     long_run = len(values) >= SMOOTH_MIN_POINTS
@@ -74,6 +78,9 @@ def metric_curve(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
+    finite = [v for v in values if not math.isnan(v)]
+    if rate and finite and 0.0 <= min(finite) and max(finite) <= 1.0:
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     return fig
 
@@ -176,14 +183,22 @@ def run_bars(labels: Sequence[str], metrics: Sequence[str],
         if xs:
             ax.bar(xs, heights, width, label=label, color=colors[r % len(colors)],
                    yerr=[err_lo, err_hi], capsize=3, error_kw={"elinewidth": 1.0})
+            # at the foot of the bar, as in accuracy_bars: above the error bar a label can leave the axes
             for x, h, up in zip(xs, heights, err_hi):
-                ax.text(x, h + up + 1.0, f"{h:.1f}", ha="center", va="bottom", fontsize=7)
+                if h >= 8:
+                    ax.text(x, 1.5, f"{h:.1f}", ha="center", va="bottom", fontsize=7, color="white", fontweight="bold")
+                else:
+                    ax.text(x, h + up + 1.0, f"{h:.1f}", ha="center", va="bottom", fontsize=7)
+    for m in range(len(metrics)):
+        if all(row[m] is None for row in cells):  # an empty slot says why, rather than looking like 0%
+            ax.text(m, 3, "not measured", ha="center", va="bottom", fontsize=8, color="#616161")
     ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_xlim(-0.6, len(metrics) - 0.4)  # room for the last metric's name
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Runs evaluated on the same trials (95% intervals)")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside: bars reach 100%
     return fig
 
 

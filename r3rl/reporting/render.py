@@ -3,13 +3,15 @@
 The layout lives in templates/report.md.j2 and templates/report.html.j2 (shipped in the
 wheel as package data); this module only sets up jinja2 and the filters they use. HTML is
 autoescaped; Markdown escapes through its own filters, because model output holds tags
-like <answer> that a Markdown viewer would otherwise swallow.
+like <answer> that a Markdown viewer would otherwise swallow. Markdown is also read as plain
+text, so it escapes with backslashes, and only what a viewer would take as markup: a `<` that
+opens a tag or comment, a `&` that starts an entity ("p < 0.0001" stays as written).
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -18,12 +20,16 @@ import jinja2
 from r3rl.reporting.blocks import Block, Image
 
 
+# CommonMark raw HTML starts with `<` then a letter, `/`, `!` or `?`; an entity is `&name;` or `&#...;`.
+_MARKUP = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?\w+;)")
+
+
 def _md_text(text: str) -> str:
-    return html.escape(text, quote=False)
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), text)
 
 
 def _md_cell(text: str) -> str:
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", "<br>")
+    return _md_text(text).replace("|", "\\|").replace("\n", "<br>")
 
 
 @lru_cache(maxsize=1)

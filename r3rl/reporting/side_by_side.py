@@ -28,7 +28,7 @@ from r3rl.reporting.class_results import eval_dir_of, load_eval_classes
 from r3rl.reporting.classes_section import fmt_p_cell, rate_cell
 from r3rl.reporting.compare import PASSED, trial_key
 from r3rl.reporting.run import ACC_KEYS, EvalResults, ReportError, load_eval
-from r3rl.reporting.wording import fmt_pts, fmt_pts_ci
+from r3rl.reporting.wording import fmt_discordant, fmt_pts, fmt_pts_ci
 
 COMPARED = ("acc@1", "acc@2")  # metrics tested between runs; the control is shown, not tested
 
@@ -185,12 +185,13 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {r['run']} | {r['model'] or ''} | " + " | ".join(_cell(r[k]) for k in keys) + " |")
     lines += ["", "Paired tests, each run against the first row, on the same trials "
               f"(p adjusted: {data['correction']}):", "",
-              "| metric | first | second | difference (pts) | 95% interval | discordant (b / c) | p | p (Holm) | test |",
+              "| metric | first | second | difference (pts) | 95% interval | trials right in one run only | p | p (Holm) | test |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for c in data["comparisons"]:
         lo, hi = c["difference_ci"]
         lines.append(f"| {c['metric']} | {c['first']} | {c['second']} | {100 * c['difference']:+.1f} | "
-                     f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {c['first_only']} / {c['second_only']} | "
+                     f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                     f"{fmt_discordant(c['first'], c['first_only'], c['second'], c['second_only'])} | "
                      f"{c['p_value']:.3g} | {c['p_holm']:.3g} | {c['test']} |")
     lines += class_markdown(data.get("classes"))
     for section in data.get("extra_sections", []):
@@ -265,7 +266,8 @@ def write_comparison(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> P
     metrics = [k for k, _ in ACC_KEYS]
     cells = [[None if r[k] is None else (r[k]["value"], tuple(r[k]["ci"]) if r[k]["ci"] else None) for k in metrics]
              for r in data["runs"]]
-    fig = plots.run_bars([r["run"] for r in data["runs"]], metrics, cells)
+    names = [label.split(" (")[0] for _, label in ACC_KEYS]  # "acc@2 without reflection", not the JSON key
+    fig = plots.run_bars([r["run"] for r in data["runs"]], names, cells)
     atomic_write_bytes(out / "compare.png", plots.png_bytes(fig))
     atomic_write_text(out / "compare.md", markdown(data))
     return out / "compare.md"

@@ -47,6 +47,11 @@ def fmt_sci(x: float) -> str:
     return "0" if x == 0 else f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
 
+def fmt_discordant(first: str, first_only: int, second: str, second_only: int) -> str:
+    """A paired test's discordant trials, named: 'only before training: 0, only after training: 10'."""
+    return f"only {first}: {first_only}, only {second}: {second_only}"
+
+
 def fmt_p(p: float) -> str:
     """A p-value: 'p = 0.0703', 'p < 0.0001'."""
     return "p < 0.0001" if p < 1e-4 else f"p = {p:.3g}"

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ from r3rl.training import grpo
 from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoint, load_checkpoint,
                                       prepare_output_dir, save_checkpoint)
 from r3rl.training.failures import FailureSource, build_failure_source
+from r3rl.training.console import eval_line, step_line
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
 from r3rl.training.objectives import Row, build_objective
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
@@ -437,6 +439,14 @@ class Trainer:
                              show_progress=False, seed_tag=("periodic", step), accelerator=self.acc)
         return {k: res[k] for k in ("acc@1", "acc@2") if k in res}
 
+    def _print_step(self, bar: Any, row: MetricsRow) -> None:
+        """The step's line every train.log_every steps (and the last), and any periodic evaluation, above the bar."""
+        every, steps = self.cfg.train.log_every, self.cfg.train.steps
+        lines = [step_line(row, steps, kl=self.cfg.train.beta > 0)] if every and (row.step % every == 0 or row.step == steps) else []
+        lines += [line] if (line := eval_line(row, steps)) else []
+        for line in lines if self.acc.is_main_process else []:
+            bar.write(line, file=sys.stdout)
+
     def _checkpoint(self, done: int) -> None:
         tcfg = self.cfg.train
         save_checkpoint(self.acc, self.out, done, {"step": done, "scheduler": self.scheduler.state_dict()},
@@ -468,8 +478,7 @@ class Trainer:
             if logs is not None:
                 logs.write(self.acc, row, [e for eps in batches for e in eps][: tcfg.log_episodes_per_step])
             bar.update(1)
-            bar.set_postfix(reward=f"{row.reward_mean:.3f}", zero_adv=f"{row.zero_adv_frac:.2f}",
-                            len=f"{row.reflection_len:.0f}", loss=f"{row.loss:.1e}")  # GRPO's loss is ~1e-8: zero-mean advantages, ratio 1
+            self._print_step(bar, row)
             if tcfg.save_every and done % tcfg.save_every == 0 and done < tcfg.steps:
                 self._checkpoint(done)
         bar.close()
