@@ -26,13 +26,17 @@ install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev 
 demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 2 minutes on 2 CPU cores)
 	$(BIN)/r3rl demo --output runs/demo
 
-test: test-main test-vllm  ## everything: the whole suite, then the tests against the real vLLM (.venv-vllm); CI runs it with -j2
+test: test-main test-vllm  ## everything: the whole suite (2 test processes), then the tests against the real vLLM (.venv-vllm)
+
+# Test processes (pytest-xdist): the tests pin torch to one thread each, so 2 workers use both cores
+# of a 2-core machine; TEST_WORKERS=auto takes every core, TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 
 test-main: install  ## the whole suite in the default environment, slow end-to-end tests included (vLLM's tests skip there)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 test-fast: install  ## everything but the tests marked slow
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 reliability: install  ## the long reliability run: >=10 kills per command, 100,000 hostile cases per task (RELIABILITY.md)
 	R3RL_RELIABILITY=long $(BIN)/pytest -q -m reliability tests/reliability
