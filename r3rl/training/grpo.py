@@ -27,24 +27,11 @@ t is a completion token; it is predicted by the hidden state at t - 1.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 from torch import Tensor
 
-
-class AdvantageMode(str, Enum):
-    """How rewards inside a group become advantages."""
-
-    NORMALIZED = "normalized"  # (r - mean) / (sample_std + eps)
-    MEAN_ONLY = "mean_only"  # r - mean: no std division, which Dr. GRPO shows biases towards easy/hard groups
-
-
-class LossAggregation(str, Enum):
-    """How per-token losses become one scalar."""
-
-    SEQUENCE_MEAN = "sequence_mean"  # mean over each sequence's tokens, then over sequences
-    TOKEN_SUM = "token_sum"  # sum over all tokens / a constant: no length bias
+# The variants, defined once with the config fields that choose them (train.advantage, train.loss_aggregation).
+from r3rl.config import AdvantageMode, LossAggregation  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- advantages

@@ -35,27 +35,18 @@ train.loss_aggregation=token_sum the constant uses that stage's token limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from r3rl.config import Objective  # the variants, defined once with train.objective
 from r3rl.training import grpo
 from r3rl.types import Episode
 
 if TYPE_CHECKING:
     from r3rl.config import GenerationConfig
     from r3rl.rollout import Failure, Rollout
-
-
-class Objective(str, Enum):
-    """What `train.objective` trains (the module docstring says how)."""
-
-    REFLECTION = "reflection"  # reflection tokens, rewarded by the retry's success (the paper)
-    FIRST_ATTEMPT = "first_attempt"  # first attempts, rewarded by their verdict (plain GRPO)
-    RETRY = "retry"  # retry tokens with the reflection in context, rewarded by their verdict
-    DISTILL_RETRY = "distill_retry"  # successful retries in the first-attempt context, advantage 1
 
 
 @dataclass(frozen=True)
