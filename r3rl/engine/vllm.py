@@ -15,8 +15,10 @@ How the Engine contract maps onto vLLM:
   neither the model's EOS nor its generation_config.json adds stops or sampling defaults), and
   token_ids include the stop token, as with the hf backend.
 * log-probs: vLLM is started with logprobs_mode="raw_logprobs", so each sampled token's log-prob is
-  log_softmax of the model's logits before temperature, top-k and top-p: the same distribution as
-  `Generation.logprobs` of the hf backend (r3rl/engine/sampling.py), the one GRPO's ratio compares.
+  log_softmax of the model's logits before temperature, top-k and top-p: the same quantity as
+  `Generation.logprobs` of the hf backend (r3rl/engine/sampling.py). GRPO's ratio does not use
+  them; they feed the logged mismatch and train.sampling_correction=tis, and lag the policy by up
+  to sync_every - 1 steps (docs/design.md, "The log-prob contract").
 * seeds: see `VLLMEngine.generate`.
 """
 
