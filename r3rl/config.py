@@ -385,7 +385,8 @@ class Config:
 _CHOICES: dict[str, tuple[str, ...]] = {}
 # train.objective -> the generation stage whose samples it trains (TrainingObjective.stage; kept here so
 # validating a config needs no torch import; tests/test_objectives.py checks the two agree).
-OBJECTIVE_STAGES = {"reflection": "reflection", "first_attempt": "attempt", "retry": "retry", "distill_retry": "retry"}
+OBJECTIVE_STAGES = {Objective.REFLECTION: "reflection", Objective.FIRST_ATTEMPT: "attempt", Objective.RETRY: "retry",
+                    Objective.DISTILL_RETRY: "retry"}
 _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
     "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",

@@ -114,8 +114,8 @@ class HFEngine(Engine):
         One torch.Generator seeded from `params.seed` drives the whole call,
         continuations included (a Continuation's own seed is not used), so the
         call is reproducible from that one seed; seed=None uses torch's global RNG.
-        `Generation.logprobs` are log_softmax of the model's logits at each step, at
-        temperature 1 and before top-k / top-p (r3rl/engine/sampling.py), whatever was sampled from.
+        `Generation.logprobs` are the sampling log-probs of docs/design.md, "The log-prob contract":
+        log_softmax of the model's logits at temperature 1, before top-k / top-p (engine/sampling.py).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")

@@ -133,7 +133,7 @@ class VLLMEngine(Engine):
         adapter = folder.is_dir() and (folder / "adapter_config.json").is_file()
         base = resolve_model_name(model_cfg.base) if model_cfg.base else (_adapter_base(folder) if adapter else name)
         tokenizer_source = name if adapter and (folder / "tokenizer_config.json").is_file() else base
-        dtype = vc.dtype if vc.dtype != "auto" else model_cfg.dtype
+        dtype = str(vc.dtype if vc.dtype != "auto" else model_cfg.dtype)  # a plain string for vLLM
         if dtype == "auto":  # the hf backend's rule (r3rl/engine/loading.py: resolve_dtype)
             dtype = "bfloat16" if torch.cuda.is_available() else "float32"
         if vc.cpu_kvcache_space_gb:
