@@ -21,9 +21,9 @@ wide MLP projection) are multiplied a slab of rows at a time too, without any co
 output is the same dot product, measured bit-identical, and one [151936, 896] head took 0.6x the
 time of one call at 32-64 rows. Small models (every test model, the demo) have no such weight.
 
-Where it does nothing: narrow float32 weights, float32 master weights under bf16 autocast
-(autocast casts below this layer), any CUDA tensor, and half weights on a CPU that multiplies
-them natively. `native` turns all of it off (PyTorch's kernels as the model calls them);
+Where it does nothing: narrow float32 weights (master weights under bf16 autocast included:
+autocast casts below this layer, so a wide one is slabbed and each slab cast), any CUDA tensor,
+and half weights on a CPU that multiplies them natively. `native` turns all of it off (PyTorch's kernels as the model calls them);
 `float32` applies the float32 products to half weights on any CPU (tests use it to check the
 rewrite on machines with bfloat16 units too).
 
@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from r3rl.config import CpuMatmul
+
 _HALF = (torch.bfloat16, torch.float16)
 
 
