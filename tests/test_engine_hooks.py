@@ -191,3 +191,24 @@ def test_slot_attention_is_registered_by_the_first_engine_not_by_import(model, t
     from r3rl.engine.slots import ATTN_NAME
 
     assert ATTN_NAME in AttentionInterface._global_mapping
+
+
+def test_a_verifier_called_during_generation_sees_no_engine_state(model, tok):
+    """Through the rollout (an evaluation: attempts, reflections, retries; with two rounds a failed retry is
+    verified inside the generate call, to decide on the next round): every verify call runs with no torch
+    function mode and the model's own attention setting."""
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    before = half.config._attn_implementation
+    seen: list[tuple] = []
+
+    class Watching(_WordTask):
+        def verify(self, ex, completion):
+            seen.append((torch.overrides._get_current_function_mode_stack(), half.config._attn_implementation))
+            return super().verify(ex, completion)
+
+    cfg = Config()
+    cfg.generation.max_attempt_tokens = cfg.generation.max_reflection_tokens = cfg.generation.max_retry_tokens = 4
+    cfg.eval.num_examples, cfg.eval.samples_per_example, cfg.rollout.rounds = 4, 1, 2
+    engine = HFEngine(half, tok, cpu_matmul="float32")
+    evaluate_model(Rollout(engine, Watching(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed)
+    assert len(seen) > 4 and all(s == ([], before) for s in seen), seen[:3]
