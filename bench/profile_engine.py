@@ -17,7 +17,7 @@ exact on CPU, where every kernel runs synchronously.
 
     PYTHONPATH=. python bench/profile_engine.py --dtype bfloat16
     PYTHONPATH=. python bench/profile_engine.py --dtype float32 --autocast bfloat16
-    PYTHONPATH=. python bench/profile_engine.py --dtype bfloat16 --half-matmul native   # PyTorch's bf16 kernels
+    PYTHONPATH=. python bench/profile_engine.py --dtype bfloat16 --cpu-matmul native   # PyTorch's bf16 kernels
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.rollout import build_model, make_workload, stop_set  # noqa: E402
+from r3rl.config import CpuMatmul  # noqa: E402
 from r3rl.engine import Continuation, HFEngine  # noqa: E402
 from r3rl.engine import batch, slots  # noqa: E402
 from r3rl.types import SamplingParams  # noqa: E402
@@ -124,9 +125,9 @@ def install(model: torch.nn.Module, timers: Timers) -> None:
                 (timers.kind, p), timers.s[timers.kind, p] + time.perf_counter() - m._t0))
 
 
-def run(model, tok, w, stops, seed: int, slots_: int, half_matmul: str = "auto") -> int:
+def run(model, tok, w, stops, seed: int, slots_: int, cpu_matmul: str = "auto") -> int:
     engine = HFEngine(model, tok, max_batch_size=slots_, stop_token_ids=stops, shared_prefix_attention="auto",
-                      half_matmul=half_matmul)
+                      cpu_matmul=cpu_matmul)
     params = SamplingParams(max_new_tokens=w.reflection_tokens, temperature=1.0, seed=seed)
     retry = SamplingParams(max_new_tokens=w.retry_tokens, temperature=1.0, seed=seed)
     out = engine.generate(w.contexts, params, n=w.group,
@@ -180,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="0.5b")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16", help="the weights' dtype")
     p.add_argument("--autocast", choices=["bfloat16"], default=None, help="run under CPU autocast (float32 weights)")
-    p.add_argument("--half-matmul", choices=["auto", "native", "float32"], default="auto",
-                   help="the engine's generation.half_matmul (auto: float32 products on CPUs without bf16 units)")
+    p.add_argument("--cpu-matmul", "--half-matmul", choices=CpuMatmul.values(), default="auto",
+                   help="the engine's generation.cpu_matmul (auto: float32 products on CPUs without bf16 units)")
     p.add_argument("--workload", choices=["countdown", "fc"], default="countdown")
     p.add_argument("--failures", type=int, default=2)
     p.add_argument("--group", type=int, default=8)
@@ -201,17 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.autocast else nullcontext
     warm = make_workload(args.workload, vocab, 1, 2, 2, 2, seed=1)
     with amp():
-        run(model, tok, warm, stops, 1, args.max_batch_size, args.half_matmul)
+        run(model, tok, warm, stops, 1, args.max_batch_size, args.cpu_matmul)
     timers = Timers()
     install(model, timers)
     prof_ctx = nullcontext() if args.no_profiler else torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
     print(f"{args.model} {args.dtype} weights{' + autocast ' + args.autocast if args.autocast else ''}, "
-          f"half_matmul {args.half_matmul}, "
+          f"cpu_matmul {args.cpu_matmul}, "
           f"{args.threads} threads, {args.workload} {args.failures} x {args.group}, limits "
           f"{args.reflection_tokens}/{args.retry_tokens}, {args.max_batch_size} slots")
     with prof_ctx as prof, amp():
         t0 = time.perf_counter()
-        tokens = run(model, tok, w, stops, 0, args.max_batch_size, args.half_matmul)
+        tokens = run(model, tok, w, stops, 0, args.max_batch_size, args.cpu_matmul)
         wall = time.perf_counter() - t0
     report(timers, wall, tokens)
     if prof is not None:

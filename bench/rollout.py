@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from r3rl.config import CpuMatmul  # noqa: E402
 from r3rl.engine import Continuation, HFEngine  # noqa: E402
 from r3rl.engine.base import use_shared_prefix  # noqa: E402
 from r3rl.engine.half_matmul import cpu_has_fast_half  # noqa: E402
@@ -382,13 +383,13 @@ def _params(tokens: int, sample: bool, seed: int) -> SamplingParams:
     return SamplingParams(max_new_tokens=tokens, temperature=1.0 if sample else 0.0, top_k=0, top_p=1.0, seed=seed)
 
 
-BATCH = {"rows": 64, "half_matmul": "auto"}  # r3rl's max_batch_size (--max-batch-size) and half_matmul in realistic mode
+BATCH = {"rows": 64, "cpu_matmul": "auto"}  # r3rl's max_batch_size (--max-batch-size) and cpu_matmul in realistic mode
 KV_BYTES: dict[str, int] = {}  # peak KV-cache bytes of the last r3rl run, by method
 
 
 def real_r3rl(model, tok, w: Workload, stops: list[int], sample: bool, seed: int = 0, shared: bool = True):
     engine = HFEngine(model, tok, max_batch_size=BATCH["rows"], stop_token_ids=stops, shared_prefix_attention=shared,
-                      half_matmul=BATCH["half_matmul"])
+                      cpu_matmul=BATCH["cpu_matmul"])
     retry = _params(w.retry_tokens, sample, seed)
 
     def then(i: int, j: int, depth: int, gen: Any) -> Continuation | None:
@@ -607,8 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=64,
                    help="realistic mode: r3rl's max_batch_size (decode slots) and vLLM's max_num_seqs; "
                         "the other peers keep 64 rows per call")
-    p.add_argument("--half-matmul", choices=["auto", "native", "float32"], default="auto",
-                   help="realistic mode: r3rl's generation.half_matmul (bfloat16 runs; auto = float32 products on CPUs without bf16 units)")
+    p.add_argument("--cpu-matmul", "--half-matmul", choices=CpuMatmul.values(), default="auto",
+                   help="realistic mode: r3rl's generation.cpu_matmul (bfloat16 runs; auto = float32 products on CPUs without bf16 units)")
     p.add_argument("--decode-timing", action="store_true",
                    help="time every forward (synchronised) and report the decode forwards' FLOP/s as %% of matmul")
     p.add_argument("--vllm-python", default=VLLM["python"], help="the Python of vLLM's environment")
@@ -620,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.methods = ["r3rl"] + [m for m in args.methods if m != "r3rl"]
     BATCH["rows"] = args.max_batch_size
-    BATCH["half_matmul"] = args.half_matmul
+    BATCH["cpu_matmul"] = args.cpu_matmul
     VLLM.update(python=args.vllm_python, models=args.vllm_models, eager=args.vllm_eager)
     if args.fixed and "vllm" in args.methods:
         p.error("--fixed compares r3rl with naive generate only; the vllm method runs in realistic mode")
@@ -686,9 +687,9 @@ def run_dtype(args: argparse.Namespace, device: torch.device, dtype_name: str) -
             peak, bw = max(peak, matmul_peak(device, dtype)), max(bw, copy_bandwidth(device))
             bf16_peak = peak if dtype == torch.bfloat16 else matmul_peak(device, torch.bfloat16)
             # The ceiling of the dtype r3rl's linear layers multiply in: float32 for bf16 weights
-            # under half_matmul float32, or auto on a CPU without bfloat16 units.
+            # under cpu_matmul float32, or auto on a CPU without bfloat16 units.
             upcast = dtype == torch.bfloat16 and device.type == "cpu" and (
-                args.half_matmul == "float32" or (args.half_matmul == "auto" and not cpu_has_fast_half(dtype)))
+                args.cpu_matmul == "float32" or (args.cpu_matmul == "auto" and not cpu_has_fast_half(dtype)))
             product_peak = matmul_peak(device, torch.float32) if upcast else peak
             good, info = bench_realistic(name, model, tok, args, peak, bw, device)
             ok &= good

@@ -14,6 +14,7 @@ import types
 import typing
 import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,121 @@ class ConfigError(InputError):
     """A bad config file or override; the message names the field."""
 
 
+# ------------------------------------------------------------------ variants
+# The allowed values of every variant field, listed once. str-valued, so a YAML file or a
+# command line gives the plain string, a member equals its string (`objective == "reflection"`),
+# formats as it (f-strings, JSON) and `to_dict` dumps it back as a string.
+
+
+class Choice(str, Enum):
+    """Base of the variant Enums: a member is its string value wherever a string is used."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> Any:
+        """The member named by `value` (a member or its string); a ConfigError naming `where` and the values if none."""
+        if isinstance(value, bool) and "on" in cls.values():  # YAML 1.1 reads an unquoted on/off as a bool
+            value = "on" if value else "off"
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(cls.values())}") from None
+
+
+class Objective(Choice):
+    """What `train.objective` trains (r3rl/training/objectives.py says how)."""
+
+    REFLECTION = "reflection"  # reflection tokens, rewarded by the retry's success (the paper)
+    FIRST_ATTEMPT = "first_attempt"  # first attempts, rewarded by their verdict (plain GRPO)
+    RETRY = "retry"  # retry tokens with the reflection in context, rewarded by their verdict
+    DISTILL_RETRY = "distill_retry"  # successful retries in the first-attempt context, advantage 1
+
+
+class AdvantageMode(Choice):
+    """How rewards inside a group become advantages (r3rl/training/grpo.py)."""
+
+    NORMALIZED = "normalized"  # (r - mean) / (sample_std + eps)
+    MEAN_ONLY = "mean_only"  # r - mean: no std division, which Dr. GRPO shows biases towards easy/hard groups
+
+
+class LossAggregation(Choice):
+    """How per-token losses become one scalar (r3rl/training/grpo.py)."""
+
+    SEQUENCE_MEAN = "sequence_mean"  # mean over each sequence's tokens, then over sequences
+    TOKEN_SUM = "token_sum"  # sum over all tokens / a constant: no length bias
+
+
+class SamplingCorrection(Choice):
+    NONE = "none"
+    TIS = "tis"  # truncated importance sampling
+
+
+class Dtype(Choice):
+    """Weights' dtype (model.dtype, generation.vllm.dtype)."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class MixedPrecision(Choice):
+    AUTO = "auto"  # bf16 on CUDA, no elsewhere
+    NO = "no"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Switch(Choice):
+    """on, off, or auto (decided per call)."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+class CpuMatmul(Choice):
+    """How the hf engine multiplies CPU linear layers (r3rl/engine/half_matmul.py)."""
+
+    AUTO = "auto"  # half weights in float32 where this CPU emulates them; wide float32 weights in slabs
+    NATIVE = "native"  # PyTorch's kernels as the model calls them
+    FLOAT32 = "float32"  # half weights in float32 on every CPU (and wide float32 ones in slabs)
+
+
+class Backend(Choice):
+    HF = "hf"
+    VLLM = "vllm"
+
+
+class Reuse(Choice):
+    STRICT = "strict"
+    ANY = "any"
+
+
+class LrScheduler(Choice):
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+    CONSTANT = "constant"
+    COSINE = "cosine"
+    LINEAR = "linear"
+    COSINE_WITH_MIN_LR = "cosine_with_min_lr"
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = ""
     """Hugging Face hub id, local folder (a LoRA adapter folder loads its base too), or a registered model alias."""
     base: str | None = None
     """Base model for an adapter folder, overriding adapter_config.json's base_model_name_or_path."""
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.AUTO
     """auto (inference: bfloat16 on GPU, float32 on CPU; training: float32 trainable weights, a LoRA base in the mixed-precision dtype), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
@@ -70,7 +179,7 @@ class VLLMConfig:
     """KV-cache block size in tokens: prefix caching reuses whole blocks only (0 = vLLM's default: 128 on CPU, 16 on GPU)."""
     cpu_kvcache_space_gb: int = 0
     """CPU builds: GiB of memory for the KV cache, passed as VLLM_CPU_KVCACHE_SPACE (0 = vLLM's default)."""
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.AUTO
     """vLLM's weights and activations: float32, bfloat16, float16, or auto = model.dtype (whose auto is bfloat16 on GPU, float32 on CPU, as with the hf backend)."""
     sync_every: int = 1
     """Training: push the policy's weights to vLLM every N optimizer steps (and reset its prefix cache)."""
@@ -78,7 +187,7 @@ class VLLMConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: str = "hf"
+    backend: Backend = Backend.HF
     """Generation backend: hf (r3rl's transformers engine, shares the training model's weights) or vllm (see generation.vllm)."""
     max_attempt_tokens: int = 256
     """Token limit of a first attempt."""
@@ -98,12 +207,12 @@ class GenerationConfig:
     """Top-k sampling for every stage (0 = off)."""
     max_batch_size: int = 64
     """Rows (prompts x samples) generated at once; lower it if generation runs out of memory."""
-    shared_prefix_attention: str = "auto"
+    shared_prefix_attention: Switch = Switch.AUTO
     """Store a prompt's KV once and let its G rows attend to it together (cascade attention): on, off, or auto (on when a call samples several rows per prompt and prompts average 512 tokens or more)."""
     max_prompt_tokens: int = 0
     """Longest first-attempt prompt (chat template + task + tool schemas) in tokens, checked in mining, evaluation and online training; a longer one stops the run with an error naming the example (0 = no limit)."""
-    half_matmul: str = "auto"
-    """hf backend, bfloat16/float16 weights on a CPU without bfloat16 units: auto multiplies the linear layers in float32 (several times faster than PyTorch's emulation, same results up to summation order), native keeps PyTorch's half-precision kernels, float32 multiplies in float32 on every CPU."""
+    cpu_matmul: CpuMatmul = CpuMatmul.AUTO
+    """hf backend on CPU, how linear layers multiply: auto multiplies bfloat16/float16 weights in float32 on a CPU without bfloat16 units (several times faster than PyTorch's emulation, same results up to summation order) and wide float32 weights (a large-vocabulary LM head) a slab of rows at a time (same values, faster); native keeps PyTorch's kernels; float32 is auto with half weights in float32 on every CPU. Formerly generation.half_matmul."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM backend (used when backend is vllm)."""
 
@@ -145,7 +254,7 @@ class FailuresConfig:
     """Task split failures come from."""
     chunk_size: int = 64
     """Examples per unit of mining work: each chunk is seeded by itself and processes take chunks in turn (keep it fixed to resume a run)."""
-    reuse: str = "strict"
+    reuse: Reuse = Reuse.STRICT
     """An existing failure set is resumed or trained on only when what mined it (model weights, task and options, these settings, generation's attempt sampling, seed) matches (strict); `any` uses it as it is, whatever mined it."""
 
 
@@ -153,7 +262,7 @@ class FailuresConfig:
 class TrainConfig:
     output_dir: str = "runs/train"
     """Run folder: config.yaml, metrics.jsonl, episodes.jsonl, checkpoints, final model."""
-    objective: str = "reflection"
+    objective: Objective = Objective.REFLECTION
     """What the loss trains (r3rl/training/objectives.py): reflection (the paper), first_attempt (plain GRPO), retry, distill_retry."""
     online: bool = False
     """Draw first attempts from the current policy each step (settings in `failures`) instead of a fixed failure set."""
@@ -165,7 +274,7 @@ class TrainConfig:
     """Failures rolled out and back-propagated at once (gradient accumulation up to batch_size)."""
     learning_rate: float = 1e-5
     """Peak learning rate (paper, full fine-tuning 1.5B-8B: 5e-7)."""
-    lr_scheduler: str = "constant_with_warmup"
+    lr_scheduler: LrScheduler = LrScheduler.CONSTANT_WITH_WARMUP
     """transformers scheduler name: constant_with_warmup, cosine, linear, constant."""
     warmup_steps: int = 0
     """Linear warmup steps."""
@@ -183,13 +292,13 @@ class TrainConfig:
     """PPO clip range below 1."""
     clip_eps_high: float = 0.0
     """PPO clip range above 1 (0 = same as clip_eps)."""
-    advantage: str = "normalized"
+    advantage: AdvantageMode = AdvantageMode.NORMALIZED
     """normalized: (r - mean) / (std + eps), as GRPO; mean_only: r - mean, as Dr. GRPO."""
-    loss_aggregation: str = "sequence_mean"
+    loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
     """sequence_mean: mean over each reflection's tokens, then over reflections (GRPO); token_sum: token sum / constant (Dr. GRPO)."""
     updates_per_batch: int = 1
     """Optimizer passes over each rollout batch (>1: PPO's old log-probs are a no-grad training forward before the first pass)."""
-    sampling_correction: str = "none"
+    sampling_correction: SamplingCorrection = SamplingCorrection.NONE
     """none, or tis: weight each reflection token's policy term by min(exp(training - sampling log-prob), cap) (TRL's vllm_importance_sampling_correction); needs generation.reflection_temperature 0 or 1."""
     sampling_correction_cap: float = 2.0
     """Upper bound of the truncated importance-sampling weight (train.sampling_correction=tis)."""
@@ -229,7 +338,7 @@ class TrainConfig:
     """Hub repo for push_to_hub, 'user/model-name' (created if missing; credentials from `hf auth login` or HF_TOKEN)."""
     deterministic: bool = False
     """torch deterministic algorithms (for exact resume tests; slower)."""
-    mixed_precision: str = "auto"
+    mixed_precision: MixedPrecision = MixedPrecision.AUTO
     """no, bf16, fp16 or auto (bf16 on CUDA, no elsewhere): forward passes under autocast; trainable weights and optimizer state stay float32."""
     overwrite_output_dir: bool = False
     """Start a fresh run in an output_dir that holds an older run's checkpoints or metrics (deleting them); else that stops with an error."""
@@ -274,22 +383,12 @@ class Config:
     """Seed of every random choice (data order, sampling, initialisation)."""
 
 
-_CHOICES = {
-    "train.objective": ("reflection", "first_attempt", "retry", "distill_retry"),
-    "train.advantage": ("normalized", "mean_only"),
-    "train.loss_aggregation": ("sequence_mean", "token_sum"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "generation.shared_prefix_attention": ("auto", "on", "off"),
-    "generation.half_matmul": ("auto", "native", "float32"),
-    "generation.backend": ("hf", "vllm"),
-    "train.sampling_correction": ("none", "tis"),
-    "failures.reuse": ("strict", "any"),
-    "train.lr_scheduler": ("constant_with_warmup", "constant", "cosine", "linear", "cosine_with_min_lr"),
-}
+# String fields with a fixed set of values that are not a Choice (above) yet; a variant field is better typed by one.
+_CHOICES: dict[str, tuple[str, ...]] = {}
 # train.objective -> the generation stage whose samples it trains (TrainingObjective.stage; kept here so
 # validating a config needs no torch import; tests/test_objectives.py checks the two agree).
-OBJECTIVE_STAGES = {"reflection": "reflection", "first_attempt": "attempt", "retry": "retry", "distill_retry": "retry"}
+OBJECTIVE_STAGES = {Objective.REFLECTION: "reflection", Objective.FIRST_ATTEMPT: "attempt", Objective.RETRY: "retry",
+                    Objective.DISTILL_RETRY: "retry"}
 _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
     "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",
@@ -307,6 +406,7 @@ _RENAMED_KEYS = {
     "mine.max_failures_per_example": "failures.max_per_example",
     "mine.split": "failures.split",
     "train.episodes_per_step": "train.log_episodes_per_step",
+    "generation.half_matmul": "generation.cpu_matmul",
 }
 _RENAMED_VALUES = {
     "train.advantage": {"grpo": "normalized", "dr_grpo": "mean_only"},
@@ -337,7 +437,7 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """Rewrite old keys and values of a raw YAML mapping to today's names."""
     out: dict[str, Any] = {}
     for section, body in data.items():
-        if not isinstance(body, dict) or section not in ("mine", "train", "failures"):
+        if not isinstance(body, dict) or section not in ("mine", "train", "failures", "generation"):
             out[section] = body
             continue
         for key, value in body.items():
@@ -396,6 +496,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        return tp.parse(value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -445,6 +547,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 def validate(cfg: Config) -> Config:
     """Value checks that types alone cannot express."""
+    _parse_choices(cfg, "")
     flat = to_dict(cfg)
     for dotted, choices in _CHOICES.items():
         section, name = dotted.split(".")
@@ -486,8 +589,6 @@ def validate(cfg: Config) -> Config:
     for name in ("tensor_parallel_size", "sync_every"):
         if getattr(vc, name) < 1:
             raise ConfigError(f"generation.vllm.{name}: must be at least 1, got {getattr(vc, name)}")
-    if vc.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"generation.vllm.dtype: {vc.dtype!r} is not one of auto, float32, bfloat16, float16")
     if cfg.generation.max_prompt_tokens < 0:
         raise ConfigError(f"generation.max_prompt_tokens: must be >= 0 (0 = no limit), got {cfg.generation.max_prompt_tokens}")
     ev = cfg.eval
@@ -504,8 +605,24 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _parse_choices(section: Any, prefix: str) -> None:
+    """Every variant field of a (possibly hand-built) config as its Choice member; a ConfigError names a bad one."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, tp = getattr(section, f.name), hints[f.name]
+        if dataclasses.is_dataclass(value):
+            _parse_choices(value, f"{prefix}{f.name}.")
+        elif isinstance(tp, type) and issubclass(tp, Choice):
+            setattr(section, f.name, tp.parse(value, f"{prefix}{f.name}"))
+
+
+def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, Choice) else v for k, v in pairs}
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as plain YAML/JSON data: variant fields as their strings."""
+    return dataclasses.asdict(cfg, dict_factory=_plain)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -617,6 +734,8 @@ def _describe_section(prefix: str, value: Any) -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(item):
             rows.extend(_describe_section(f"{prefix}.{f.name}", item))
             continue
+        if isinstance(item, Choice):
+            item = item.value
         rows.append((f"{prefix}.{f.name}", yaml.safe_dump(item, default_flow_style=True).strip()
                      .removesuffix("\n...").removesuffix("..."), docs.get(f.name, "")))
     return rows

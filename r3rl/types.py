@@ -1,6 +1,6 @@
 """Records that cross module boundaries: verdicts, sampling settings, generations, episodes.
 
-One `Episode` carries a rollout from generation to learning (DESIGN.md). The reward
+One `Episode` carries a rollout from generation to learning (docs/design.md). The reward
 and the advantage are separate fields: the advantage is computed from rewards of a
 group and never overwrites them.
 """
@@ -38,12 +38,10 @@ class Generation:
     """One sampled continuation of a prompt.
 
     token_ids include the stop token (end of turn / EOS) when one was produced.
-    logprobs[i] is the log-probability of token_ids[i] under the model's untempered,
-    unfiltered distribution at that step, log_softmax(logits) (temperature 1, no top-k /
-    top-p): not the distribution it was drawn from when temperature != 1 or top-k / top-p
-    are set. Training does not read them: the trainer recomputes log-probs of
-    softmax(logits / T) from its own forward (r3rl/training/logprobs.py). A scripted
-    engine gives 0.0.
+    logprobs[i] is the sampling log-prob of token_ids[i]: log_softmax(logits) at temperature 1,
+    before top-k / top-p. What they are and where training uses them (never as GRPO's old
+    log-probs; only the logged mismatch and train.sampling_correction=tis): docs/design.md,
+    "The log-prob contract".
     """
 
     prompt_ids: list[int]  # [P] the full prompt this continuation was generated from
@@ -69,7 +67,7 @@ class Episode:
     attempt_ok: bool
     reflection_ids: list[int]  # [T] generated tokens, end-of-turn token included
     reflection_text: str
-    reflection_logprobs: list[float]  # [T] the engine's log-probs of reflection_ids (Generation.logprobs: log_softmax at T = 1); logged against the training forward, not trained on
+    reflection_logprobs: list[float]  # [T] sampling log-probs of reflection_ids (Generation.logprobs; docs/design.md, "The log-prob contract")
     retry_text: str
     retry_ok: bool
     reward: float

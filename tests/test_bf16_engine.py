@@ -39,7 +39,7 @@ import torch
 
 from r3rl.demo import tiny
 from r3rl.engine import Continuation, HFEngine
-from r3rl.engine.half_matmul import cpu_has_fast_half, half_matmuls, needs_float32_matmuls
+from r3rl.engine.half_matmul import cpu_has_fast_half, cpu_matmuls, needs_float32_matmuls
 from r3rl.engine.sampling import RowSampling, filter_logits, sample_next
 from r3rl.training.grpo import build_completion_batch
 from r3rl.training.logprobs import completion_logprobs
@@ -208,7 +208,7 @@ def test_bf16_logits_sample_like_their_float32_values(temps):
 
 
 # --- bfloat16 weights multiplied in float32 (r3rl/engine/half_matmul.py) ------------------------
-# On a CPU without bfloat16 units the engine's default (half_matmul="auto") multiplies bfloat16
+# On a CPU without bfloat16 units the engine's default (cpu_matmul="auto") multiplies bfloat16
 # linear layers in float32; "float32" forces that on any CPU, so these tests check the same
 # rewrite on every machine.
 
@@ -217,7 +217,7 @@ def test_float32_products_equal_an_exact_float32_linear_of_the_bf16_values():
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 48).to(torch.bfloat16)
     x = torch.randn(5, 64).to(torch.bfloat16)
-    with torch.no_grad(), half_matmuls(layer, "float32"):
+    with torch.no_grad(), cpu_matmuls(layer, "float32"):
         got = layer(x)
     with torch.no_grad():
         want = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16)
@@ -237,7 +237,7 @@ def test_float32_products_in_slabs_equal_the_whole_product(monkeypatch):
     layer = torch.nn.Linear(64, 44).to(torch.bfloat16)  # 44 rows: the last slab is short
     x = torch.randn(2, 3, 64).to(torch.bfloat16)  # [B, S, K], as a model calls it
     with torch.no_grad():
-        with half_matmuls(layer, "float32"):
+        with cpu_matmuls(layer, "float32"):
             got = layer(x)
         want = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16)
     assert got.shape == (2, 3, 44) and torch.equal(got, want)
@@ -248,10 +248,10 @@ def test_float32_products_leave_float32_models_and_native_mode_alone(model32, mo
     assert needs_float32_matmuls(model16) == (not cpu_has_fast_half(torch.bfloat16))
     x = torch.randn(3, 64).to(torch.bfloat16)
     layer = torch.nn.Linear(64, 8).to(torch.bfloat16)
-    with half_matmuls(layer, "native"):
+    with cpu_matmuls(layer, "native"):
         assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
-    with pytest.raises(ValueError, match="half_matmul"):
-        HFEngine(model32, None, half_matmul="fast")  # checked before the tokenizer is touched
+    with pytest.raises(ValueError, match="cpu_matmul"):
+        HFEngine(model32, None, cpu_matmul="fast")  # checked before the tokenizer is touched
 
 
 def test_engine_routes_bf16_linears_through_float32_products_per_mode(model16, tok, prompts, stops, monkeypatch):
@@ -260,19 +260,13 @@ def test_engine_routes_bf16_linears_through_float32_products_per_mode(model16, t
     import r3rl.engine.half_matmul as hm
 
     calls = []
-
-    class Counting(hm._Float32Linear):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if func is torch.nn.functional.linear:
-                calls.append(args[1].dtype)
-            return super().__torch_function__(func, types, args, kwargs)
-
-    monkeypatch.setattr(hm, "_Float32Linear", Counting)
+    real = hm._float32_linear
+    monkeypatch.setattr(hm, "_float32_linear", lambda x, w, b: calls.append(w.dtype) or real(x, w, b))
     params = SamplingParams(max_new_tokens=4, temperature=0.0)
     counts = {}
     for mode in ("native", "auto", "float32"):
         calls.clear()
-        HFEngine(model16, tok, stop_token_ids=stops, half_matmul=mode).generate(prompts[:1], params)
+        HFEngine(model16, tok, stop_token_ids=stops, cpu_matmul=mode).generate(prompts[:1], params)
         counts[mode] = len(calls)
     assert counts["native"] == 0 and counts["float32"] > 0 and set(calls) == {torch.bfloat16}
     assert counts["auto"] == (0 if cpu_has_fast_half(torch.bfloat16) else counts["float32"])
@@ -290,9 +284,9 @@ def test_wide_float32_layers_are_multiplied_in_slabs_with_identical_values(monke
     real = hm._slabbed_linear
     monkeypatch.setattr(hm, "_slabbed_linear", lambda *a: seen.append(a[1].shape) or real(*a))
     with torch.no_grad():
-        with half_matmuls(wide, "auto"):
+        with cpu_matmuls(wide, "auto"):
             got = wide(x)
-        with half_matmuls(wide, "native"):
+        with cpu_matmuls(wide, "native"):
             wide(x)
     assert seen == [torch.Size([1100, 64])]  # auto slabs it, native does not
     # The same dot products; BLAS may block a slab's sum differently from the whole call's, so equal up to
@@ -301,7 +295,7 @@ def test_wide_float32_layers_are_multiplied_in_slabs_with_identical_values(monke
 
 
 @pytest.mark.parametrize("wide_head", [False, True])
-def test_float32_model_generates_bit_identically_in_every_half_matmul_mode(model32, tok, prompts, stops, wide_head,
+def test_float32_model_generates_bit_identically_in_every_cpu_matmul_mode(model32, tok, prompts, stops, wide_head,
                                                                            monkeypatch):
     """With wide_head the slab size is shrunk so the test model's LM head is multiplied in slabs under
     auto and float32 (as a 150k-vocabulary head is): the tokens must not change, nor the log-probs beyond
@@ -313,7 +307,7 @@ def test_float32_model_generates_bit_identically_in_every_half_matmul_mode(model
         monkeypatch.setattr(hm, "_SLAB_BYTES", 4 * model32.config.hidden_size * 8)
         assert hm._wide_float32(model32.get_output_embeddings().weight)
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=3)
-    outs = [HFEngine(model32, tok, stop_token_ids=stops, half_matmul=m).generate(prompts, params, n=2)
+    outs = [HFEngine(model32, tok, stop_token_ids=stops, cpu_matmul=m).generate(prompts, params, n=2)
             for m in ("native", "auto", "float32")]
     flat = [[(g.token_ids, g.logprobs) for row in out for g in row] for out in outs]
     if not wide_head:
@@ -329,11 +323,11 @@ def test_bf16_weights_with_float32_products_agree_with_the_plain_path_up_to_near
     """Greedy, float32 products (slot path, both layouts) against PyTorch's own bf16 kernels (plain path)."""
     model_f32 = _as_float32(model16)
     reference = HFEngine(model16, tok, share_prefix=False, reuse_cache=False, stop_token_ids=stops,
-                         half_matmul="native")
+                         cpu_matmul="native")
     expected = [g for row in reference.generate(prompts, GREEDY, n=2) for g in row]
     identical = 0
     for shared in (True, False):
-        engine = HFEngine(model16, tok, stop_token_ids=stops, shared_prefix_attention=shared, half_matmul="float32")
+        engine = HFEngine(model16, tok, stop_token_ids=stops, shared_prefix_attention=shared, cpu_matmul="float32")
         got = [g for row in engine.generate(prompts, GREEDY, n=2) for g in row]
         for ref, g in zip(expected, got):
             ok, why = _near_tie_at_first_difference(ref, g, model_f32)
@@ -346,7 +340,7 @@ def test_bf16_weights_with_float32_products_logprobs_match_the_training_forward(
     """The sampler's log-probs (float32 products) against the training forward on the same bf16 model
     with PyTorch's own kernels: the same bound the trainer relies on under autocast (max 0.1, mean 0.03)."""
     params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=0)
-    engine = HFEngine(model16, tok, stop_token_ids=stops, half_matmul="float32")
+    engine = HFEngine(model16, tok, stop_token_ids=stops, cpu_matmul="float32")
     gens = [g for row in engine.generate(prompts, params, n=3) for g in row if g.token_ids]
     ids, attn, mask = build_completion_batch([g.prompt_ids for g in gens], [g.token_ids for g in gens],
                                              tok.pad_token_id)
@@ -358,3 +352,11 @@ def test_bf16_weights_with_float32_products_logprobs_match_the_training_forward(
     diff = (engine_lp - train)[mask.bool()].abs()
     assert diff.numel() > 100
     assert float(diff.max()) <= 0.1 and float(diff.mean()) <= 0.03, (float(diff.max()), float(diff.mean()))
+
+
+def test_half_matmul_is_the_deprecated_name_of_cpu_matmul(model32, tok):
+    """The engine's keyword keeps its old name for one release (the config key: tests/test_config.py)."""
+    from r3rl.config import CpuMatmul
+
+    with pytest.warns(FutureWarning, match="cpu_matmul"):
+        assert HFEngine(model32, tok, half_matmul="native").cpu_matmul is CpuMatmul.NATIVE

@@ -25,6 +25,7 @@ PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
     ("train.advantage", "train.advantage", "dr_grpo", "mean_only"),
     ("train.loss_aggregation", "train.loss_aggregation", "dr_grpo", "token_sum"),
     ("train.loss_aggregation", "train.loss_aggregation", "grpo", "sequence_mean"),
+    ("generation.half_matmul", "generation.cpu_matmul", "native", "native"),
 ])
 def test_old_names_still_work_with_a_warning(tmp_path, old, new, value, expected):
     section, key = new.split(".")
@@ -120,3 +121,40 @@ def test_no_core_module_imports_the_demo():
     core = [p for p in (ROOT / "r3rl").rglob("*.py") if "demo" not in p.relative_to(ROOT / "r3rl").parts]
     offenders = [str(p) for p in core if p.name != "cli.py" and "r3rl.demo" in p.read_text()]
     assert offenders == []
+
+
+def test_variant_fields_are_enums_listed_once_and_dump_as_strings(tmp_path):
+    """A variant field holds its Choice member (from YAML, the command line or a hand-built config); the
+    error lists the Enum's values; dumps and f-strings give the plain string."""
+    import dataclasses
+    import json
+    import typing
+
+    import yaml
+
+    from r3rl.config import Choice, CpuMatmul, Objective, Switch, dump_config, to_dict, validate
+
+    (tmp_path / "c.yaml").write_text("train:\n  objective: retry\ngeneration:\n  shared_prefix_attention: on\n")
+    cfg = load_config(tmp_path / "c.yaml", ["generation.cpu_matmul=float32"])
+    assert cfg.train.objective is Objective.RETRY and cfg.generation.shared_prefix_attention is Switch.ON
+    assert cfg.generation.cpu_matmul is CpuMatmul.FLOAT32 and cfg.train.objective == "retry"
+    assert f"{cfg.train.objective}" == str(cfg.train.objective) == "retry" and json.dumps(cfg.train.objective) == '"retry"'
+    assert yaml.safe_load(dump_config(cfg))["train"]["objective"] == "retry"
+    assert type(to_dict(cfg)["generation"]["cpu_matmul"]) is str
+    with pytest.raises(ConfigError, match="generation.cpu_matmul: 'fast' is not one of auto, native, float32"):
+        load_config(None, ["generation.cpu_matmul=fast"])
+    hand = Config()
+    hand.train.objective = "first_attempt"
+    assert validate(hand).train.objective is Objective.FIRST_ATTEMPT
+    hand.generation.vllm.dtype = "float8"
+    with pytest.raises(ConfigError, match="generation.vllm.dtype: 'float8' is not one of auto, float32, bfloat16"):
+        validate(hand)
+    # every field whose default is a Choice member is typed by that Choice, so it is parsed and validated
+    for section in dataclasses.fields(Config):
+        if not dataclasses.is_dataclass(section.default_factory if callable(section.default_factory) else None):
+            continue
+        obj = section.default_factory()
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            if isinstance(getattr(obj, f.name), Choice):
+                assert hints[f.name] is type(getattr(obj, f.name)), f.name

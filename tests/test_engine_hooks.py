@@ -6,12 +6,19 @@
 * No generate call uses a name transformers has deprecated (`past_key_values` became
   `cache` in 5.24): a FutureWarning or DeprecationWarning during a call is an error here,
   and so is transformers' logged "deprecated" warning (the output's old attribute name).
+* The engine changes nothing outside its own model forwards: a verifier called from inside
+  generation (`then`) runs with no torch function mode, the model's own attention setting and
+  its plain linear layers, and the shared model's config is as it was after a call, even one
+  that raised.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -140,3 +147,68 @@ def test_generate_uses_no_deprecated_transformers_name(model, tok, prompts, path
         with torch.no_grad():
             engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=0.0), n=2, then=_then)
     assert deprecations == []
+
+
+class _Raised(Exception):
+    pass
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_then_runs_outside_the_engines_forward_scope(model, tok, prompts, path, monkeypatch):
+    """bfloat16 weights under cpu_matmul=float32 (every linear rewritten) and the slot attention: none of it is
+    seen by `then`, which is where the rollout calls the verifier."""
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    before = half.config._attn_implementation
+    linears = [m for m in half.modules() if isinstance(m, torch.nn.Linear)]
+    seen: list[tuple] = []
+
+    def then(i, j, depth, gen):
+        seen.append((torch.overrides._get_current_function_mode_stack(), half.config._attn_implementation,
+                     [m for m in linears if "forward" in vars(m)]))
+        return _then(i, j, depth, gen)
+
+    engine = _engine(half, tok, path, monkeypatch, cpu_matmul="float32")
+    engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=1.0, seed=0), n=2, then=then)
+    assert seen and all(s == ([], before, []) for s in seen), seen[0]
+    assert half.config._attn_implementation == before and not [m for m in linears if "forward" in vars(m)]
+
+    def raising(i, j, depth, gen):
+        raise _Raised
+
+    with pytest.raises(_Raised):
+        engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=1.0, seed=0), n=2, then=raising)
+    assert half.config._attn_implementation == before and not [m for m in linears if "forward" in vars(m)]
+
+
+def test_slot_attention_is_registered_by_the_first_engine_not_by_import(model, tok):
+    code = ("import r3rl.engine.hf, r3rl.engine.slots as s; from transformers import AttentionInterface as A; "
+            "print(s.ATTN_NAME in A._global_mapping)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
+    HFEngine(model, tok)
+    from transformers import AttentionInterface
+
+    from r3rl.engine.slots import ATTN_NAME
+
+    assert ATTN_NAME in AttentionInterface._global_mapping
+
+
+def test_a_verifier_called_during_generation_sees_no_engine_state(model, tok):
+    """Through the rollout (an evaluation: attempts, reflections, retries; with two rounds a failed retry is
+    verified inside the generate call, to decide on the next round): every verify call runs with no torch
+    function mode and the model's own attention setting."""
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    before = half.config._attn_implementation
+    seen: list[tuple] = []
+
+    class Watching(_WordTask):
+        def verify(self, ex, completion):
+            seen.append((torch.overrides._get_current_function_mode_stack(), half.config._attn_implementation))
+            return super().verify(ex, completion)
+
+    cfg = Config()
+    cfg.generation.max_attempt_tokens = cfg.generation.max_reflection_tokens = cfg.generation.max_retry_tokens = 4
+    cfg.eval.num_examples, cfg.eval.samples_per_example, cfg.rollout.rounds = 4, 1, 2
+    engine = HFEngine(half, tok, cpu_matmul="float32")
+    evaluate_model(Rollout(engine, Watching(), cfg.generation, cfg.rollout), cfg.eval, cfg.seed)
+    assert len(seen) > 4 and all(s == ([], before) for s in seen), seen[:3]

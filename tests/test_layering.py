@@ -1,11 +1,11 @@
-"""Every import inside r3rl points down the layer order of DESIGN.md, and no imports run in a circle.
+"""Every import inside r3rl points down the layer order of docs/design.md, and no imports run in a circle.
 
 Data flows one way: task -> prompts -> engine -> rollout -> mining -> training -> evaluation ->
 reporting; the imports follow it, except that evaluation sits below training (see below). A module may import modules of its own layer or of a layer below, never one above. Every
 `import r3rl...` counts, at module level or inside a function: a lazy import still ties the two
 modules together.
 
-Placement of the modules DESIGN.md does not name:
+Placement of the modules docs/design.md does not name:
     errors, file_checks    core: the error types and the damaged-file checks, used from config and io up
     checks                 right above tasks: `r3rl check-task` drives a task's verifier and needs nothing else
     engine/factory.py      inside engine (it only picks an engine class)
@@ -17,7 +17,7 @@ Placement of the modules DESIGN.md does not name:
                            settings), read through the engine's loading
     evaluation < training  evaluation needs only the rollout; the trainer evaluates periodically and
                            logs the reflection diagnostics of evaluation/diagnostics.py each step, so
-                           evaluation sits below training (DESIGN.md's data flow runs the other way,
+                           evaluation sits below training (docs/design.md's data flow runs the other way,
                            its imports this way)
     plan, cli, demo, __main__   the top: commands and the demo may use everything
     r3rl (the package's __init__)  core: it only holds the version
@@ -129,7 +129,7 @@ def upward_arrows() -> dict[tuple[str, str], list[str]]:
 def test_no_module_imports_one_above_it():
     up = upward_arrows()
     new = {k: v for k, v in up.items() if k not in KNOWN_UPWARD}
-    assert not new, "imports that run up the layers (DESIGN.md):\n" + "\n".join(
+    assert not new, "imports that run up the layers (docs/design.md):\n" + "\n".join(
         f"  {a} -> {b}: {', '.join(sorted(v))}" for (a, b), v in sorted(new.items()))
     gone = sorted(set(KNOWN_UPWARD) - set(up))
     assert not gone, f"these arrows are gone: remove them from KNOWN_UPWARD: {gone}"
@@ -194,3 +194,19 @@ def test_the_checker_sees_every_kind_of_import_and_a_circle():
     assert {"r3rl.rollout", "r3rl.prompts", "r3rl.engine", "r3rl.engine.hf", "r3rl.mining"} <= got
     assert "r3rl.__version__" not in got
     assert {unit(m) for m in got} >= {"rollout", "prompts", "engine", "mining"}
+
+
+def test_every_cited_document_is_in_the_repository():
+    """A docs/*.md or top-level *.md (README.md, BENCHMARKS.md) named in the code, tests or examples exists:
+    the design the code refers to is docs/design.md, in the repository (an upper-case design file was cited and missing)."""
+    import re
+
+    root = PACKAGE.parent
+    cited = re.compile(r"(?<![\w/.-])(docs/[\w-]+\.md|[A-Z][A-Z_]+\.md)\b")
+    missing = set()
+    for folder in ("r3rl", "tests", "examples"):
+        for path in (root / folder).rglob("*.py"):
+            for name in cited.findall(path.read_text(encoding="utf-8")):
+                if not (root / name).exists():
+                    missing.add(f"{path.relative_to(root)}: {name}")
+    assert not missing, "\n".join(sorted(missing))

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         max_completion_length=args.max_completion_length,
         learning_rate=args.learning_rate,
         use_vllm=args.use_vllm,
-        # TRL defaults to bf16; on CPU bf16 matmuls are far slower than float32 (DESIGN.md)
+        # TRL defaults to bf16; on CPU bf16 matmuls are far slower than float32 (docs/design.md)
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         seed=args.seed,
         logging_steps=1,

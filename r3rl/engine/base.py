@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from r3rl.errors import InputError
+from r3rl.config import Switch
 from r3rl.types import Generation, SamplingParams
 
 
@@ -112,13 +112,10 @@ SHARED_PREFIX_MIN_TOKENS = 512
 
 
 def prefix_setting(value: bool | str) -> bool | None:
-    """True / False / None (auto) from a bool or the config's "on" / "off" / "auto"."""
+    """True / False / None (auto) from a bool or the config's "on" / "off" / "auto" (a `Switch`)."""
     if isinstance(value, bool):
         return value
-    table = {"on": True, "off": False, "auto": None}
-    if value not in table:
-        raise InputError(f"shared_prefix_attention must be on, off, auto or a bool, got {value!r}")
-    return table[value]
+    return {Switch.ON: True, Switch.OFF: False, Switch.AUTO: None}[Switch.parse(value, "shared_prefix_attention")]
 
 
 def use_shared_prefix(setting: bool | None, prompts: list[list[int]], n: int) -> bool:

@@ -67,8 +67,7 @@ def generate_slots(call: Call, prompts: list[list[int]], params: SamplingParams,
                                           prompt_capacity=longest, prompts=len(prompts))
     else:  # a slot holds the prompt too
         scheduler = CopiedPrefixScheduler(call, slots, params.max_new_tokens + 1 + longest, dtype)
-    with slot_attention_enabled(model):
-        scheduler.run(rows)
+    scheduler.run(rows)
     return {"forwards": scheduler.forwards, "kv_bytes": scheduler.peak_kv_bytes,
             "prefix_entries": scheduler.prefix_entries}
 
@@ -112,7 +111,8 @@ class SlotScheduler(ABC):
     def __init__(self, call: Call, slots: int, capacity: int, dtype: torch.dtype,
                  prefix_store: KVStore | None = None):
         self.call = call
-        self.store = model_store(base_model(call.module), slots, capacity, dtype, call.device)
+        self.model = base_model(call.module)
+        self.store = model_store(self.model, slots, capacity, dtype, call.device)
         self.stores = {"slots": self.store, "prefix": prefix_store}
         self.cache = SlotCache(self.store, prefix_store)
         self.slots = slots
@@ -297,8 +297,9 @@ class SlotScheduler(ABC):
                     decode=decode, store=store, prefixes=prefixes)
         self.cache.step = step
         # right-aligned chunks: the last column is a real token of every row
-        logits, _ = call.forward(self.cache, use_cache=False, input_ids=ids.to(dev), position_ids=positions.to(dev),
-                                 r3rl_step=step)  # [B, V]
+        with slot_attention_enabled(self.model):  # this forward only: `then` and everything else see the model as it is
+            logits, _ = call.forward(self.cache, use_cache=False, input_ids=ids.to(dev),
+                                     position_ids=positions.to(dev), r3rl_step=step)  # [B, V]
         self.cache.step = None
         self.forwards += 1
         if self.logits is None:

@@ -8,8 +8,9 @@ its text decoding, its progress hook). A path never sees the engine itself.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -46,13 +47,17 @@ class Call:
     decode: Callable[[list[list[int]]], list[str]]  # from the engine: generated tokens -> text (decode_generated)
     on_tokens: Callable[[int], None] | None  # from the engine: progress, called with the tokens of each step
     on_generated: Callable[[int], None] | None = None  # from the engine: progress, called with 1 per finished generation
+    # from the engine: entered around each model call only (its CPU linear rewrite, r3rl/engine/half_matmul.py),
+    # so nothing between forwards (`then`, the verifier it calls) sees it
+    forward_scope: Callable[[], ContextManager[Any]] = nullcontext
 
     def __post_init__(self) -> None:
         self.stop_set = set(self.stop.tolist())
 
     def forward(self, cache: Any, use_cache: bool, **inputs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One model call; returns (next-token logits of the last column [B, V], the cache the model returned)."""
-        out = self.module(**inputs, **{self.cache_arg: cache}, use_cache=use_cache, **self.forward_kwargs)
+        with self.forward_scope():
+            out = self.module(**inputs, **{self.cache_arg: cache}, use_cache=use_cache, **self.forward_kwargs)
         return out.logits[:, -1, :], getattr(out, self.cache_arg, None) if use_cache else None
 
     def tokens_generated(self, count: int) -> None:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
+from r3rl.config import Backend
 from r3rl.engine.base import Engine
-from r3rl.errors import InputError
 
 if TYPE_CHECKING:
     from r3rl.config import GenerationConfig, ModelConfig
-
-BACKENDS = ("hf", "vllm")
 
 
 def build_engine(
@@ -33,8 +31,8 @@ def build_engine(
     device: Any = None,
 ) -> Engine:
     """The engine `generation.backend` names, over `model` (loaded from `model_cfg` when not given)."""
-    backend = generation.backend
-    if backend == "hf":
+    backend = Backend.parse(generation.backend, "generation.backend")
+    if backend == Backend.HF:
         from r3rl.engine.hf import HFEngine
 
         if model is None:
@@ -43,12 +41,10 @@ def build_engine(
             model, tokenizer = load_for_inference(model_cfg, device=device)
         return HFEngine(model, tokenizer, max_batch_size=generation.max_batch_size,
                         shared_prefix_attention=generation.shared_prefix_attention, autocast=autocast,
-                        half_matmul=generation.half_matmul)
-    if backend == "vllm":
-        from r3rl.engine.vllm import VLLMEngine  # vLLM is optional: its module says how to install it
+                        cpu_matmul=generation.cpu_matmul)
+    from r3rl.engine.vllm import VLLMEngine  # Backend.VLLM; vLLM is optional: its module says how to install it
 
-        return VLLMEngine.from_config(generation, model_cfg, model=model, tokenizer=tokenizer)
-    raise InputError(f"generation.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    return VLLMEngine.from_config(generation, model_cfg, model=model, tokenizer=tokenizer)
 
 
 def load_engine(name_or_path: str, *, generation: "GenerationConfig | None" = None, device: Any = None,

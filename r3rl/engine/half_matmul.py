@@ -1,13 +1,13 @@
-"""CPU linear layers the engine rewrites: half weights multiplied in float32 where bfloat16 is emulated, wide ones in slabs.
+"""CPU linear layers the engine multiplies its own way (`generation.cpu_matmul`): half weights in float32 where bfloat16 is emulated, wide float32 ones in slabs.
 
 A model loaded in bfloat16 (`model.dtype: bfloat16`, to halve its memory) generates on a
 CPU without bfloat16 units (no AVX512-BF16 or AMX: AMD before Zen 4, Intel before Cooper
 Lake) at the speed of PyTorch's emulated bfloat16 matmul, which is several times slower than
 float32 (BENCHMARKS.md, "bfloat16 on CPU": 6.5 vs 17.5 GFLOP/s at a decode shape on an AVX2
-EPYC). Inside `half_matmuls(model, "auto")` every `F.linear` whose weight is bfloat16 or
-float16 on such a CPU converts input, weight and bias to float32, multiplies, and rounds the
-result back to the input's dtype. The rest of the model (embeddings, norms, activations, the
-residual stream, the KV cache) stays in the model's dtype.
+EPYC). Under `cpu_matmul="auto"` every `nn.Linear` whose weight is bfloat16 or float16 on such
+a CPU converts input, weight and bias to float32, multiplies, and rounds the result back to the
+input's dtype. The rest of the model (embeddings, norms, activations, the residual stream, the
+KV cache) stays in the model's dtype.
 
 Why results barely change: the inputs are already bfloat16 values, so their float32 copies are
 exact; the products are accumulated in float32 and rounded to bfloat16 once, which is what
@@ -21,24 +21,30 @@ wide MLP projection) are multiplied a slab of rows at a time too, without any co
 output is the same dot product, measured bit-identical, and one [151936, 896] head took 0.6x the
 time of one call at 32-64 rows. Small models (every test model, the demo) have no such weight.
 
-Where it does nothing: narrow float32 weights, float32 master weights under bf16 autocast
-(autocast casts below this layer), any CUDA tensor, and half weights on a CPU that multiplies
-them natively. `mode="native"` turns all of it off (PyTorch's kernels as the model calls them);
-`mode="float32"` applies the float32 products to half weights on any CPU (tests use it to check
-the rewrite on machines with bfloat16 units too).
+Where it does nothing: narrow float32 weights (master weights under bf16 autocast included:
+autocast casts below this layer, so a wide one is slabbed and each slab cast), any CUDA tensor,
+and half weights on a CPU that multiplies them natively. `native` turns all of it off (PyTorch's kernels as the model calls them);
+`float32` applies the float32 products to half weights on any CPU (tests use it to check the
+rewrite on machines with bfloat16 units too).
+
+How it is applied: nothing process-wide. `LinearRewrite` picks the model's affected `nn.Linear`
+layers once per generate call, and `swapped()` gives just those layers their rewritten forward
+for the duration of one engine forward (r3rl/engine/call.py): code that runs between forwards,
+such as a verifier called from inside generation, and every other module see plain PyTorch.
+Subclasses of `nn.Linear` with their own forward (quantized layers) are left alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from functools import cache
+from contextlib import contextmanager
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-MODES = ("auto", "native", "float32")
+from r3rl.config import CpuMatmul
+
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -97,24 +103,6 @@ def _float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return torch.cat(parts, dim=-1)
 
 
-class _Float32Linear(TorchFunctionMode):
-    """Routes F.linear over half CPU weights (only the emulated ones unless every_half) through float32 products."""
-
-    def __init__(self, every_half: bool = False):
-        super().__init__()
-        self.every_half = every_half
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _rewritten(weight, self.every_half):
-                rewrite = _slabbed_linear if weight.dtype == torch.float32 else _float32_linear
-                return rewrite(x, weight, bias)
-        return func(*args, **kwargs)
-
-
 def _rewritten(weight: torch.Tensor, every_half: bool) -> bool:
     """Whether F.linear over this weight is rewritten: emulated half (every CPU half weight if every_half), or wide float32."""
     half_cpu = weight.dtype in _HALF and weight.device.type == "cpu"
@@ -131,14 +119,42 @@ def has_wide_float32(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Linear) and _wide_float32(m.weight) for m in module.modules())
 
 
+def _rewritten_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear.forward of a rewritten layer: slabs for a wide float32 weight, float32 products for a half one."""
+    rewrite = _slabbed_linear if layer.weight.dtype == torch.float32 else _float32_linear
+    return rewrite(x, layer.weight, layer.bias)
+
+
+class LinearRewrite:
+    """The linear layers of one model that `mode` rewrites (module docstring), swapped in only inside `swapped()`."""
+
+    def __init__(self, module: torch.nn.Module, mode: str = CpuMatmul.AUTO):
+        mode = CpuMatmul.parse(mode, "cpu_matmul")
+        every_half = mode == CpuMatmul.FLOAT32
+        self.layers = [] if mode == CpuMatmul.NATIVE else [
+            m for m in module.modules()
+            if isinstance(m, torch.nn.Linear) and type(m).forward is torch.nn.Linear.forward
+            and _rewritten(m.weight, every_half)]
+        self._forwards = [partial(_rewritten_forward, m) for m in self.layers]
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The layers' rewritten forwards for the block (an instance attribute each), removed after it.
+
+        Written straight into each layer's __dict__ (what nn.Module.__setattr__ does for a plain value,
+        at a tenth of its cost: 169 layers of a 0.5B model take about 0.1 ms per forward)."""
+        for layer, forward in zip(self.layers, self._forwards):
+            vars(layer)["forward"] = forward
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                vars(layer).pop("forward", None)
+
+
 @contextmanager
-def half_matmuls(module: torch.nn.Module, mode: str = "auto") -> Iterator[None]:
-    """Within this block: half linear layers multiplied in float32 (the emulated ones under auto, all under
-    float32) and wide float32 ones in slabs; native changes nothing."""
-    if mode not in MODES:
-        raise ValueError(f"half_matmul must be one of {', '.join(MODES)}, got {mode!r}")
-    every_half = mode == "float32"
-    use = mode != "native" and any(isinstance(m, torch.nn.Linear) and _rewritten(m.weight, every_half)
-                                   for m in module.modules())
-    with _Float32Linear(every_half) if use else nullcontext():
+def cpu_matmuls(module: torch.nn.Module, mode: str = CpuMatmul.AUTO) -> Iterator[None]:
+    """Within this block, the module's own linear layers multiply as `mode` says (module docstring); native
+    changes nothing. The engine enters `LinearRewrite.swapped` around each forward instead."""
+    with LinearRewrite(module, mode).swapped():
         yield

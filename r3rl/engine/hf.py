@@ -22,18 +22,20 @@ would prefill the (often 1,000-token, tool-schema-heavy) context 2G times.
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 
+from r3rl.config import CpuMatmul
 from r3rl.engine.base import Engine, ThenFn, prefix_setting
 from r3rl.engine.batch import generate_slots
 from r3rl.engine.call import Call, base_model, cache_argument
-from r3rl.engine.half_matmul import MODES as HALF_MATMUL_MODES, half_matmuls
+from r3rl.engine.half_matmul import LinearRewrite
 from r3rl.engine.microbatch import MicroBatchRunner
 from r3rl.engine.sampling import validate_params
-from r3rl.engine.slots import supports_slots
+from r3rl.engine.slots import register_slot_attention, supports_slots
 from r3rl.types import Generation, SamplingParams
 
 
@@ -59,9 +61,11 @@ class HFEngine(Engine):
     "stop only at max_new_tokens", as benchmarks need). shared_prefix_attention (slots
     path): True stores a prompt's KV once and lets all its rows attend to it (cascade
     attention); False copies it into each row's slot; "auto" decides per call
-    (`use_shared_prefix`). half_matmul: "auto" multiplies bfloat16 / float16 linear layers in
-    float32 on a CPU that only emulates them, "float32" on every CPU, "native" never
-    (r3rl/engine/half_matmul.py).
+    (`use_shared_prefix`). cpu_matmul: "auto" multiplies bfloat16 / float16 linear layers in
+    float32 on a CPU that only emulates them and wide float32 ones in slabs, "float32" the half
+    ones on every CPU, "native" never (r3rl/engine/half_matmul.py); half_matmul is its old name.
+    Both the rewrite and the slot attention are switched on around each of the engine's own
+    model calls only; the shared model's config is never changed.
     """
 
     def __init__(
@@ -74,12 +78,17 @@ class HFEngine(Engine):
         stop_token_ids: Sequence[int] | None = None,
         shared_prefix_attention: bool | str = "auto",
         autocast: Callable[[], ContextManager[Any]] | None = None,
-        half_matmul: str = "auto",
+        cpu_matmul: str = CpuMatmul.AUTO,
+        half_matmul: str | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if half_matmul not in HALF_MATMUL_MODES:
-            raise ValueError(f"half_matmul must be one of {', '.join(HALF_MATMUL_MODES)}, got {half_matmul!r}")
+        if half_matmul is not None:  # the old name (r3rl 0.2), removed in 0.3
+            warnings.warn("HFEngine(half_matmul=...) is now cpu_matmul=... (the old name is removed in r3rl 0.3)",
+                          FutureWarning, stacklevel=2)
+            cpu_matmul = half_matmul
+        cpu_matmul = CpuMatmul.parse(cpu_matmul, "cpu_matmul")
+        register_slot_attention()
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -87,7 +96,7 @@ class HFEngine(Engine):
         self.reuse_cache = reuse_cache
         self.shared_prefix_attention = prefix_setting(shared_prefix_attention)
         self.autocast = autocast  # the trainer's mixed-precision context, entered around every call
-        self.half_matmul = half_matmul
+        self.cpu_matmul = cpu_matmul
         self.last_stats: dict[str, int] = {}  # the last slot-path call: forwards, peak KV bytes, prefix entries
         self._stop_override = None if stop_token_ids is None else sorted({int(t) for t in stop_token_ids})
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -105,8 +114,8 @@ class HFEngine(Engine):
         One torch.Generator seeded from `params.seed` drives the whole call,
         continuations included (a Continuation's own seed is not used), so the
         call is reproducible from that one seed; seed=None uses torch's global RNG.
-        `Generation.logprobs` are log_softmax of the model's logits at each step, at
-        temperature 1 and before top-k / top-p (r3rl/engine/sampling.py), whatever was sampled from.
+        `Generation.logprobs` are the sampling log-probs of docs/design.md, "The log-prob contract":
+        log_softmax of the model's logits at temperature 1, before top-k / top-p (engine/sampling.py).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -139,6 +148,7 @@ class HFEngine(Engine):
             decode=self.decode_generated,
             on_tokens=self.on_tokens,
             on_generated=self.on_generated,
+            forward_scope=LinearRewrite(module, self.cpu_matmul).swapped,
         )
         with self._inference(module):
             if self.share_prefix and self.reuse_cache and supports_slots(model):
@@ -150,11 +160,11 @@ class HFEngine(Engine):
 
     @contextmanager
     def _inference(self, module: torch.nn.Module) -> Iterator[None]:
-        """eval mode, inference_mode, float32 products for emulated half weights; train/eval flags restored after."""
+        """eval mode and inference_mode for the call; train/eval flags restored after."""
         modes = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in module.modules()]
         module.eval()
         try:
-            with torch.inference_mode(), half_matmuls(module, self.half_matmul):
+            with torch.inference_mode():
                 yield
         finally:
             for m, training in modes:

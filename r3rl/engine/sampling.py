@@ -6,9 +6,8 @@ top-p are tensors with one value per row rather than scalars.
 
 The returned log-probability is always taken from the untempered, unfiltered
 distribution, log_softmax(logits), not from the tempered / truncated one that was
-sampled. Training does not take its ratio from it: the trainer recomputes log-probs of
-softmax(logits / T), the reflections' sampling distribution, from its own forward
-(r3rl/training/logprobs.py), and compares the two only to log their mismatch at T = 1.
+sampled: the sampling log-probs of docs/design.md, "The log-prob contract", which says
+what training does with them.
 """
 
 from __future__ import annotations

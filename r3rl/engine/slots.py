@@ -19,9 +19,17 @@ of Llama/Qwen-style models call `past_key_values.update(k, v, layer_idx)` and th
 function registered under `config._attn_implementation`, forwarding the model call's
 extra keyword arguments. `SlotCache` is that `past_key_values`; the keyword `r3rl_step`
 carries a `Step` (which rows, which columns, which prefixes) to `slot_attention`,
-registered with transformers' `AttentionInterface` and switched on only for the duration
-of a generate call (`slot_attention_enabled`). A custom attention name has no mask
+registered with transformers' `AttentionInterface` when the first engine is built
+(`register_slot_attention`, not at import) and switched on only for the duration of each of
+the engine's own forwards (`slot_attention_enabled`). A custom attention name has no mask
 function, so transformers builds no mask: the `Step` is the mask.
+
+Why a scoped switch and not a per-call argument: transformers 5.24 has none. Each attention
+layer looks its function up by `self.config._attn_implementation` on every forward (and the
+model picks its mask function by the same name), and `AttentionInterface` is one global
+registry; so the name is set on the model's config for one forward call and put back after
+it, exceptions included. Nothing outside that forward (the verifier called from `then`, the
+trainer, another model sharing the config) ever sees it.
 """
 
 from __future__ import annotations
@@ -295,7 +303,10 @@ def _prefix_kv(pre: Prefixes, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-AttentionInterface.register(ATTN_NAME, slot_attention)
+def register_slot_attention() -> None:
+    """Make `slot_attention` known to transformers under ATTN_NAME (once; HFEngine calls it when built)."""
+    if ATTN_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTN_NAME, slot_attention)
 
 
 def supports_slots(model: torch.nn.Module) -> bool:
@@ -310,7 +321,9 @@ def supports_slots(model: torch.nn.Module) -> bool:
 
 @contextmanager
 def slot_attention_enabled(model: torch.nn.Module) -> Iterator[None]:
-    """Route the model's attention through `slot_attention` for the block; the old setting comes back."""
+    """Route the model's attention through `slot_attention` for the block (one forward); the old setting comes
+    back, also when the forward raises (module docstring: transformers has no per-call choice)."""
+    register_slot_attention()
     config = model.config
     before = config._attn_implementation
     config._attn_implementation = ATTN_NAME

@@ -15,8 +15,10 @@ How the Engine contract maps onto vLLM:
   neither the model's EOS nor its generation_config.json adds stops or sampling defaults), and
   token_ids include the stop token, as with the hf backend.
 * log-probs: vLLM is started with logprobs_mode="raw_logprobs", so each sampled token's log-prob is
-  log_softmax of the model's logits before temperature, top-k and top-p: the same distribution as
-  `Generation.logprobs` of the hf backend (r3rl/engine/sampling.py), the one GRPO's ratio compares.
+  log_softmax of the model's logits before temperature, top-k and top-p: the same quantity as
+  `Generation.logprobs` of the hf backend (r3rl/engine/sampling.py). GRPO's ratio does not use
+  them; they feed the logged mismatch and train.sampling_correction=tis, and lag the policy by up
+  to sync_every - 1 steps (docs/design.md, "The log-prob contract").
 * seeds: see `VLLMEngine.generate`.
 """
 
@@ -131,7 +133,7 @@ class VLLMEngine(Engine):
         adapter = folder.is_dir() and (folder / "adapter_config.json").is_file()
         base = resolve_model_name(model_cfg.base) if model_cfg.base else (_adapter_base(folder) if adapter else name)
         tokenizer_source = name if adapter and (folder / "tokenizer_config.json").is_file() else base
-        dtype = vc.dtype if vc.dtype != "auto" else model_cfg.dtype
+        dtype = str(vc.dtype if vc.dtype != "auto" else model_cfg.dtype)  # a plain string for vLLM
         if dtype == "auto":  # the hf backend's rule (r3rl/engine/loading.py: resolve_dtype)
             dtype = "bfloat16" if torch.cuda.is_available() else "float32"
         if vc.cpu_kvcache_space_gb:

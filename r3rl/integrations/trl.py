@@ -25,7 +25,7 @@ The three pieces and why they look like this:
   (temperature, top-p, `max_completion_length`) apply to reflections and retries alike, with no second
   model copy. That method is private, hence the tight TRL pin (pyproject `trl` extra); a TRL without
   it fails with one sentence. The reflection is returned as the completion, so TRL's completion mask,
-  and with it the loss, covers the reflection tokens only (DESIGN.md: the reflection's log-probs do
+  and with it the loss, covers the reflection tokens only (docs/design.md: the reflection's log-probs do
   not depend on the retry). The retry text goes to the reward as an extra field.
 - `retry_reward` is the reward function: the task's verifier applied to the retry, 1.0 or 0.0.
 

@@ -11,12 +11,10 @@ Deliberate choices (each one a place where GRPO implementations differ):
   the advantages +-0.707. A group whose rewards are all equal (a group of one
   included) gets an advantage of exactly 0.0, never NaN, and is flagged by
   `zero_signal_mask` so the trainer may drop it from the backward pass.
-* The training log-probs are of softmax(logits / T) at the reflection temperature
-  T (as TRL's GRPO; top-k / top-p truncation is not applied), for the current, the
-  "old" and the reference policy alike (logprobs.py computes them). The "old" policy
-  is the training forward before the step's first update, never the engine's
-  sampling log-probs; those enter only through the optional truncated importance
-  sampling weight (`truncated_is_weights`) and the logged mismatch (`logprob_mismatch`).
+* Log-probs follow docs/design.md, "The log-prob contract": the current, "old" and
+  reference log-probs are all of the training forward, softmax(logits / T) at the trained
+  stage's temperature; the engine's sampling log-probs enter only through
+  `truncated_is_weights` and `logprob_mismatch`.
 * The KL penalty is the k3 estimator exp(ref - logp) - (ref - logp) - 1 (Schulman,
   "Approximating KL divergence"), unbiased for KL(pi || ref) and always >= 0.
 
@@ -27,24 +25,11 @@ t is a completion token; it is predicted by the hidden state at t - 1.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 from torch import Tensor
 
-
-class AdvantageMode(str, Enum):
-    """How rewards inside a group become advantages."""
-
-    NORMALIZED = "normalized"  # (r - mean) / (sample_std + eps)
-    MEAN_ONLY = "mean_only"  # r - mean: no std division, which Dr. GRPO shows biases towards easy/hard groups
-
-
-class LossAggregation(str, Enum):
-    """How per-token losses become one scalar."""
-
-    SEQUENCE_MEAN = "sequence_mean"  # mean over each sequence's tokens, then over sequences
-    TOKEN_SUM = "token_sum"  # sum over all tokens / a constant: no length bias
+# The variants, defined once with the config fields that choose them (train.advantage, train.loss_aggregation).
+from r3rl.config import AdvantageMode, LossAggregation  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- advantages

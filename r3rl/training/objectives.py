@@ -26,8 +26,8 @@ by the same constant (batch_size x G), so the objectives differ only in the rows
   ratio is 1, so the gradient is that of the log-likelihood of the successful retries (scaled by
   1 / (batch_size x G) per sequence mean).
 
-Log-probs (training, old and reference) are taken at the temperature the trained completion was
-sampled at (`stage`): generation.reflection_temperature for reflections, attempt_temperature for
+Log-probs (training, old and reference; docs/design.md, "The log-prob contract") are taken at the
+temperature the trained completion was sampled at (`stage`): generation.reflection_temperature for reflections, attempt_temperature for
 first attempts, retry_temperature for retries (0 = greedy counts as 1); with
 train.loss_aggregation=token_sum the constant uses that stage's token limit.
 """
@@ -35,27 +35,18 @@ train.loss_aggregation=token_sum the constant uses that stage's token limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from r3rl.config import Objective  # the variants, defined once with train.objective
 from r3rl.training import grpo
 from r3rl.types import Episode
 
 if TYPE_CHECKING:
     from r3rl.config import GenerationConfig
     from r3rl.rollout import Failure, Rollout
-
-
-class Objective(str, Enum):
-    """What `train.objective` trains (the module docstring says how)."""
-
-    REFLECTION = "reflection"  # reflection tokens, rewarded by the retry's success (the paper)
-    FIRST_ATTEMPT = "first_attempt"  # first attempts, rewarded by their verdict (plain GRPO)
-    RETRY = "retry"  # retry tokens with the reflection in context, rewarded by their verdict
-    DISTILL_RETRY = "distill_retry"  # successful retries in the first-attempt context, advantage 1
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ class Row:
     episode: int  # index of the episode in its micro-batch
     context: list[int]  # [P]
     completion: list[int]  # [C]
-    sampling_logprobs: list[float]  # [C] the engine's log-probs of the completion (temperature 1)
+    sampling_logprobs: list[float]  # [C] the engine's sampling log-probs of the completion (docs/design.md)
 
 
 class TrainingObjective:

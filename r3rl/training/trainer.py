@@ -13,7 +13,8 @@ Each optimizer step:
   5. loss = clipped GRPO surrogate + beta * k3 KL, on the reflection tokens only (the task,
      the failed attempt and the retry get no gradient), accumulated over micro-batches with
      accelerate's `accumulate()` (so DDP, DeepSpeed and FSDP all see the same step boundaries);
-  6. one optimizer step; the engine shares the model object, so weights are current at once.
+  6. one optimizer step; the hf engine shares the model object, so its weights are current at once;
+     vLLM gets them every generation.vllm.sync_every steps (docs/design.md, "The log-prob contract").
 
 The recipe: `Trainer.__init__` only composes named setup steps, each built from its config
 section (processes and precision; policy and optimizer; rollout; resume; failure source;
@@ -27,11 +28,11 @@ The objective (`train.objective`, training/objectives.py) makes each micro-batch
 turns them into loss rows (context, completion, reward, group); the loop is the same for all.
 Precision as the HF Trainer / TRL: float32 trainable weights and optimizer state, forward passes
 (training, reference, and generation) under `train.mixed_precision` autocast.
-Log-probs: the training forward's are of softmax(logits / T) at the reflection temperature T
-(without top-k / top-p truncation). PPO's "old" log-probs are that same forward before the
+Log-probs (docs/design.md, "The log-prob contract"): the training forward's are of softmax(logits / T)
+at the trained stage's temperature T (without top-k / top-p truncation). PPO's "old" log-probs are that same forward before the
 step's first update (the first pass's own forward, detached; with several updates per batch a
 no-grad forward before the first pass), so the first pass's ratio is 1. The engine's sampling
-log-probs (`Episode.reflection_logprobs`, of log_softmax(logits) at temperature 1, engine/sampling.py)
+log-probs (`Episode.reflection_logprobs`, of log_softmax(logits) at temperature 1)
 are compared with the old ones when T is 1 (or 0, greedy): their mismatch is logged
 (`logprob_diff_mean` / `_max`) and, with `train.sampling_correction=tis`, each token's policy term
 is weighted by min(exp(old - sampling), train.sampling_correction_cap), as TRL's
