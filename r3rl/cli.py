@@ -2,7 +2,7 @@
 
     r3rl mine   --config FILE [section.field=value ...]
     r3rl train  --config FILE [--resume | --overwrite] [overrides]
-    r3rl eval   --config FILE [--model PATH] [overrides]
+    r3rl eval   --config FILE [--model PATH] [--output DIR] [--overwrite] [overrides]
     r3rl plan   --config FILE [--processes N] [--gpu-memory-gb G] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl compare RUN_DIR RUN_DIR ... [--output DIR]   (runs on the same trials, paired tests)
@@ -144,18 +144,24 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import chunks_done, class_table, evaluate_model, group_table, results_table
+    from r3rl.evaluation.accuracy import (check_same_weights, chunks_done, class_table, evaluate_model, group_table,
+                                          results_table)
     from r3rl.progress import print_table
+    from r3rl.provenance import model_identity
 
     cfg = _config(args)
     if args.model:
         cfg.model.name_or_path = args.model
     out = Path(args.output or cfg.eval.output_dir)
+    identity = model_identity(cfg.model)
+    if not args.overwrite:  # before the model loads: an evaluation of other weights there is kept
+        check_same_weights(out, cfg.model.name_or_path, identity["weights"])
     try:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
         _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
-        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
+        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path,
+                             identity=identity, overwrite=args.overwrite)
     except KeyboardInterrupt:
         chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
@@ -304,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--model", help="model to evaluate (hub id, folder, LoRA adapter folder); overrides model.name_or_path")
     p.add_argument("--output", "-o", help="output folder (default eval.output_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an evaluation of other weights in the output folder (else it is kept and eval stops)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="memory per device and generated tokens / wall time of a preset, offline")
