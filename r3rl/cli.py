@@ -185,6 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.training.trainer import train
 
     cfg = _config(args)
+    if args.overwrite and (args.resume or args.resume_from):
+        raise InputError(f"--{'resume' if args.resume else 'resume-from'} continues the run in {cfg.train.output_dir} "
+                         "and --overwrite deletes it: pass one of them")
     if args.overwrite:
         cfg.train.overwrite_output_dir = True
     try:

@@ -288,6 +288,9 @@ _CHOICES = {
 # train.objective -> the generation stage whose samples it trains (TrainingObjective.stage; kept here so
 # validating a config needs no torch import; tests/test_objectives.py checks the two agree).
 OBJECTIVE_STAGES = {"reflection": "reflection", "first_attempt": "attempt", "retry": "retry", "distill_retry": "retry"}
+# Objectives whose advantages are normalised within each group of rollout.group_size samples (a group of
+# one always has advantage 0); distill_retry gives every kept retry advantage 1 (objectives.py).
+GROUP_NORMALISED_OBJECTIVES = ("reflection", "first_attempt", "retry")
 _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
     "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",
@@ -497,6 +500,10 @@ def validate(cfg: Config) -> Config:
         limit = getattr(ev, f"max_{stage}_tokens")
         if limit is not None and limit < 1:
             raise ConfigError(f"eval.max_{stage}_tokens: must be at least 1 (or unset), got {limit}")
+    if cfg.rollout.group_size < 2 and cfg.train.objective in GROUP_NORMALISED_OBJECTIVES:
+        raise ConfigError(f"rollout.group_size: must be at least 2 for train.objective={cfg.train.objective}, got "
+                          f"{cfg.rollout.group_size} (advantages are normalised within each group, so a group of one "
+                          "never has a learning signal)")
     if cfg.train.push_to_hub and not cfg.train.hub_model_id:
         raise ConfigError("train.push_to_hub needs train.hub_model_id (the Hub repo, e.g. 'user/model-name')")
     return cfg

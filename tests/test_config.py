@@ -120,3 +120,15 @@ def test_no_core_module_imports_the_demo():
     core = [p for p in (ROOT / "r3rl").rglob("*.py") if "demo" not in p.relative_to(ROOT / "r3rl").parts]
     offenders = [str(p) for p in core if p.name != "cli.py" and "r3rl.demo" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("objective", ["reflection", "first_attempt", "retry"])
+def test_a_group_of_one_is_refused_where_advantages_are_normalised_in_the_group(objective):
+    """A group of 1 always has advantage 0 (no learning signal); TRL rejects num_generations < 2 alike."""
+    with pytest.raises(ConfigError, match=rf"rollout.group_size.*at least 2.*train.objective={objective}"):
+        load_config(None, ["rollout.group_size=1", f"train.objective={objective}"])
+    load_config(None, ["rollout.group_size=2", f"train.objective={objective}"])
+
+
+def test_a_group_of_one_is_fine_without_group_normalisation():
+    assert load_config(None, ["rollout.group_size=1", "train.objective=distill_retry"]).rollout.group_size == 1

@@ -161,6 +161,21 @@ def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_ma
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def check_resume_step(run_dir: str | Path, resume: bool | str, steps: int) -> None:
+    """Refuse to resume a checkpoint past train.steps: the run would report "resumed at step N", train
+    nothing, and save the N-step weights as final/ of a run configured for fewer steps."""
+    ckpt = latest_checkpoint(run_dir) if resume is True else Path(resume) if resume else None
+    if ckpt is None:
+        return
+    try:
+        step = int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # load_checkpoint names what is wrong with it
+    if step > steps:
+        raise InputError(f"{ckpt} is at step {step}, past train.steps={steps}: set train.steps to at least {step} to "
+                         f"continue that run, or train into another train.output_dir to start again")
+
+
 def _non_empty(path: Path) -> bool:
     if path.is_dir():
         return any(path.iterdir())

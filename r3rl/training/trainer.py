@@ -67,7 +67,7 @@ from r3rl.rollout import derive_seed
 from r3rl.stack import build_rollout
 from r3rl.tasks import load_task
 from r3rl.training import grpo
-from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoint, load_checkpoint,
+from r3rl.training.checkpoint import (adapter_only_state_hooks, check_resume_step, latest_checkpoint, load_checkpoint,
                                       prepare_output_dir, save_checkpoint)
 from r3rl.training.failures import FailureSource, build_failure_source
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
@@ -184,6 +184,7 @@ class Trainer:
         _check_launcher_env(accum)
         self.precision = resolve_mixed_precision(tcfg.mixed_precision, state.device)
         prepare_output_dir(self.out, bool(resume), tcfg.overwrite_output_dir, state.is_main_process)
+        check_resume_step(self.out, resume, tcfg.steps)
         state.wait_for_everyone()
         _forget_accelerator_state()
         self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
