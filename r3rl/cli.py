@@ -219,8 +219,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
     from r3rl.reporting.report import build_report, summary_table
 
+    from r3rl.reporting.run import stale_warnings
+
     html = build_report(args.run_dir)
     print_table(summary_table(args.run_dir))
+    for warning in stale_warnings(args.run_dir):  # also at the top of the report
+        print(f"r3rl report: warning: {warning}", file=sys.stderr)
     print(f"wrote {html} and {html.with_suffix('.md')}")
     return 0
 

@@ -120,6 +120,7 @@ class EvalResults:
     acc: dict[str, Accuracy | None]
     episodes: list[TrialRecord]  # the schema evaluation writes (r3rl/evaluation/records.py)
     intervals: str | None = None  # how results.json's intervals were made, when it says
+    weights: str | None = None  # provenance fingerprint of the evaluated weights (None: an earlier r3rl's file)
 
 
 def load_eval(eval_dir: Path) -> EvalResults | None:
@@ -143,7 +144,7 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
         acc[key] = Accuracy(float(value), (float(ci[0]), float(ci[1])) if ci is not None else None)
     episodes_path = eval_dir / "episodes.jsonl"
     episodes = _read_trials(episodes_path) if episodes_path.is_file() else []
-    n, samples, intervals = data.get("n"), data.get("samples"), data.get("intervals")
+    n, samples, intervals, weights = data.get("n"), data.get("samples"), data.get("intervals"), data.get("weights")
     return EvalResults(
         name=eval_dir.name,
         task=data.get("task"),
@@ -153,6 +154,7 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
         acc=acc,
         episodes=episodes,
         intervals=intervals if isinstance(intervals, str) else None,
+        weights=weights if isinstance(weights, str) and weights else None,
     )
 
 
@@ -201,6 +203,56 @@ class RunData:
     before: EvalResults | None
     after: EvalResults | None
     notes: list[str] = field(default_factory=list)
+    # eval folder name -> the one-sentence warning that its numbers describe other weights than it names
+    stale: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)  # "final/", "eval_after/" ... -> weights fingerprint
+
+
+def check_weights(root: Path, config: dict[str, Any],
+                  evals: dict[str, str | None]) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """Do the evals' numbers still describe the weights they name? eval_after/ names the run's final/ (or
+    final-merged/), eval_before/ the config's model. `evals`: eval folder name -> its results.json
+    "weights" (None when it records none). Returns (stale: name -> warning, notes, weights shown:
+    label -> fingerprint). Fingerprints are provenance's: a few hundred KiB read per folder."""
+    from r3rl.config import ModelConfig
+    from r3rl.provenance import folder_weights, model_identity
+
+    shown: dict[str, str] = {}
+    finals = {f"{f.name}/": w for f in (root / "final", root / "final-merged") if (w := folder_weights(f))}
+    shown.update(finals)
+    targets: dict[str, tuple[str, set[str]]] = {"eval_after": (str(root / "final"), set(finals.values()))}
+    base = lookup(config, "model.name_or_path")
+    if base and not lookup(config, "model.base"):
+        model = ModelConfig(name_or_path=str(base), revision=str(lookup(config, "model.revision") or ""))
+        if w := model_identity(model)["weights"]:
+            targets["eval_before"] = (str(base), {w})
+    stale, notes = {}, []
+    for name, weights in evals.items():
+        if weights:
+            shown[f"{name}/"] = weights
+        if name not in targets or not targets[name][1]:
+            continue  # nothing to check against (no final/ yet, or a model not on this machine)
+        target, have = targets[name]
+        if weights is None:
+            notes.append(f"{name}/results.json records no weights fingerprint (written by an earlier r3rl), so whether "
+                         f"its numbers describe {target} cannot be checked.")
+        elif weights not in have:
+            stale[name] = (f"{name}/results.json describes other weights than {target} holds now (trained further or "
+                           f"replaced after that evaluation), so its numbers are stale: evaluate again with "
+                           f"`r3rl eval --model {target} -o {root / name} --overwrite`.")
+    return stale, notes, shown
+
+
+def stale_warnings(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The run's stale-numbers warnings (check_weights), reading only config.yaml and the results.json files."""
+    root = Path(run_dir)
+    config = _read_config(root / "config.yaml") if (root / "config.yaml").is_file() else {}
+    evals = {}
+    for name in EVAL_DIRS:
+        if (root / name / "results.json").is_file():
+            w = _read_json(root / name / "results.json").get("weights")
+            evals[name] = w if isinstance(w, str) and w else None
+    return list(check_weights(root, config, evals)[0].values())
 
 
 def load_evals(root: Path) -> tuple[EvalResults | None, EvalResults | None]:
@@ -234,7 +286,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
                     f"The two evals differ in {attr} ({getattr(before, attr)!r} before, "
                     f"{getattr(after, attr)!r} after), so the comparison is not like for like."
                 )
-    return RunData(root, config, metrics, before, after, notes)
+    stale, weight_notes, shown = check_weights(root, config, {ev.name: ev.weights for ev in (before, after) if ev})
+    return RunData(root, config, metrics, before, after, notes + weight_notes, stale, shown)
 
 
 def _nothing_to_report(root: Path) -> str:
