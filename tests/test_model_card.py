@@ -271,3 +271,18 @@ def test_results_without_a_fingerprint_still_load_with_a_note(tmp_path):
     notes = [n for n in load_run(run).notes if "fingerprint" in n]
     assert len(notes) == 1 and "eval_after" in notes[0] and "cannot be checked" in notes[0]
     assert "are stale" not in str(build_model_card(run, final))
+
+
+def test_metrics_past_the_saved_final_weights_are_flagged(tmp_path):
+    """A resumed run stopped after logging step 9 of 10: final/ still holds the step-8 weights, as the
+    trainer's weights.json records; the card says 8 steps and the report warns."""
+    from r3rl.reporting.run import load_run
+
+    run, final, _ = _trained_run(tmp_path)
+    (run / "weights.json").write_text(json.dumps({"final": {"step": 8, "weights": _weights(final)}}))
+    text = str(build_model_card(run, final))
+    assert "| steps | 8 of 10 |" in text
+    warning = load_run(run).stale["metrics.jsonl"]
+    assert "step 10" in warning and "step 8" in warning and "final" in warning
+    (run / "weights.json").write_text(json.dumps({"final": {"step": 10, "weights": _weights(final)}}))
+    assert "metrics.jsonl" not in load_run(run).stale and "| steps | 10 |" in str(build_model_card(run, final))

@@ -130,7 +130,8 @@ def _eval_section(run: RunData) -> list[str]:
     # (no paths: a card is published, and the run folder's layout is this machine's)
     lines = [f"**Warning:** the run's `{name}/results.json` measured other weights than "
              f"{'this model holds' if name == 'eval_after' else 'the base model'} (trained further or replaced after that "
-             f"evaluation), so these numbers are stale; evaluate again and rewrite the card.\n" for name in run.stale]
+             f"evaluation), so these numbers are stale; evaluate again and rewrite the card.\n"
+             for name in run.stale if name in ("eval_before", "eval_after")]
     lines += ["| metric | before training | after training | change |", "| --- | --- | --- | --- |"]
     for key, label in ACC_KEYS:
         b = run.before.acc.get(key) if run.before else None
@@ -184,7 +185,8 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
     task = str(lookup(run.config, "task.name") or "unknown task")
     base = _base_model(run.config)
     base_id = hub_repo_id(base)
-    steps_done = run.metrics[-1]["step"] if run.metrics else None
+    # the step the weights named were saved at (weights.json), else the last one logged
+    steps_done = run.final_step if run.final_step is not None else run.metrics[-1]["step"] if run.metrics else None
     name = repo_id or str(folder)
     title = repo_id.split("/")[-1] if repo_id else f"{Path(run_dir).name}/{folder.name}"
     data = ModelCardData(

@@ -206,6 +206,7 @@ class RunData:
     # eval folder name -> the one-sentence warning that its numbers describe other weights than it names
     stale: dict[str, str] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)  # "final/", "eval_after/" ... -> weights fingerprint
+    final_step: int | None = None  # the step final/ holds the weights of (weights.json, when they still match)
 
 
 def check_weights(root: Path, config: dict[str, Any],
@@ -243,6 +244,27 @@ def check_weights(root: Path, config: dict[str, Any],
     return stale, notes, shown
 
 
+def check_final(root: Path, last_step: int | None) -> tuple[dict[str, str], int | None]:
+    """The trainer's weights.json against final/ and metrics.jsonl: (stale: key -> warning, the step final/
+    holds when its weights are still the recorded ones). A run without weights.json (still training, or
+    an earlier r3rl) has nothing to check."""
+    from r3rl.provenance import folder_weights
+
+    path = root / "weights.json"
+    record = _read_json(path).get("final") if path.is_file() else None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return {}, None
+    final, step = root / "final", record["step"]
+    if record.get("weights") != folder_weights(final):
+        return {"final": (f"{final} holds other weights than the run saved there at step {step} ({path}), so the run's "
+                          f"metrics and evaluations do not describe them.")}, None
+    if last_step is not None and last_step != step:
+        return {"metrics.jsonl": (f"metrics.jsonl runs to step {last_step} but {final} holds the weights of step {step} "
+                                  f"(a resumed run stopped before saving its final model), so the steps after {step} "
+                                  "describe no saved model.")}, step
+    return {}, step
+
+
 def stale_warnings(run_dir: str | os.PathLike[str]) -> list[str]:
     """The run's stale-numbers warnings (check_weights), reading only config.yaml and the results.json files."""
     root = Path(run_dir)
@@ -252,7 +274,9 @@ def stale_warnings(run_dir: str | os.PathLike[str]) -> list[str]:
         if (root / name / "results.json").is_file():
             w = _read_json(root / name / "results.json").get("weights")
             evals[name] = w if isinstance(w, str) and w else None
-    return list(check_weights(root, config, evals)[0].values())
+    metrics = load_metrics(root / "metrics.jsonl")[0] if (root / "metrics.jsonl").is_file() else []
+    stale = {**check_weights(root, config, evals)[0], **check_final(root, metrics[-1]["step"] if metrics else None)[0]}
+    return list(stale.values())
 
 
 def load_evals(root: Path) -> tuple[EvalResults | None, EvalResults | None]:
@@ -287,7 +311,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
                     f"{getattr(after, attr)!r} after), so the comparison is not like for like."
                 )
     stale, weight_notes, shown = check_weights(root, config, {ev.name: ev.weights for ev in (before, after) if ev})
-    return RunData(root, config, metrics, before, after, notes + weight_notes, stale, shown)
+    final_stale, final_step = check_final(root, metrics[-1]["step"] if metrics else None)
+    return RunData(root, config, metrics, before, after, notes + weight_notes, {**stale, **final_stale}, shown,
+                   final_step)
 
 
 def _nothing_to_report(root: Path) -> str:

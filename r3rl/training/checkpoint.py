@@ -27,7 +27,8 @@ from r3rl.errors import InputError
 from r3rl.io import atomic_write_text
 
 # What marks a folder as holding a run: a later --resume would read these.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged", "weights.json")
+WEIGHTS_RECORD = "weights.json"  # which weights the run's final folders hold, and of which step
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -159,6 +160,16 @@ def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_ma
         for name in found:
             path = root / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def record_final_weights(run_dir: str | Path, step: int, folders: list[Path]) -> None:
+    """weights.json: {folder name: {"step", "weights"}} of the model folders just saved, so a report or card
+    can tell whether metrics.jsonl's last step is the one final/ holds (a resumed run stopped early)
+    and whether final/ was replaced since (provenance fingerprints: a few hundred KiB read per folder)."""
+    from r3rl.provenance import folder_weights
+
+    record = {Path(f).name: {"step": step, "weights": folder_weights(f)} for f in folders}
+    atomic_write_text(Path(run_dir) / WEIGHTS_RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def check_resume_step(run_dir: str | Path, resume: bool | str, steps: int) -> None:

@@ -68,7 +68,7 @@ from r3rl.stack import build_rollout
 from r3rl.tasks import load_task
 from r3rl.training import grpo
 from r3rl.training.checkpoint import (adapter_only_state_hooks, check_resume_step, latest_checkpoint, load_checkpoint,
-                                      prepare_output_dir, save_checkpoint)
+                                      prepare_output_dir, record_final_weights, save_checkpoint)
 from r3rl.training.failures import FailureSource, build_failure_source
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
 from r3rl.training.objectives import Row, build_objective
@@ -488,6 +488,7 @@ class Trainer:
             written = save_final(self.acc.unwrap_model(self.policy).model, self.tok, final,
                                  merge=self.cfg.train.merge_adapter, state_dict=full)
             self.log("saved " + ", ".join(map(str, written)))
+            record_final_weights(self.out, self.cfg.train.steps, written)
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return final
