@@ -233,8 +233,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
     from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
 
+    from r3rl.reporting.run import stale_warnings
+
     data = compare_runs(args.run_dirs)
     print_table(rich_table(data))
+    for warning in [w for run_dir in args.run_dirs for w in stale_warnings(run_dir)]:
+        print(f"r3rl compare: warning: {warning}", file=sys.stderr)
     md = write_comparison(data, args.output)
     print(f"wrote {md}, {md.with_suffix('.json')} and {md.with_suffix('.png')}")
     return 0
