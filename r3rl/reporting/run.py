@@ -2,8 +2,10 @@
 
 The run folder contract: config.yaml (the resolved config), metrics.jsonl (one row per
 optimizer step, written by the trainer), and eval_before/ / eval_after/ (results.json and
-episodes.jsonl, written by `r3rl eval`). Missing parts become notes, because a report of
-a run still training is useful; a folder with none of them is an error, and so is a
+episodes.jsonl, written by `r3rl eval`), and final/ with weights.json (which weights final/
+holds, of which step). Whether each results.json still describes the weights it names is
+checked (`check_weights`, `check_final`): numbers of other weights are reported as stale.
+Missing parts become notes, because a report of a run still training is useful; a folder with none of them is an error, and so is a
 malformed file (naming file and line), because a report quietly built from half a file
 would misstate the run.
 """
