@@ -153,11 +153,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         cfg.model.name_or_path = args.model
     out = Path(args.output or cfg.eval.output_dir)
-    identity = model_identity(cfg.model)
     if not args.overwrite:  # before the model loads: an evaluation of other weights there is kept
-        check_same_weights(out, cfg.model.name_or_path, identity["weights"])
+        check_same_weights(out, cfg.model.name_or_path, model_identity(cfg.model)["weights"])
     try:
         roll = _launched_rollout(cfg)
+        identity = model_identity(cfg.model)  # again once loaded: a Hub model is in the cache only now
         got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
         _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
         res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path,

@@ -81,7 +81,10 @@ def _folder_weights(folder: Path, depth: int = 0) -> str:
     fingerprint = file_fingerprint(files) if files else ""
     adapter = folder / "adapter_config.json"
     if adapter.is_file() and depth == 0:  # an adapter's outputs depend on its base as much as on itself
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+        except (ValueError, AttributeError):  # a damaged adapter_config.json: the loader names it, not this
+            base = ""
         base_folder = _local_folder(str(base), "") if base else None
         fingerprint += "+" + (_folder_weights(base_folder, 1) if base_folder else f"base:{base}")
     return fingerprint
