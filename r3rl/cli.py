@@ -219,13 +219,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
     from r3rl.reporting.report import build_report, summary_table
 
-    from r3rl.reporting.run import stale_warnings
+    from r3rl.reporting.model_card import write_model_cards
+    from r3rl.reporting.run import load_run, lookup, stale_warnings
 
     html = build_report(args.run_dir)
     print_table(summary_table(args.run_dir))
     for warning in stale_warnings(args.run_dir):  # also at the top of the report
         print(f"r3rl report: warning: {warning}", file=sys.stderr)
     print(f"wrote {html} and {html.with_suffix('.md')}")
+    from pathlib import Path
+
+    if (Path(args.run_dir) / "final" / "README.md").is_file():  # a card written by `r3rl train`: now with the evals
+        hub_id = lookup(load_run(args.run_dir).config, "train.hub_model_id") or None
+        for card in write_model_cards(args.run_dir, hub_id):
+            print(f"rewrote {card}")
     return 0
 
 

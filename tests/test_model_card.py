@@ -253,12 +253,20 @@ def test_report_warns_of_numbers_of_other_weights_in_one_sentence(tmp_path, caps
     from r3rl.cli import main
 
     run, final, _ = _trained_run(tmp_path)
+    (final / "README.md").write_text("the card `r3rl train` wrote, before any evaluation")
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr()
     warned = [line for line in (out.out + out.err).splitlines() if "are stale" in line]
     assert len(warned) == 1 and "eval_after" in warned[0] and str(final) in warned[0]
     md = (run / "report.md").read_text()
     assert "are stale" in md and _weights(final) in md
+    assert "are stale" in (final / "README.md").read_text()  # the report rewrites the run's card
+    # evaluated again on final/: no warning, and the card shows the numbers plainly
+    after = json.loads((run / "eval_after" / "results.json").read_text())
+    (run / "eval_after" / "results.json").write_text(json.dumps({**after, "weights": _weights(final)}))
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr()
+    assert "are stale" not in out.out + out.err + (final / "README.md").read_text()
 
 
 def test_results_without_a_fingerprint_still_load_with_a_note(tmp_path):

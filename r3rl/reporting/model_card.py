@@ -130,7 +130,7 @@ def _eval_section(run: RunData) -> list[str]:
     # (no paths: a card is published, and the run folder's layout is this machine's)
     lines = [f"**Warning:** the run's `{name}/results.json` measured other weights than "
              f"{'this model holds' if name == 'eval_after' else 'the base model'} (trained further or replaced after that "
-             f"evaluation), so these numbers are stale; evaluate again and rewrite the card.\n"
+             f"evaluation), so these numbers are stale; evaluate again (`r3rl report` then rewrites this card).\n"
              for name in run.stale if name in ("eval_before", "eval_after")]
     lines += ["| metric | before training | after training | change |", "| --- | --- | --- | --- |"]
     for key, label in ACC_KEYS:

@@ -242,7 +242,7 @@ def check_weights(root: Path, config: dict[str, Any],
         elif weights not in have:
             stale[name] = (f"{name}/results.json describes other weights than {target} holds now (trained further or "
                            f"replaced after that evaluation), so its numbers are stale: evaluate again with "
-                           f"`r3rl eval --model {target} -o {root / name} --overwrite`.")
+                           f"`r3rl eval --config {root / 'config.yaml'} --model {target} -o {root / name} --overwrite`.")
     return stale, notes, shown
 
 
