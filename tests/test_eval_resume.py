@@ -308,3 +308,22 @@ def test_eval_refuses_to_replace_a_finished_eval_of_other_weights(tmp_path, caps
     assert cli.main(["eval", "--model", str(before), f"eval.output_dir={out}", *EVAL_SMALL]) == 0
     assert cli.main(["eval", "--model", str(after), f"eval.output_dir={out}", "--overwrite", *EVAL_SMALL]) == 0
     assert json.loads((out / "results.json").read_text())["model"] == str(after)
+
+
+def test_evaluate_model_keeps_an_evaluation_of_other_weights(engine, tmp_path):
+    """The library call checks too (the CLI checks before loading the model): other weights stop it,
+    overwrite=True starts over, and results.json names the weights it describes."""
+    from r3rl.errors import InputError
+
+    cfg = _cfg()
+    roll = Rollout(engine, CoinTask(), cfg.generation, cfg.rollout)
+    a = {"name_or_path": "m", "revision": "", "weights": "files:" + "a" * 32}
+    b = {**a, "weights": "files:" + "b" * 32}
+    out = tmp_path / "e"
+    evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=a, show_progress=False)
+    assert json.loads((out / "results.json").read_text())["weights"] == a["weights"]
+    with pytest.raises(InputError, match=rf"{out} holds a finished evaluation of the weights m held then.*--overwrite"):
+        evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=b, show_progress=False)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=b, overwrite=True,
+                         show_progress=False)
+    assert res["weights"] == json.loads((out / "results.json").read_text())["weights"] == b["weights"]

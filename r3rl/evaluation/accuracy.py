@@ -116,11 +116,9 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
 def _open_log(out: Path, fingerprint: dict[str, Any],
               overwrite: bool = False) -> tuple[ChunkLog, int, list[TrialRecord], int, str]:
     """The episodes log in `out`: resumed when an unfinished evaluation with the same settings is there,
-    else started over (always with `overwrite`). An evaluation of other weights there, finished or not,
-    is never resumed nor replaced silently (`check_same_weights`).
+    else started over (always with `overwrite`; an evaluation of other weights there has stopped the run
+    before this unless `overwrite`: `check_same_weights`).
     Returns (log, chunks done, their trials, their verifier errors, a note)."""
-    if not overwrite:
-        check_same_weights(out, fingerprint["model"], fingerprint["weights"])
     (out / "eval_state.json").unlink(missing_ok=True)  # the state file of r3rl before the chunk runner
     log = ChunkLog({EPISODES: out / "episodes.jsonl"}, fingerprint)
     if overwrite:
@@ -213,8 +211,11 @@ def evaluate_model(
     log = None
     done, records, errors = 0, [], 0
     weights = ""
-    if output_dir is not None and procs.is_main:
+    if output_dir is not None:
         weights = (identity or model_identity(engine=roll.engine))["weights"]
+        if not overwrite:  # on every rank (the same files, the same answer): none is left waiting for the others
+            check_same_weights(Path(output_dir), model_name, weights)
+    if output_dir is not None and procs.is_main:
         fingerprint = {
             "task": task.name, "model": model_name, "weights": weights, "seed": seed, "seed_tag": repr(seed_tag), "chunk_size": chunk_size,
             "examples": hashlib.sha1("\n".join(task.example_id(ex) for ex in examples).encode()).hexdigest(),
