@@ -216,10 +216,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from r3rl.progress import print_table
-    from r3rl.reporting.report import build_report, summary_table
+    from pathlib import Path
 
+    from r3rl.progress import print_table
     from r3rl.reporting.model_card import write_model_cards
+    from r3rl.reporting.report import build_report, summary_table
     from r3rl.reporting.run import load_run, lookup, stale_warnings
 
     html = build_report(args.run_dir)
@@ -227,8 +228,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     for warning in stale_warnings(args.run_dir):  # also at the top of the report
         print(f"r3rl report: warning: {warning}", file=sys.stderr)
     print(f"wrote {html} and {html.with_suffix('.md')}")
-    from pathlib import Path
-
     if (Path(args.run_dir) / "final" / "README.md").is_file():  # a card written by `r3rl train`: now with the evals
         hub_id = lookup(load_run(args.run_dir).config, "train.hub_model_id") or None
         for card in write_model_cards(args.run_dir, hub_id):
@@ -238,9 +237,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
-    from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
-
     from r3rl.reporting.run import stale_warnings
+    from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
 
     data = compare_runs(args.run_dirs)
     print_table(rich_table(data))

@@ -294,3 +294,7 @@ def test_metrics_past_the_saved_final_weights_are_flagged(tmp_path):
     assert "step 10" in warning and "step 8" in warning and "final" in warning
     (run / "weights.json").write_text(json.dumps({"final": {"step": 10, "weights": _weights(final)}}))
     assert "metrics.jsonl" not in load_run(run).stale and "| steps | 10 |" in str(build_model_card(run, final))
+    # final/ replaced after training (other weights copied in): the report and the card say so
+    (run / "weights.json").write_text(json.dumps({"final": {"step": 10, "weights": "files:" + "0" * 32}}))
+    assert "other weights than the run saved" in load_run(run).stale["final"]
+    assert "other weights than the run saved" in str(build_model_card(run, final))

@@ -135,10 +135,11 @@ def _open_log(out: Path, fingerprint: dict[str, Any],
 
 
 def check_same_weights(out: Path, model: str, weights: str) -> None:
-    """Stop when `out` holds an evaluation (unfinished with chunks saved, or finished) of other weights than
-    `model`'s (`weights`: its provenance fingerprint; `r3rl eval` checks before loading the model): resuming would mix two models in one results.json, starting over would lose the
-    other model's results. Files of earlier r3rl versions carry no weights fingerprint: their model
-    names are compared (provenance.same_model)."""
+    """Stop when `out` holds an evaluation (unfinished with chunks saved, or finished) of other weights
+    than `model`'s (`weights`: its provenance fingerprint): resuming would mix two models in one
+    results.json, starting over would lose the other model's results. `r3rl eval` checks before it
+    loads the model. Files of earlier r3rl versions carry no weights fingerprint: their model names
+    are compared (provenance.same_model)."""
     prior, what = None, ""
     try:
         state = json.loads(state_path(out / "episodes.jsonl").read_text(encoding="utf-8"))
@@ -217,7 +218,8 @@ def evaluate_model(
             check_same_weights(Path(output_dir), model_name, weights)
     if output_dir is not None and procs.is_main:
         fingerprint = {
-            "task": task.name, "model": model_name, "weights": weights, "seed": seed, "seed_tag": repr(seed_tag), "chunk_size": chunk_size,
+            "task": task.name, "model": model_name, "weights": weights, "seed": seed, "seed_tag": repr(seed_tag),
+            "chunk_size": chunk_size,
             "examples": hashlib.sha1("\n".join(task.example_id(ex) for ex in examples).encode()).hexdigest(),
             "eval": {k: v for k, v in to_dict(ecfg).items() if k not in ("output_dir", "num_examples", "chunk_size")},
             "generation": to_dict(sampling), "rollout": to_dict(roll.cfg),

@@ -220,6 +220,8 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
         "",
         "## Training",
         "",
+        *([f"**Warning:** this folder holds other weights than the run saved in `{folder.name}/` (`weights.json`), "
+           "so the training and evaluation below may not describe them.", ""] if "final" in run.stale else []),
         "| setting | value |",
         "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in [("base model", base_text), ("task", f"`{task}`")] + _settings_rows(run, steps_done)

@@ -5,9 +5,9 @@ optimizer step, written by the trainer), and eval_before/ / eval_after/ (results
 episodes.jsonl, written by `r3rl eval`), and final/ with weights.json (which weights final/
 holds, of which step). Whether each results.json still describes the weights it names is
 checked (`check_weights`, `check_final`): numbers of other weights are reported as stale.
-Missing parts become notes, because a report of a run still training is useful; a folder with none of them is an error, and so is a
-malformed file (naming file and line), because a report quietly built from half a file
-would misstate the run.
+Missing parts become notes, because a report of a run still training is useful; a folder
+with none of them is an error, and so is a malformed file (naming file and line), because a
+report quietly built from half a file would misstate the run.
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def check_final(root: Path, last_step: int | None) -> tuple[dict[str, str], int 
 
 
 def stale_warnings(run_dir: str | os.PathLike[str]) -> list[str]:
-    """The run's stale-numbers warnings (check_weights), reading only config.yaml and the results.json files."""
+    """The run's stale-numbers warnings (check_weights, check_final), without reading any episodes.jsonl."""
     root = Path(run_dir)
     config = _read_config(root / "config.yaml") if (root / "config.yaml").is_file() else {}
     evals = {}
