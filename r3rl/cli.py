@@ -2,7 +2,7 @@
 
     r3rl mine   --config FILE [section.field=value ...]
     r3rl train  --config FILE [--resume | --overwrite] [overrides]
-    r3rl eval   --config FILE [--model PATH] [overrides]
+    r3rl eval   --config FILE [--model PATH] [--output DIR] [--overwrite] [overrides]
     r3rl plan   --config FILE [--processes N] [--device-memory 80GB] [--tokens-per-s S]
     r3rl report RUN_DIR
     r3rl compare RUN_DIR RUN_DIR ... [--output DIR]   (runs on the same trials, paired tests)
@@ -144,18 +144,24 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import chunks_done, class_table, evaluate_model, group_table, results_table
+    from r3rl.evaluation.accuracy import (check_same_weights, chunks_done, class_table, evaluate_model, group_table,
+                                          results_table)
     from r3rl.progress import print_table
+    from r3rl.provenance import model_identity
 
     cfg = _config(args)
     if args.model:
         cfg.model.name_or_path = args.model
     out = Path(args.output or cfg.eval.output_dir)
+    if not args.overwrite:  # before the model loads: an evaluation of other weights there is kept
+        check_same_weights(out, cfg.model.name_or_path, model_identity(cfg.model)["weights"])
     try:
         roll = _launched_rollout(cfg)
+        identity = model_identity(cfg.model)  # again once loaded: a Hub model is in the cache only now
         got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
         _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
-        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
+        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path,
+                             identity=identity, overwrite=args.overwrite)
     except KeyboardInterrupt:
         chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
@@ -179,6 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.training.trainer import train
 
     cfg = _config(args)
+    if args.overwrite and (args.resume or args.resume_from):
+        raise InputError(f"--{'resume' if args.resume else 'resume-from'} continues the run in {cfg.train.output_dir} "
+                         "and --overwrite deletes it: pass one of them")
     if args.overwrite:
         cfg.train.overwrite_output_dir = True
     try:
@@ -217,21 +226,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from r3rl.progress import print_table
+    from r3rl.reporting.model_card import write_model_cards
     from r3rl.reporting.report import build_report, summary_table
+    from r3rl.reporting.run import load_run, lookup, stale_warnings
 
     html = build_report(args.run_dir)
     print_table(summary_table(args.run_dir))
+    for warning in stale_warnings(args.run_dir):  # also at the top of the report
+        print(f"r3rl report: warning: {warning}", file=sys.stderr)
     print(f"wrote {html} and {html.with_suffix('.md')}")
+    if (Path(args.run_dir) / "final" / "README.md").is_file():  # a card written by `r3rl train`: now with the evals
+        hub_id = lookup(load_run(args.run_dir).config, "train.hub_model_id") or None
+        for card in write_model_cards(args.run_dir, hub_id):
+            print(f"rewrote {card}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from r3rl.progress import print_table
+    from r3rl.reporting.run import stale_warnings
     from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
 
     data = compare_runs(args.run_dirs)
     print_table(rich_table(data))
+    for warning in [w for run_dir in args.run_dirs for w in stale_warnings(run_dir)]:
+        print(f"r3rl compare: warning: {warning}", file=sys.stderr)
     md = write_comparison(data, args.output)
     print(f"wrote {md}, {md.with_suffix('.json')} and {md.with_suffix('.png')}")
     return 0
@@ -314,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--model", help="model to evaluate (hub id, folder, LoRA adapter folder); overrides model.name_or_path")
     p.add_argument("--output", "-o", help="output folder (default eval.output_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an evaluation of other weights in the output folder (else it is kept and eval stops)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plan", help="memory per device and generated tokens / wall time of a preset, offline")

@@ -389,6 +389,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {}
 # validating a config needs no torch import; tests/test_objectives.py checks the two agree).
 OBJECTIVE_STAGES = {Objective.REFLECTION: "reflection", Objective.FIRST_ATTEMPT: "attempt", Objective.RETRY: "retry",
                     Objective.DISTILL_RETRY: "retry"}
+# Objectives whose advantages are normalised within each group of rollout.group_size samples (a group of
+# one always has advantage 0); distill_retry gives every kept retry advantage 1 (objectives.py).
+GROUP_NORMALISED_OBJECTIVES = (Objective.REFLECTION, Objective.FIRST_ATTEMPT, Objective.RETRY)
 _POSITIVE = {
     "train.steps", "train.batch_size", "train.micro_batch_size", "rollout.group_size", "rollout.rounds",
     "rollout.retries_per_reflection", "failures.attempts_per_example", "eval.samples_per_example",
@@ -543,6 +546,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         else:
             kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
     return cls(**kwargs)
+
+
+def validate_training(cfg: Config) -> Config:
+    """Checks that only training needs (eval and mining never read them): `r3rl train` and `r3rl.train` run them."""
+    if cfg.rollout.group_size < 2 and cfg.train.objective in GROUP_NORMALISED_OBJECTIVES:
+        raise ConfigError(f"rollout.group_size: must be at least 2 for train.objective={cfg.train.objective}, got "
+                          f"{cfg.rollout.group_size} (advantages are normalised within each group, so a group of one "
+                          "never has a learning signal)")
+    return cfg
 
 
 def validate(cfg: Config) -> Config:

@@ -7,6 +7,10 @@ and a strided sample of its bytes (the first 64 KiB, which hold a safetensors he
 every tensor's name, dtype and shape, then 64 blocks of 4 KiB spread evenly over the file).
 Fine-tuning changes every tensor, so every sampled block of the data differs. A model that
 exists only in memory is fingerprinted from a strided sample of each parameter's values.
+
+Evaluations record the fingerprint too (results.json "weights", and their resume state), so a resumed
+or repeated evaluation never mixes or replaces another model's results, and reports and model cards
+check that the numbers they show still describe the weights in the run's final/ (reporting/run.py).
 """
 
 from __future__ import annotations
@@ -77,10 +81,20 @@ def _folder_weights(folder: Path, depth: int = 0) -> str:
     fingerprint = file_fingerprint(files) if files else ""
     adapter = folder / "adapter_config.json"
     if adapter.is_file() and depth == 0:  # an adapter's outputs depend on its base as much as on itself
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+        except (ValueError, AttributeError):  # a damaged adapter_config.json: the loader names it, not this
+            base = ""
         base_folder = _local_folder(str(base), "") if base else None
         fingerprint += "+" + (_folder_weights(base_folder, 1) if base_folder else f"base:{base}")
     return fingerprint
+
+
+def folder_weights(folder: str | os.PathLike[str]) -> str:
+    """The weights fingerprint of a model folder (as model_identity gives for a config naming it), "" when
+    it holds no weights; what reports and model cards check results.json's "weights" against."""
+    folder = Path(folder)
+    return _folder_weights(folder) if folder.is_dir() else ""
 
 
 def model_identity(model_cfg: Any = None, engine: Any = None) -> dict[str, str]:

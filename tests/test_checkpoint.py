@@ -119,3 +119,28 @@ def test_cli_overwrite_flag(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds a training run" in err and "Traceback" not in err
     assert main(["train", "--overwrite", *cli_overrides(cfg)]) == 0
+
+
+def test_contradictory_resume_flags_are_refused(model_dir, tmp_path, capsys):
+    """--resume with --overwrite, and --resume with train.steps below the checkpoint's step (which would
+    print "resumed at step 2" and rewrite final/ with the 2-step weights under a 1-step config)."""
+    from r3rl.cli import main
+
+    from tests.trainer_fixtures import cli_overrides
+
+    run = tmp_path / "run"
+    cfg = tiny_config(model_dir, run, steps=2, save_every=0)
+    assert main(["train", *cli_overrides(cfg)]) == 0
+    from r3rl.provenance import folder_weights  # the run records which weights final/ holds, and their step
+
+    assert json.loads((run / "weights.json").read_text())["final"] == {"step": 2, "weights": folder_weights(run / "final")}
+    final = (run / "final" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["train", "--resume", "--overwrite", *cli_overrides(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err and "--overwrite" in err
+    cfg.train.steps = 1
+    assert main(["train", "--resume", *cli_overrides(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "train.steps" in err[-1] and "step 2" in err[-1] and "resumed" not in "".join(err)
+    assert (run / "final" / "model.safetensors").stat().st_mtime_ns == final

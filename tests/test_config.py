@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from r3rl.cli import main
-from r3rl.config import Config, ConfigError, describe_fields, load_config
+from r3rl.config import Config, ConfigError, describe_fields, load_config, validate_training
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -158,3 +158,18 @@ def test_variant_fields_are_enums_listed_once_and_dump_as_strings(tmp_path):
         for f in dataclasses.fields(obj):
             if isinstance(getattr(obj, f.name), Choice):
                 assert hints[f.name] is type(getattr(obj, f.name)), f.name
+
+
+@pytest.mark.parametrize("objective", ["reflection", "first_attempt", "retry"])
+def test_a_group_of_one_is_refused_where_advantages_are_normalised_in_the_group(objective):
+    """A group of 1 always has advantage 0 (no learning signal); TRL rejects num_generations < 2 alike."""
+    with pytest.raises(ConfigError, match=rf"rollout.group_size.*at least 2.*train.objective={objective}"):
+        validate_training(load_config(None, ["rollout.group_size=1", f"train.objective={objective}"]))
+    validate_training(load_config(None, ["rollout.group_size=2", f"train.objective={objective}"]))
+    # eval and mining never read the group size: a config shared with them still loads
+    assert load_config(None, ["rollout.group_size=1", f"train.objective={objective}"]).rollout.group_size == 1
+
+
+def test_a_group_of_one_is_fine_without_group_normalisation():
+    cfg = validate_training(load_config(None, ["rollout.group_size=1", "train.objective=distill_retry"]))
+    assert cfg.rollout.group_size == 1

@@ -238,3 +238,93 @@ def test_split_line_of_bfcl_a_folder_task_with_no_train_split():
     task = load_task("bfcl", path=str(Path(__file__).parent / "fixtures" / "bfcl"))
     got = len(task.load_examples("test", 5))
     assert _split_line(task, "test", 5, got) == f"bfcl: {got} example(s) from split 'test' (asked for 5)"
+
+
+# ---------------------------------------------------------------- results describe the weights they name
+
+EVAL_SMALL = ["task.name=countdown", "eval.num_examples=4", "eval.chunk_size=2", "eval.samples_per_example=1",
+              "generation.max_attempt_tokens=4", "generation.max_reflection_tokens=4", "generation.max_retry_tokens=4"]
+
+
+def _tiny(folder: Path, seed: int) -> Path:
+    return save_tiny_model(folder, seed=seed, hidden_size=32, layers=1, heads=2, kv_heads=1)
+
+
+def _swap_weights(folder: Path, other: Path) -> None:
+    """Other weights under the same path (a user copying a new fine-tune over an old one)."""
+    import shutil
+
+    shutil.copy(other / "model.safetensors", folder / "model.safetensors")
+
+
+def test_resumed_eval_of_other_weights_under_the_same_path_stops(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after chunk 1, other weights copied into the model folder: the same command must not
+    resume (half one model, half the other) but stop with one sentence naming the folder."""
+    from r3rl import cli
+
+    model, other, out = _tiny(tmp_path / "model", 0), _tiny(tmp_path / "other", 1), tmp_path / "eval"
+    original = Rollout.attempts
+    calls = {"n": 0}
+
+    def interrupted(self, examples, n, seed, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, examples, n, seed, **kw)
+
+    args = ["eval", "--model", str(model), "-o", str(out), *EVAL_SMALL]
+    monkeypatch.setattr(Rollout, "attempts", interrupted)
+    assert cli.main(args) == 130
+    monkeypatch.setattr(Rollout, "attempts", original)
+    state = json.loads((out / "episodes.jsonl.state.json").read_text())
+    assert state["chunks_done"] == 1 and state["fingerprint"]["weights"].startswith("files:")
+    _swap_weights(model, other)
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--overwrite" in err and "resuming" not in err
+    assert not (out / "results.json").exists()
+    # --overwrite starts over: the files are those of a fresh evaluation of the new weights
+    assert cli.main(args + ["--overwrite"]) == 0
+    assert cli.main(["eval", "--model", str(model), "-o", str(tmp_path / "fresh"), *EVAL_SMALL]) == 0
+    assert _files(out) == _files(tmp_path / "fresh")
+
+
+def test_eval_refuses_to_replace_a_finished_eval_of_other_weights(tmp_path, capsys):
+    """A plain eval before training and another after it, both into the default eval.output_dir:
+    the second must not replace the first's results without a word (as `r3rl train` refuses)."""
+    from r3rl import cli
+
+    before, after, out = _tiny(tmp_path / "before", 0), _tiny(tmp_path / "after", 1), tmp_path / "runs" / "eval"
+    assert cli.main(["eval", "--model", str(before), f"eval.output_dir={out}", *EVAL_SMALL]) == 0
+    first = _files(out)
+    res = json.loads(first[0])
+    assert res["model"] == str(before) and res["weights"].startswith("files:")
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(after), f"eval.output_dir={out}", *EVAL_SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--overwrite" in err
+    assert _files(out) == first  # the "before" results are kept
+    # the same weights again (a finished eval run again) is fine, and --overwrite replaces other weights
+    assert cli.main(["eval", "--model", str(before), f"eval.output_dir={out}", *EVAL_SMALL]) == 0
+    assert cli.main(["eval", "--model", str(after), f"eval.output_dir={out}", "--overwrite", *EVAL_SMALL]) == 0
+    assert json.loads((out / "results.json").read_text())["model"] == str(after)
+
+
+def test_evaluate_model_keeps_an_evaluation_of_other_weights(engine, tmp_path):
+    """The library call checks too (the CLI checks before loading the model): other weights stop it,
+    overwrite=True starts over, and results.json names the weights it describes."""
+    from r3rl.errors import InputError
+
+    cfg = _cfg()
+    roll = Rollout(engine, CoinTask(), cfg.generation, cfg.rollout)
+    a = {"name_or_path": "m", "revision": "", "weights": "files:" + "a" * 32}
+    b = {**a, "weights": "files:" + "b" * 32}
+    out = tmp_path / "e"
+    evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=a, show_progress=False)
+    assert json.loads((out / "results.json").read_text())["weights"] == a["weights"]
+    with pytest.raises(InputError, match=rf"{out} holds a finished evaluation of the weights m held then.*--overwrite"):
+        evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=b, show_progress=False)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=b, overwrite=True,
+                         show_progress=False)
+    assert res["weights"] == json.loads((out / "results.json").read_text())["weights"] == b["weights"]

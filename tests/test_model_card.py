@@ -212,3 +212,89 @@ def test_a_base_readme_without_front_matter_reads_no_license_and_logs_nothing(tm
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == []
+
+
+# ---------------------------------------------------------------- numbers that describe the weights they name
+
+
+def _weights(folder: Path) -> str:
+    from r3rl.config import ModelConfig
+    from r3rl.provenance import model_identity
+
+    return model_identity(ModelConfig(name_or_path=str(folder)))["weights"]
+
+
+def _trained_run(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A run whose eval_after measured the 8-step weights, then trained on (--resume, train.steps=10): final/
+    now holds other weights than eval_after/results.json describes."""
+    from r3rl.demo.tiny import save_tiny_model
+
+    old = save_tiny_model(tmp_path / "step8", seed=0, hidden_size=32, layers=1, heads=2, kv_heads=1)
+    run = make_run(tmp_path / "run", lora=False, before=results(0.06, 0.10, 0.08),
+                   after={**results(0.349, 0.450, 0.370), "model": str(tmp_path / "run" / "final"), "weights": _weights(old)})
+    final = save_tiny_model(run / "final", seed=1, hidden_size=32, layers=1, heads=2, kv_heads=1)
+    return run, final, old
+
+
+def test_card_marks_numbers_of_other_weights(tmp_path):
+    run, final, _ = _trained_run(tmp_path)
+    text = str(build_model_card(run, final))
+    assert "numbers are stale" in text and "eval_after" in text
+    assert "model-index" not in front_matter(text)  # the Hub would index numbers of other weights
+    assert _weights(final) in text  # the card names the weights it describes
+    # once eval_after is redone on final/, the numbers are shown as before
+    after = json.loads((run / "eval_after" / "results.json").read_text())
+    (run / "eval_after" / "results.json").write_text(json.dumps({**after, "weights": _weights(final)}))
+    text = str(build_model_card(run, final))
+    assert "are stale" not in text and "model-index" in front_matter(text)
+
+
+def test_report_warns_of_numbers_of_other_weights_in_one_sentence(tmp_path, capsys):
+    from r3rl.cli import main
+
+    run, final, _ = _trained_run(tmp_path)
+    (final / "README.md").write_text("the card `r3rl train` wrote, before any evaluation")
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr()
+    warned = [line for line in (out.out + out.err).splitlines() if "are stale" in line]
+    assert len(warned) == 1 and "eval_after" in warned[0] and str(final) in warned[0]
+    md = (run / "report.md").read_text()
+    assert "are stale" in md and _weights(final) in md
+    assert "are stale" in (final / "README.md").read_text()  # the report rewrites the run's card
+    # evaluated again on final/: no warning, and the card shows the numbers plainly
+    after = json.loads((run / "eval_after" / "results.json").read_text())
+    (run / "eval_after" / "results.json").write_text(json.dumps({**after, "weights": _weights(final)}))
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr()
+    assert "are stale" not in out.out + out.err + (final / "README.md").read_text()
+
+
+def test_results_without_a_fingerprint_still_load_with_a_note(tmp_path):
+    from r3rl.reporting.run import load_run
+
+    run, final, _ = _trained_run(tmp_path)
+    after = json.loads((run / "eval_after" / "results.json").read_text())
+    del after["weights"]  # a results.json of an earlier r3rl
+    (run / "eval_after" / "results.json").write_text(json.dumps(after))
+    notes = [n for n in load_run(run).notes if "fingerprint" in n]
+    assert len(notes) == 1 and "eval_after" in notes[0] and "cannot be checked" in notes[0]
+    assert "are stale" not in str(build_model_card(run, final))
+
+
+def test_metrics_past_the_saved_final_weights_are_flagged(tmp_path):
+    """A resumed run stopped after logging step 9 of 10: final/ still holds the step-8 weights, as the
+    trainer's weights.json records; the card says 8 steps and the report warns."""
+    from r3rl.reporting.run import load_run
+
+    run, final, _ = _trained_run(tmp_path)
+    (run / "weights.json").write_text(json.dumps({"final": {"step": 8, "weights": _weights(final)}}))
+    text = str(build_model_card(run, final))
+    assert "| steps | 8 of 10 |" in text
+    warning = load_run(run).stale["metrics.jsonl"]
+    assert "step 10" in warning and "step 8" in warning and "final" in warning
+    (run / "weights.json").write_text(json.dumps({"final": {"step": 10, "weights": _weights(final)}}))
+    assert "metrics.jsonl" not in load_run(run).stale and "| steps | 10 |" in str(build_model_card(run, final))
+    # final/ replaced after training (other weights copied in): the report and the card say so
+    (run / "weights.json").write_text(json.dumps({"final": {"step": 10, "weights": "files:" + "0" * 32}}))
+    assert "other weights than the run saved" in load_run(run).stale["final"]
+    assert "other weights than the run saved" in str(build_model_card(run, final))

@@ -97,6 +97,18 @@ def test_every_objective_has_a_class_and_the_config_knows_its_stage():
     assert load_config(None, []).train.objective == "reflection"
 
 
+def test_the_config_knows_which_objectives_normalise_within_a_group():
+    """config.GROUP_NORMALISED_OBJECTIVES (which refuse rollout.group_size=1) are exactly those whose
+    objective gives a group of one no signal."""
+    import torch
+
+    from r3rl.config import GROUP_NORMALISED_OBJECTIVES
+
+    for name in Objective:
+        _, no_signal = build_objective(name).advantages(torch.tensor([1.0]), torch.tensor([0]), "normalized")
+        assert bool(no_signal[0]) == (name.value in GROUP_NORMALISED_OBJECTIVES), name
+
+
 def test_reflection_rows_are_the_reflections_in_the_reflect_context(tok, rollout, failures):
     eps, rows, batch = _masked("reflection", rollout, failures, tok)
     assert len(rows) == len(eps) == 2 * G

@@ -97,3 +97,22 @@ def test_cli_compare_writes_the_files_and_refuses_in_one_sentence(tmp_path, caps
     assert main(["compare", str(a), str(c), "--output", str(tmp_path / "out2")]) != 0
     err = capsys.readouterr().err
     assert "different trials" in err and "Traceback" not in err
+
+
+def test_cli_compare_warns_when_a_runs_numbers_describe_other_weights(tmp_path, capsys):
+    """eval_after/results.json measured other weights than the run's final/ holds now: one warning line."""
+    from r3rl.cli import main
+    from r3rl.demo.tiny import save_tiny_model
+    from r3rl.provenance import folder_weights
+
+    a = _run(tmp_path, "a", BASE, BASE)
+    b = _run(tmp_path, "b", BASE, [(True, False)] * 12)
+    save_tiny_model(b / "final", seed=0, hidden_size=32, layers=1, heads=2, kv_heads=1)
+    res = json.loads((b / "eval_after" / "results.json").read_text())
+    (b / "eval_after" / "results.json").write_text(json.dumps({**res, "weights": "files:" + "0" * 32}))
+    assert main(["compare", str(a), str(b), "--output", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "are stale" in line and str(b / "final") in line]
+    (b / "eval_after" / "results.json").write_text(json.dumps({**res, "weights": folder_weights(b / "final")}))
+    assert main(["compare", str(a), str(b), "--output", str(tmp_path / "out")]) == 0
+    assert "are stale" not in capsys.readouterr().err

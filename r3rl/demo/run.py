@@ -51,6 +51,7 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     from r3rl.evaluation.accuracy import evaluate_model, results_table
     from r3rl.mining import mine
     from r3rl.progress import print_table
+    from r3rl.provenance import model_identity
     from r3rl.reporting.model_card import publish_final, push_folder, write_model_cards
     from r3rl.reporting.report import build_report, summary_table
     from r3rl.stack import build_rollout
@@ -73,7 +74,8 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     t = time.perf_counter()
     roll = build_rollout(cfg, task=task)
-    before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path)
+    before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path,
+                            identity=model_identity(cfg.model))
     print_table(results_table(before, "before training"))
     stage("evaluate before", t)
 
@@ -92,7 +94,8 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     t = time.perf_counter()
     cfg.model.name_or_path = str(final)
     roll = build_rollout(cfg, task=task)
-    after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final))
+    after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final),
+                           identity=model_identity(cfg.model))
     print_table(results_table(after, "after training"))
     # The card written at the end of training had no "after" numbers yet.
     write_model_cards(out, cfg.train.hub_model_id or None)
@@ -115,6 +118,7 @@ def _compare_with_baseline(out: Path, task, quick: bool, overrides: list[str] | 
     """Steps 6-8: the first_attempt baseline with the demo's budget, evaluated alike, compared with the demo run."""
     from r3rl.evaluation.accuracy import evaluate_model, results_table
     from r3rl.progress import print_table
+    from r3rl.provenance import model_identity
     from r3rl.reporting.side_by_side import collect, compare_runs, comparisons, rich_table, write_comparison
     from r3rl.stack import build_rollout
     from r3rl.training.trainer import train
@@ -131,7 +135,7 @@ def _compare_with_baseline(out: Path, task, quick: bool, overrides: list[str] | 
     shutil.copytree(out / "eval_before", base_out / "eval_before")  # the same base model, evaluated once
     cfg.model.name_or_path = str(final)
     after = evaluate_model(build_rollout(cfg, task=task), cfg.eval, cfg.seed, output_dir=base_out / "eval_after",
-                           model_name=str(final))
+                           model_name=str(final), identity=model_identity(cfg.model))
     print_table(results_table(after, f"after training ({BASELINE})"))
     stage(f"evaluate baseline ({BASELINE})", t)
 

@@ -31,6 +31,7 @@ from r3rl.distributed import chunk_ranges, processes
 from r3rl.errors import InputError
 from r3rl.io import write_json
 from r3rl.progress import GenerationProgress
+from r3rl.provenance import model_identity, same_model
 from r3rl.rollout import Rollout, derive_seed, failed_attempts
 from r3rl.evaluation import stats
 from r3rl.evaluation.classes import per_class_table, transition_table
@@ -117,11 +118,16 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
     return records
 
 
-def _open_log(out: Path, fingerprint: dict[str, Any]) -> tuple[ChunkLog, int, list[TrialRecord], int, str]:
+def _open_log(out: Path, fingerprint: dict[str, Any],
+              overwrite: bool = False) -> tuple[ChunkLog, int, list[TrialRecord], int, str]:
     """The episodes log in `out`: resumed when an unfinished evaluation with the same settings is there,
-    else started over. Returns (log, chunks done, their trials, their verifier errors, a note)."""
+    else started over (always with `overwrite`; an evaluation of other weights there has stopped the run
+    before this unless `overwrite`: `check_same_weights`).
+    Returns (log, chunks done, their trials, their verifier errors, a note)."""
     (out / "eval_state.json").unlink(missing_ok=True)  # the state file of r3rl before the chunk runner
     log = ChunkLog({EPISODES: out / "episodes.jsonl"}, fingerprint)
+    if overwrite:
+        return log, log.start(), [], 0, ""
     try:
         state = log.load()
         if state and not state.get("complete") and state["fingerprint"] == fingerprint:
@@ -131,6 +137,36 @@ def _open_log(out: Path, fingerprint: dict[str, Any]) -> tuple[ChunkLog, int, li
     except (ChunkStateError, ValueError):  # damaged: an evaluation is only derived data, so it is made again
         pass
     return log, log.start(), [], 0, ""
+
+
+def check_same_weights(out: Path, model: str, weights: str) -> None:
+    """Stop when `out` holds an evaluation (unfinished with chunks saved, or finished) of other weights
+    than `model`'s (`weights`: its provenance fingerprint): resuming would mix two models in one
+    results.json, starting over would lose the other model's results. `r3rl eval` checks before it
+    loads the model. Files of earlier r3rl versions carry no weights fingerprint: their model names
+    are compared (provenance.same_model)."""
+    prior, what = None, ""
+    try:
+        state = json.loads(state_path(out / "episodes.jsonl").read_text(encoding="utf-8"))
+        if not state.get("complete") and int(state.get("chunks_done", 0)) > 0:
+            prior, what = state["fingerprint"], f"an unfinished evaluation ({state['chunks_done']} chunk(s) saved)"
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass  # no state, or a damaged one: its chunks would not be resumed anyway
+    if prior is None:
+        try:
+            prior, what = json.loads((out / "results.json").read_text(encoding="utf-8")), "a finished evaluation"
+        except (OSError, ValueError):
+            return
+    if not isinstance(prior, dict):
+        return
+    old = {"name_or_path": str(prior.get("model") or ""), "revision": "", "weights": str(prior.get("weights") or "")}
+    new = {"name_or_path": str(model or ""), "revision": "", "weights": weights}
+    if same_model(old, new):
+        return
+    whose = (f"of the weights {old['name_or_path']} held then (they have changed since)"
+             if old["name_or_path"] == new["name_or_path"] else f"of {old['name_or_path'] or 'another model'}")
+    raise InputError(f"{out} holds {what} {whose}, not of the weights of {new['name_or_path'] or 'this model'}: "
+                     "choose another output folder (--output / eval.output_dir) or pass --overwrite to replace it")
 
 
 def chunks_done(output_dir: str | Path) -> int:
@@ -154,6 +190,8 @@ def evaluate_model(
     show_progress: bool = True,
     chunk_size: int | None = None,
     accelerator: Any = None,
+    identity: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate on the held-out split; writes results.json and episodes.jsonl when output_dir is given.
 
@@ -162,6 +200,11 @@ def evaluate_model(
     process appends them to episodes.jsonl as each round of chunks ends, and every rank returns
     the same results. An interrupted run into the same output_dir resumes after its last finished
     chunk and ends with the same files as an uninterrupted one.
+
+    `identity` (provenance.model_identity: name, revision, weights fingerprint) says which weights are
+    evaluated (default: the engine's model); it goes into the resume state and results.json, so an
+    evaluation of other weights in output_dir stops the run instead of being resumed or replaced,
+    unless `overwrite`, which starts over.
     """
     procs = processes(accelerator)
     task = roll.task
@@ -173,14 +216,20 @@ def evaluate_model(
     sampling = eval_generation(roll.gen, ecfg)
     log = None
     done, records, errors = 0, [], 0
+    weights = ""
+    if output_dir is not None:
+        weights = (identity or model_identity(engine=roll.engine))["weights"]
+        if not overwrite:  # on every rank (the same files, the same answer): none is left waiting for the others
+            check_same_weights(Path(output_dir), model_name, weights)
     if output_dir is not None and procs.is_main:
         fingerprint = {
-            "task": task.name, "model": model_name, "seed": seed, "seed_tag": repr(seed_tag), "chunk_size": chunk_size,
+            "task": task.name, "model": model_name, "weights": weights, "seed": seed, "seed_tag": repr(seed_tag),
+            "chunk_size": chunk_size,
             "examples": hashlib.sha1("\n".join(task.example_id(ex) for ex in examples).encode()).hexdigest(),
             "eval": {k: v for k, v in to_dict(ecfg).items() if k not in ("output_dir", "num_examples", "chunk_size")},
             "generation": to_dict(sampling), "rollout": to_dict(roll.cfg),
         }
-        log, done, records, errors, note = _open_log(Path(output_dir), fingerprint)
+        log, done, records, errors, note = _open_log(Path(output_dir), fingerprint, overwrite)
         if note and show_progress:
             print(f"eval: {note} in {output_dir}", file=sys.stderr, flush=True)
     done = procs.broadcast(done)
@@ -202,8 +251,8 @@ def evaluate_model(
 
     with progress:
         done = run_chunks(procs, chunks, work, done=done, log=log, on_round=on_round)
-    results = (_results(task.name, model_name, len(examples), ecfg, roll.cfg.rounds, records, errors, task.summarize)
-               if procs.is_main else None)
+    results = (_results(task.name, model_name, len(examples), ecfg, roll.cfg.rounds, records, errors, task.summarize,
+                        weights) if procs.is_main else None)
     if log is not None:
         write_json(Path(output_dir) / "results.json", results)
         log.finish()
@@ -211,10 +260,12 @@ def evaluate_model(
 
 
 def _results(task: str, model: str, n_examples: int, ecfg: EvalConfig, rounds: int,
-             records: list[TrialRecord], verifier_errors: int, summarize: Any) -> dict[str, Any]:
+             records: list[TrialRecord], verifier_errors: int, summarize: Any, weights: str = "") -> dict[str, Any]:
     n = len(records)
     results: dict[str, Any] = {"task": task, "model": model, "n": n_examples, "samples": ecfg.samples_per_example,
                                "trials": n}
+    if weights:  # provenance's fingerprint of the evaluated weights: readers check it still matches `model`
+        results["weights"] = weights
     passed = passed_predicates(rounds, ecfg.no_reflection_control)
     for name, ok in passed.items():
         results.update(_acc(name, sum(ok(r) for r in records), n))

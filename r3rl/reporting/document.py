@@ -336,6 +336,10 @@ def report_blocks(run: RunData) -> list[Block]:
     blocks: list[Block] = [Heading(1, f"r3rl run report: {run.run_dir.resolve().name}")]
     blocks += _zero_advantage_notes(run, warning=True)
     blocks += [Para(n, style="note") for n in run.notes]
+    blocks += [Para(w, style="warning") for w in run.stale.values()]  # numbers of other weights than named
+    if run.weights:  # which weights the report's numbers describe (r3rl/provenance.py fingerprints)
+        blocks.append(Para("Weights fingerprints: " + "; ".join(f"{k} {v}" for k, v in run.weights.items()) + ".",
+                           style="note"))
     blocks += _config_blocks(run)
     blocks += _results_blocks(run)
     # Imported here: these sections build on the block types defined above.

@@ -26,6 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from r3rl.errors import InputError
 from r3rl.io import atomic_write_text
 from r3rl.engine.loading import resolve_model_name
+from r3rl.provenance import folder_weights
 from r3rl.reporting.classes_section import failure_class_card
 from r3rl.reporting.compare import before_after
 from r3rl.reporting.document import CONFIG_SUMMARY
@@ -115,11 +116,23 @@ def _settings_rows(run: RunData, steps_done: int | None) -> list[tuple[str, str]
     return rows
 
 
+def _weights_row(folder: Path) -> list[tuple[str, str]]:
+    """The weights this card describes (provenance's fingerprint, which results.json's "weights" is checked against)."""
+    weights = folder_weights(folder)
+    return [("weights fingerprint", f"`{weights}`")] if weights else []
+
+
 def _eval_section(run: RunData) -> list[str]:
     if run.before is None and run.after is None:
         return ["No evaluation was recorded in the run folder (`eval_before/`, `eval_after/`): run `r3rl eval` "
                 "on the base and the trained model to add acc@1 / acc@2 here."]
-    lines = ["| metric | before training | after training | change |", "| --- | --- | --- | --- |"]
+    # numbers that no longer describe the weights they name are shown only under a warning (reporting/run.py)
+    # (no paths: a card is published, and the run folder's layout is this machine's)
+    lines = [f"**Warning:** the run's `{name}/results.json` measured other weights than "
+             f"{'this model holds' if name == 'eval_after' else 'the base model'} (trained further or replaced after that "
+             f"evaluation), so these numbers are stale; evaluate again (`r3rl report` then rewrites this card).\n"
+             for name in run.stale if name in ("eval_before", "eval_after")]
+    lines += ["| metric | before training | after training | change |", "| --- | --- | --- | --- |"]
     for key, label in ACC_KEYS:
         b = run.before.acc.get(key) if run.before else None
         a = run.after.acc.get(key) if run.after else None
@@ -138,7 +151,7 @@ def _eval_section(run: RunData) -> list[str]:
 
 def _eval_results(run: RunData, task: str) -> list[EvalResult]:
     """The after-training accuracies as Hub model-index entries (the Hub shows them on the model page)."""
-    if run.after is None:
+    if run.after is None or "eval_after" in run.stale:  # the Hub would index numbers of other weights
         return []
     out = []
     for key, label in ACC_KEYS:
@@ -172,7 +185,8 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
     task = str(lookup(run.config, "task.name") or "unknown task")
     base = _base_model(run.config)
     base_id = hub_repo_id(base)
-    steps_done = run.metrics[-1]["step"] if run.metrics else None
+    # the step the weights named were saved at (weights.json), else the last one logged
+    steps_done = run.final_step if run.final_step is not None else run.metrics[-1]["step"] if run.metrics else None
     name = repo_id or str(folder)
     title = repo_id.split("/")[-1] if repo_id else f"{Path(run_dir).name}/{folder.name}"
     data = ModelCardData(
@@ -206,9 +220,12 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
         "",
         "## Training",
         "",
+        *([f"**Warning:** this folder holds other weights than the run saved in `{folder.name}/` (`weights.json`), "
+           "so the training and evaluation below may not describe them.", ""] if "final" in run.stale else []),
         "| setting | value |",
         "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in [("base model", base_text), ("task", f"`{task}`")] + _settings_rows(run, steps_done)],
+        *[f"| {k} | {v} |" for k, v in [("base model", base_text), ("task", f"`{task}`")] + _settings_rows(run, steps_done)
+          + _weights_row(folder)],
         "",
         "## Evaluation",
         "",

@@ -2,10 +2,12 @@
 
 The run folder contract: config.yaml (the resolved config), metrics.jsonl (one row per
 optimizer step, written by the trainer), and eval_before/ / eval_after/ (results.json and
-episodes.jsonl, written by `r3rl eval`). Missing parts become notes, because a report of
-a run still training is useful; a folder with none of them is an error, and so is a
-malformed file (naming file and line), because a report quietly built from half a file
-would misstate the run.
+episodes.jsonl, written by `r3rl eval`), and final/ with weights.json (which weights final/
+holds, of which step). Whether each results.json still describes the weights it names is
+checked (`check_weights`, `check_final`): numbers of other weights are reported as stale.
+Missing parts become notes, because a report of a run still training is useful; a folder
+with none of them is an error, and so is a malformed file (naming file and line), because a
+report quietly built from half a file would misstate the run.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class EvalResults:
     acc: dict[str, Accuracy | None]
     episodes: list[TrialRecord]  # the schema evaluation writes (r3rl/evaluation/records.py)
     intervals: str | None = None  # how results.json's intervals were made, when it says
+    weights: str | None = None  # provenance fingerprint of the evaluated weights (None: an earlier r3rl's file)
 
 
 def load_eval(eval_dir: Path) -> EvalResults | None:
@@ -143,7 +146,7 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
         acc[key] = Accuracy(float(value), (float(ci[0]), float(ci[1])) if ci is not None else None)
     episodes_path = eval_dir / "episodes.jsonl"
     episodes = _read_trials(episodes_path) if episodes_path.is_file() else []
-    n, samples, intervals = data.get("n"), data.get("samples"), data.get("intervals")
+    n, samples, intervals, weights = data.get("n"), data.get("samples"), data.get("intervals"), data.get("weights")
     return EvalResults(
         name=eval_dir.name,
         task=data.get("task"),
@@ -153,6 +156,7 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
         acc=acc,
         episodes=episodes,
         intervals=intervals if isinstance(intervals, str) else None,
+        weights=weights if isinstance(weights, str) and weights else None,
     )
 
 
@@ -201,6 +205,80 @@ class RunData:
     before: EvalResults | None
     after: EvalResults | None
     notes: list[str] = field(default_factory=list)
+    # eval folder name -> the one-sentence warning that its numbers describe other weights than it names
+    stale: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)  # "final/", "eval_after/" ... -> weights fingerprint
+    final_step: int | None = None  # the step final/ holds the weights of (weights.json, when they still match)
+
+
+def check_weights(root: Path, config: dict[str, Any],
+                  evals: dict[str, str | None]) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """Do the evals' numbers still describe the weights they name? eval_after/ names the run's final/ (or
+    final-merged/), eval_before/ the config's model. `evals`: eval folder name -> its results.json
+    "weights" (None when it records none). Returns (stale: name -> warning, notes, weights shown:
+    label -> fingerprint). Fingerprints are provenance's: a few hundred KiB read per folder."""
+    from r3rl.config import ModelConfig
+    from r3rl.provenance import folder_weights, model_identity
+
+    shown: dict[str, str] = {}
+    finals = {f"{f.name}/": w for f in (root / "final", root / "final-merged") if (w := folder_weights(f))}
+    shown.update(finals)
+    targets: dict[str, tuple[str, set[str]]] = {"eval_after": (str(root / "final"), set(finals.values()))}
+    base = lookup(config, "model.name_or_path")
+    if base and not lookup(config, "model.base"):
+        model = ModelConfig(name_or_path=str(base), revision=str(lookup(config, "model.revision") or ""))
+        if w := model_identity(model)["weights"]:
+            targets["eval_before"] = (str(base), {w})
+    stale, notes = {}, []
+    for name, weights in evals.items():
+        if weights:
+            shown[f"{name}/"] = weights
+        if name not in targets or not targets[name][1]:
+            continue  # nothing to check against (no final/ yet, or a model not on this machine)
+        target, have = targets[name]
+        if weights is None:
+            notes.append(f"{name}/results.json records no weights fingerprint (written by an earlier r3rl), so whether "
+                         f"its numbers describe {target} cannot be checked.")
+        elif weights not in have:
+            stale[name] = (f"{name}/results.json describes other weights than {target} holds now (trained further or "
+                           f"replaced after that evaluation), so its numbers are stale: evaluate again with "
+                           f"`r3rl eval --config {root / 'config.yaml'} --model {target} -o {root / name} --overwrite`.")
+    return stale, notes, shown
+
+
+def check_final(root: Path, last_step: int | None) -> tuple[dict[str, str], int | None]:
+    """The trainer's weights.json against final/ and metrics.jsonl: (stale: key -> warning, the step final/
+    holds when its weights are still the recorded ones). A run without weights.json (still training, or
+    an earlier r3rl) has nothing to check."""
+    from r3rl.provenance import folder_weights
+
+    path = root / "weights.json"
+    record = _read_json(path).get("final") if path.is_file() else None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return {}, None
+    final, step = root / "final", record["step"]
+    if record.get("weights") != folder_weights(final):
+        return {"final": (f"{final} holds other weights than the run saved there at step {step} ({path}), so the run's "
+                          f"metrics and evaluations do not describe them.")}, None
+    if last_step is not None and last_step != step:
+        return {"metrics.jsonl": (f"metrics.jsonl runs to step {last_step} but {final} holds the weights of step {step} "
+                                  f"(a resumed run stopped before saving its final model), so the steps after {step} "
+                                  "describe no saved model.")}, step
+    return {}, step
+
+
+def stale_warnings(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The run's stale-numbers warnings (check_weights, check_final), without reading any episodes.jsonl."""
+    root = Path(run_dir)
+    config = _read_config(root / "config.yaml") if (root / "config.yaml").is_file() else {}
+    evals = {}
+    for name in EVAL_DIRS:
+        if (root / name / "results.json").is_file():
+            w = _read_json(root / name / "results.json").get("weights")
+            evals[name] = w if isinstance(w, str) and w else None
+    metrics = load_metrics(root / "metrics.jsonl")[0] if (root / "metrics.jsonl").is_file() else []
+    stale = {**check_weights(root, config, evals)[0], **check_final(root, metrics[-1]["step"] if metrics else None)[0]}
+    return list(stale.values())
 
 
 def load_evals(root: Path) -> tuple[EvalResults | None, EvalResults | None]:
@@ -234,7 +312,10 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
                     f"The two evals differ in {attr} ({getattr(before, attr)!r} before, "
                     f"{getattr(after, attr)!r} after), so the comparison is not like for like."
                 )
-    return RunData(root, config, metrics, before, after, notes)
+    stale, weight_notes, shown = check_weights(root, config, {ev.name: ev.weights for ev in (before, after) if ev})
+    final_stale, final_step = check_final(root, metrics[-1]["step"] if metrics else None)
+    return RunData(root, config, metrics, before, after, notes + weight_notes, {**stale, **final_stale}, shown,
+                   final_step)
 
 
 def _nothing_to_report(root: Path) -> str:

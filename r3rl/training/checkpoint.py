@@ -27,7 +27,8 @@ from r3rl.errors import InputError
 from r3rl.io import atomic_write_text
 
 # What marks a folder as holding a run: a later --resume would read these.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged", "weights.json")
+WEIGHTS_RECORD = "weights.json"  # which weights the run's final folders hold, and of which step
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -159,6 +160,31 @@ def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_ma
         for name in found:
             path = root / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def record_final_weights(run_dir: str | Path, step: int, folders: list[Path]) -> None:
+    """weights.json: {folder name: {"step", "weights"}} of the model folders just saved, so a report or card
+    can tell whether metrics.jsonl's last step is the one final/ holds (a resumed run stopped early)
+    and whether final/ was replaced since (provenance fingerprints: a few hundred KiB read per folder)."""
+    from r3rl.provenance import folder_weights
+
+    record = {Path(f).name: {"step": step, "weights": folder_weights(f)} for f in folders}
+    atomic_write_text(Path(run_dir) / WEIGHTS_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def check_resume_step(run_dir: str | Path, resume: bool | str, steps: int) -> None:
+    """Refuse to resume a checkpoint past train.steps: the run would report "resumed at step N", train
+    nothing, and save the N-step weights as final/ of a run configured for fewer steps."""
+    ckpt = latest_checkpoint(run_dir) if resume is True else Path(resume) if resume else None
+    if ckpt is None:
+        return
+    try:
+        step = int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # load_checkpoint names what is wrong with it
+    if step > steps:
+        raise InputError(f"{ckpt} is at step {step}, past train.steps={steps}: set train.steps to at least {step} to "
+                         f"continue that run, or train into another train.output_dir to start again")
 
 
 def _non_empty(path: Path) -> bool:

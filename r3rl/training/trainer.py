@@ -60,7 +60,7 @@ from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 from transformers import get_scheduler
 
 from r3rl.errors import InputError
-from r3rl.config import Config, dump_config, to_dict
+from r3rl.config import Config, dump_config, to_dict, validate_training
 from r3rl.evaluation.accuracy import evaluate_model
 from r3rl.evaluation.diagnostics import reflection_diagnostics
 from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
@@ -69,8 +69,8 @@ from r3rl.rollout import derive_seed
 from r3rl.stack import build_rollout
 from r3rl.tasks import load_task
 from r3rl.training import grpo
-from r3rl.training.checkpoint import (adapter_only_state_hooks, latest_checkpoint, load_checkpoint,
-                                      prepare_output_dir, save_checkpoint)
+from r3rl.training.checkpoint import (adapter_only_state_hooks, check_resume_step, latest_checkpoint, load_checkpoint,
+                                      prepare_output_dir, record_final_weights, save_checkpoint)
 from r3rl.training.failures import FailureSource, build_failure_source
 from r3rl.training.console import eval_line, step_line
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
@@ -160,7 +160,7 @@ class Trainer:
     """`r3rl train` as a recipe: __init__ composes the setup steps, train() runs the loop."""
 
     def __init__(self, cfg: Config, resume: bool | str = False, show_progress: bool = True):
-        self.cfg = cfg
+        self.cfg = validate_training(cfg)
         self.out = Path(cfg.train.output_dir)
         self._setup_processes(resume, show_progress)
         self._setup_policy()
@@ -187,6 +187,7 @@ class Trainer:
         _check_launcher_env(accum)
         self.precision = resolve_mixed_precision(tcfg.mixed_precision, state.device)
         prepare_output_dir(self.out, bool(resume), tcfg.overwrite_output_dir, state.is_main_process)
+        check_resume_step(self.out, resume, tcfg.steps)
         state.wait_for_everyone()
         _forget_accelerator_state()
         self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
@@ -497,6 +498,7 @@ class Trainer:
             written = save_final(self.acc.unwrap_model(self.policy).model, self.tok, final,
                                  merge=self.cfg.train.merge_adapter, state_dict=full)
             self.log("saved " + ", ".join(map(str, written)))
+            record_final_weights(self.out, self.cfg.train.steps, written)
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return final

@@ -38,7 +38,7 @@ def mine_args(model: str, tmp: Path, backend: str) -> list[str]:
 
 def eval_args(model: str, tmp: Path, backend: str) -> list[str]:
     return ["eval", *common(model), f"generation.backend={backend}", f"eval.output_dir={tmp / backend / 'eval'}",
-            "eval.num_examples=6", "eval.chunk_size=3", "rollout.group_size=1"]
+            "eval.num_examples=6", "eval.chunk_size=3"]
 
 
 def lines(path: Path) -> list[dict]:
