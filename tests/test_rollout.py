@@ -196,3 +196,21 @@ def test_each_retry_of_several_rounds_is_verified_once(tok, raising):
     assert roll.verify_errors == (6 if raising else 0)
     if raising:
         assert all(e.retry_reason == "verifier error: KeyError" for e in eps)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_rounds_compose_with_several_retries_per_reflection(tok, k):
+    """rounds x retries_per_reflection: every round has its k retries, and a failed first retry is
+    reflected on again while rounds remain (k > 1 used to stop after round 1)."""
+    task = CountingTask()
+    always_wrong = lambda p, j: "No idea." if "Reflect on what went wrong" in last_user(p) else "cherry"  # noqa: E731
+    engine = ScriptedEngine(tok, always_wrong)
+    roll = Rollout(engine, task, GenerationConfig(), RolloutConfig(rounds=2, retries_per_reflection=k))
+    eps = roll.reflect_and_retry([Failure(task.load_examples()[0], "banana")], group_size=2, seed=0)
+    assert sorted(e.round for e in eps) == [1, 1, 2, 2]
+    assert all(e.extra["retries"] == k for e in eps) and not any(e.retry_ok for e in eps)
+    assert task.calls == 2 * 2 * k  # 2 chains x 2 rounds x k retries, each verified once
+    second = [e for e in eps if e.round == 2][0]
+    ctx = tok.decode(second.context_ids)
+    assert ctx.count(prompts.DEFAULT_REFLECT) == 2 and "cherry" in ctx
+    assert second.retry_prompt_ids[: len(second.context_ids)] == second.context_ids  # the retry continues it
