@@ -214,3 +214,22 @@ def test_rounds_compose_with_several_retries_per_reflection(tok, k):
     ctx = tok.decode(second.context_ids)
     assert ctx.count(prompts.DEFAULT_REFLECT) == 2 and "cherry" in ctx
     assert second.retry_prompt_ids[: len(second.context_ids)] == second.context_ids  # the retry continues it
+
+
+@pytest.mark.parametrize(("rounds", "k", "calls"), [(1, 1, 1), (3, 1, 1), (1, 2, 2), (2, 2, 3)])
+def test_one_sample_turns_continue_inside_the_engine_call(tok, rounds, k, calls):
+    """A one-sample turn (a retry with k = 1, a later round's reflection) is a suffix continuation of the
+    sequence the engine holds; only several samples from one prompt (k > 1) take a call of their own."""
+    task = EchoTask()
+    always_wrong = lambda p, j: "No idea." if "Reflect on what went wrong" in last_user(p) else "cherry"  # noqa: E731
+    engine = ScriptedEngine(tok, always_wrong)
+    seen = []
+    generate = engine.generate
+    engine.generate = lambda prompts_, params, n=1, then=None: seen.append(n) or generate(prompts_, params, n, then)
+    roll = Rollout(engine, task, GenerationConfig(), RolloutConfig(rounds=rounds, retries_per_reflection=k))
+    env, lines = roll.trajectories([Failure(task.load_examples()[0], "banana")], group_size=2, seed=0)
+    assert seen == [2] + [k] * (calls - 1)
+    for traj in (t for row in lines for t in row):
+        assert [t.role for t in traj.generated()] == ["reflection", "retry"] * rounds
+        assert all(len(t.alternatives) == k - 1 for t in traj.generated("retry"))
+        assert traj.loss_mask() == [int(t.is_generated) for t in traj.turns for _ in t.token_ids]
