@@ -133,6 +133,11 @@ class Rollout:
         return self.environment(self.tokenizer, self.stop_ids, self.scorer, params, self.instructions,
                                 rounds=self.cfg.rounds, retries_per_reflection=self.cfg.retries_per_reflection)
 
+    def _conversation(self, failure: Failure) -> list[dict[str, Any]]:
+        """The messages before a failure's first reflection (the TRL integration builds the same)."""
+        env = self.make_environment(seed=0)
+        return env.start_messages(self.task.messages(failure.example), failure.attempt_text, failure.attempt_reason)
+
     def trajectories(self, failures: list[Failure], group_size: int, seed: int,
                      sampling: GenerationConfig | None = None) -> tuple[ReflectRetryEnvironment, list[list[Trajectory]]]:
         """group_size trajectories per failure (result[i][j]), each from the failure's reflect context."""

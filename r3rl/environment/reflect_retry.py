@@ -52,9 +52,12 @@ class ReflectRetryEnvironment(Environment):
     def start(self, key: int, example: Any, messages: list[dict[str, Any]], attempt_text: str, attempt_reason: str,
               tools: list | None) -> Trajectory:
         """The trajectory before the first reflection: the task, the failed attempt, the reflect instruction."""
-        conv = list(messages) + [{"role": "assistant", "content": attempt_text}]
-        conv += self.reflect_message(None, attempt_reason)
+        conv = self.start_messages(messages, attempt_text, attempt_reason)
         return Trajectory((key, 0), example, tools, [Turn.context(prompts.encode(self.tokenizer, conv, tools), conv)])
+
+    def start_messages(self, messages: list[dict[str, Any]], attempt_text: str, attempt_reason: str) -> list[dict[str, Any]]:
+        """The chat messages of the start context: the task's `messages`, the failed attempt, the reflect message."""
+        return list(messages) + [{"role": "assistant", "content": attempt_text}] + self.reflect_message(None, attempt_reason)
 
     # ------------------------------------------------------------------ the loop's hooks
     def is_completed(self, traj: Trajectory) -> bool:
