@@ -21,6 +21,11 @@ from typing import Any
 import yaml
 
 from r3rl.errors import InputError
+from r3rl.types import SamplingParams
+
+# The generation stages of a rollout, in order; each has its own temperature and token limit
+# (GenerationConfig.sampling), and top_p / top_k are shared.
+STAGES = ("attempt", "reflection", "retry")
 
 
 class ConfigError(InputError):
@@ -215,6 +220,33 @@ class GenerationConfig:
     """hf backend on CPU, how linear layers multiply: auto multiplies bfloat16/float16 weights in float32 on a CPU without bfloat16 units (several times faster than PyTorch's emulation, same results up to summation order) and wide float32 weights (a large-vocabulary LM head) a slab of rows at a time (same values, faster); native keeps PyTorch's kernels; float32 is auto with half weights in float32 on every CPU. Formerly generation.half_matmul."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """Settings of the vLLM backend (used when backend is vllm)."""
+
+    def sampling(self, stage: str, seed: int | None = None) -> SamplingParams:
+        """One stage's sampling settings (attempt, reflection or retry; `STAGES`): the one place the stage ->
+        temperature / token limit mapping is written. Rollout, evaluation, objectives, validation and plan read it."""
+        if stage not in STAGES:
+            raise InputError(f"unknown generation stage {stage!r}; one of {', '.join(STAGES)}")
+        limit = {"attempt": self.max_attempt_tokens, "reflection": self.max_reflection_tokens,
+                 "retry": self.max_retry_tokens}[stage]
+        temperature = {"attempt": self.attempt_temperature, "reflection": self.reflection_temperature,
+                       "retry": self.retry_temperature}[stage]
+        return SamplingParams(max_new_tokens=limit, temperature=temperature, top_p=self.top_p, top_k=self.top_k,
+                              seed=seed)
+
+    def with_stages(self, temperature: float | None = None, top_p: float | None = None,
+                    max_tokens: dict[str, int | None] | None = None) -> "GenerationConfig":
+        """A copy with every stage's temperature, top_p and some stages' token limits replaced (None: kept)."""
+        over: dict[str, Any] = {}
+        if temperature is not None:
+            over.update({f"{s}_temperature": temperature for s in STAGES})
+        if top_p is not None:
+            over["top_p"] = top_p
+        for stage, limit in (max_tokens or {}).items():
+            if stage not in STAGES:
+                raise InputError(f"unknown generation stage {stage!r}; one of {', '.join(STAGES)}")
+            if limit is not None:
+                over[f"max_{stage}_tokens"] = limit
+        return dataclasses.replace(self, **over)
 
 
 @dataclass
@@ -582,13 +614,13 @@ def validate(cfg: Config) -> Config:
     if cfg.train.sampling_correction_cap <= 0:
         raise ConfigError(f"train.sampling_correction_cap: must be > 0, got {cfg.train.sampling_correction_cap}")
     stage = OBJECTIVE_STAGES[cfg.train.objective]
-    temperature = getattr(cfg.generation, f"{stage}_temperature")
+    temperature = cfg.generation.sampling(stage).temperature
     if cfg.train.sampling_correction == "tis" and temperature not in (0, 1):
         raise ConfigError("train.sampling_correction=tis compares the engine's log-probs, taken at temperature 1, with the "
                           f"training forward's at generation.{stage}_temperature={temperature}; "
                           "set it to 1 (or 0) or train.sampling_correction=none")
-    for stage in ("attempt", "reflection", "retry"):
-        if getattr(cfg.generation, f"{stage}_temperature") < 0:
+    for stage in STAGES:
+        if cfg.generation.sampling(stage).temperature < 0:
             raise ConfigError(f"generation.{stage}_temperature: must be >= 0")
     if not 0 < cfg.generation.top_p <= 1:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
@@ -608,7 +640,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"eval.temperature: must be >= 0, got {ev.temperature}")
     if ev.top_p is not None and not 0 < ev.top_p <= 1:
         raise ConfigError(f"eval.top_p: must be in (0, 1], got {ev.top_p}")
-    for stage in ("attempt", "reflection", "retry"):
+    for stage in STAGES:
         limit = getattr(ev, f"max_{stage}_tokens")
         if limit is not None and limit < 1:
             raise ConfigError(f"eval.max_{stage}_tokens: must be at least 1 (or unset), got {limit}")

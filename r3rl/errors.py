@@ -14,7 +14,7 @@ RuntimeError), so code that catches those keeps working.
         DataError                   r3rl.tasks.data: a dataset file or hub dataset
         DamagedFileError            r3rl.file_checks: a truncated or garbled JSON / weights / state file
         ReportError                 r3rl.reporting.run: a run folder that cannot be reported on
-      VerifierError(RuntimeError)   r3rl.rollout: a task's verifier raised too often
+      VerifierError(RuntimeError)   r3rl.environment.scoring (also r3rl.rollout): a task's verifier raised too often
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r3rl.config import Config
+from r3rl.config import STAGES, Config
 from r3rl.engine.base import prefix_setting, use_shared_prefix
 from r3rl.errors import InputError
 
@@ -130,17 +130,18 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
     out["gradients (float32)"] = FP32 * trainable
     out["optimizer (AdamW, 2 x float32)"] = 2 * FP32 * trainable
     rows = t.micro_batch_size * cfg.rollout.group_size  # reflections back-propagated at once
-    seq = prompt_tokens + g.max_attempt_tokens + INSTRUCTION_TOKENS + g.max_reflection_tokens
+    lim = {stage: g.sampling(stage).max_new_tokens for stage in STAGES}  # the per-stage token limits
+    seq = prompt_tokens + lim["attempt"] + INSTRUCTION_TOKENS + lim["reflection"]
     per_token_layer = shape.activation_bytes_per_token_layer()
     logits = t.logit_chunk_size * shape.vocab * (2 * FP32 + HALF)  # one chunk: float32 logits + grad buffer + bf16 head out
     full = rows * seq * (shape.layers * per_token_layer) + logits
     ckpt = rows * seq * (shape.layers * shape.hidden * HALF + per_token_layer) + logits
     out["activations without gradient checkpointing"] = full
     out["activations with gradient checkpointing"] = ckpt
-    gen_len = (prompt_tokens + g.max_attempt_tokens + g.max_reflection_tokens + g.max_retry_tokens
+    gen_len = (prompt_tokens + lim["attempt"] + lim["reflection"] + lim["retry"]
                + 2 * INSTRUCTION_TOKENS)
     kv_tokens = g.max_batch_size * gen_len
-    context = prompt_tokens + g.max_attempt_tokens + INSTRUCTION_TOKENS  # what a failure's G reflections share
+    context = prompt_tokens + lim["attempt"] + INSTRUCTION_TOKENS  # what a failure's G reflections share
     if use_shared_prefix(prefix_setting(g.shared_prefix_attention), [[0] * context], cfg.rollout.group_size):
         # Shared-prefix attention: each failure context once (the groups in the slots, one more
         # finishing), each row only its reflection + retry suffix + retry.
@@ -155,15 +156,19 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
 def generated_tokens(cfg: Config) -> dict[str, int]:
     """Upper bounds on generated tokens (every generation at its limit) of each stage."""
     g, r, t, f, e = cfg.generation, cfg.rollout, cfg.train, cfg.failures, cfg.eval
-    per_reflection = r.rounds * (g.max_reflection_tokens + r.retries_per_reflection * g.max_retry_tokens)
+    lim = {stage: g.sampling(stage).max_new_tokens for stage in STAGES}
+    # evaluation samples with eval.max_*_tokens where set (as evaluation/accuracy.py's eval_generation does)
+    ev = g.with_stages(max_tokens={stage: getattr(e, f"max_{stage}_tokens") for stage in STAGES})
+    elim = {stage: ev.sampling(stage).max_new_tokens for stage in STAGES}
+    per_reflection = r.rounds * (lim["reflection"] + r.retries_per_reflection * lim["retry"])
     train = t.steps * t.batch_size * r.group_size * per_reflection
     if t.online:
-        train += t.steps * t.batch_size * f.attempts_per_example * g.max_attempt_tokens
-    per_eval = e.samples_per_example * (g.max_attempt_tokens + g.max_reflection_tokens + g.max_retry_tokens
-                                        + (g.max_retry_tokens if e.no_reflection_control else 0))
+        train += t.steps * t.batch_size * f.attempts_per_example * lim["attempt"]
+    per_eval = e.samples_per_example * (elim["attempt"] + elim["reflection"] + elim["retry"]
+                                        + (elim["retry"] if e.no_reflection_control else 0))
     evals = math.ceil(t.steps / t.eval_every) if t.eval_every else 0
     return {
-        "mining": 0 if t.online else f.num_examples * f.attempts_per_example * g.max_attempt_tokens,
+        "mining": 0 if t.online else f.num_examples * f.attempts_per_example * lim["attempt"],
         "training": train,
         "periodic evaluation": evals * t.eval_examples * per_eval,
         "evaluation (r3rl eval, once)": e.num_examples * per_eval,

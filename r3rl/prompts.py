@@ -113,10 +113,15 @@ def continuation_suffix(
     with `user_text`, the generation prompt); if the generated ids already end
     with a stop token, the template's own end-of-turn token is not repeated.
     """
-    conv = list(messages) + [
-        {"role": "assistant", "content": _SENTINEL},
-        {"role": "user", "content": user_text},
-    ]
+    return response_suffix(tokenizer, messages, [{"role": "user", "content": user_text}], tools, generated_ids, stop_ids)
+
+
+def response_suffix(
+    tokenizer, messages: Messages, new_messages: Messages, tools: list | None, generated_ids: list[int],
+    stop_ids: list[int],
+) -> list[int]:
+    """As `continuation_suffix`, with any messages after the assistant turn (a tool's output, then a user turn)."""
+    conv = list(messages) + [{"role": "assistant", "content": _SENTINEL}] + list(new_messages)
     text = render(tokenizer, conv, tools, add_generation_prompt=True)
     idx = text.rfind(_SENTINEL)
     if idx < 0:

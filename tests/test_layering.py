@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("prompts",),
     ("engine",),
     ("provenance",),
-    ("rollout",),
+    ("rollout", "environment"),
     ("stack",),
     ("mining",),
     ("evaluation",),

@@ -196,3 +196,40 @@ def test_each_retry_of_several_rounds_is_verified_once(tok, raising):
     assert roll.verify_errors == (6 if raising else 0)
     if raising:
         assert all(e.retry_reason == "verifier error: KeyError" for e in eps)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_rounds_compose_with_several_retries_per_reflection(tok, k):
+    """rounds x retries_per_reflection: every round has its k retries, and a failed first retry is
+    reflected on again while rounds remain (k > 1 used to stop after round 1)."""
+    task = CountingTask()
+    always_wrong = lambda p, j: "No idea." if "Reflect on what went wrong" in last_user(p) else "cherry"  # noqa: E731
+    engine = ScriptedEngine(tok, always_wrong)
+    roll = Rollout(engine, task, GenerationConfig(), RolloutConfig(rounds=2, retries_per_reflection=k))
+    eps = roll.reflect_and_retry([Failure(task.load_examples()[0], "banana")], group_size=2, seed=0)
+    assert sorted(e.round for e in eps) == [1, 1, 2, 2]
+    assert all(e.extra["retries"] == k for e in eps) and not any(e.retry_ok for e in eps)
+    assert task.calls == 2 * 2 * k  # 2 chains x 2 rounds x k retries, each verified once
+    second = [e for e in eps if e.round == 2][0]
+    ctx = tok.decode(second.context_ids)
+    assert ctx.count(prompts.DEFAULT_REFLECT) == 2 and "cherry" in ctx
+    assert second.retry_prompt_ids[: len(second.context_ids)] == second.context_ids  # the retry continues it
+
+
+@pytest.mark.parametrize(("rounds", "k", "calls"), [(1, 1, 1), (3, 1, 1), (1, 2, 2), (2, 2, 3)])
+def test_one_sample_turns_continue_inside_the_engine_call(tok, rounds, k, calls):
+    """A one-sample turn (a retry with k = 1, a later round's reflection) is a suffix continuation of the
+    sequence the engine holds; only several samples from one prompt (k > 1) take a call of their own."""
+    task = EchoTask()
+    always_wrong = lambda p, j: "No idea." if "Reflect on what went wrong" in last_user(p) else "cherry"  # noqa: E731
+    engine = ScriptedEngine(tok, always_wrong)
+    seen = []
+    generate = engine.generate
+    engine.generate = lambda prompts_, params, n=1, then=None: seen.append(n) or generate(prompts_, params, n, then)
+    roll = Rollout(engine, task, GenerationConfig(), RolloutConfig(rounds=rounds, retries_per_reflection=k))
+    env, lines = roll.trajectories([Failure(task.load_examples()[0], "banana")], group_size=2, seed=0)
+    assert seen == [2] + [k] * (calls - 1)
+    for traj in (t for row in lines for t in row):
+        assert [t.role for t in traj.generated()] == ["reflection", "retry"] * rounds
+        assert all(len(t.alternatives) == k - 1 for t in traj.generated("retry"))
+        assert traj.loss_mask() == [int(t.is_generated) for t in traj.turns for _ in t.token_ids]

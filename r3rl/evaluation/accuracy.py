@@ -17,7 +17,6 @@ resumes (see evaluate_model). Each trial is one TrialRecord (r3rl/evaluation/rec
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
-from r3rl.config import EvalConfig, GenerationConfig, to_dict
+from r3rl.config import STAGES, EvalConfig, GenerationConfig, to_dict
 from r3rl.distributed import chunk_ranges, processes
 from r3rl.errors import InputError
 from r3rl.io import write_json
@@ -49,16 +48,8 @@ def _acc(key: str, hits: int, n: int) -> dict[str, Any]:
 def eval_generation(gen: GenerationConfig, ecfg: EvalConfig) -> GenerationConfig:
     """The generation settings of an evaluation: eval.temperature / top_p / max_*_tokens in place of
     the generation section's where set (a copy: the section itself is left as it is)."""
-    over: dict[str, Any] = {}
-    if ecfg.temperature is not None:
-        over.update({f"{s}_temperature": ecfg.temperature for s in ("attempt", "reflection", "retry")})
-    if ecfg.top_p is not None:
-        over["top_p"] = ecfg.top_p
-    for stage in ("attempt", "reflection", "retry"):
-        limit = getattr(ecfg, f"max_{stage}_tokens")
-        if limit is not None:
-            over[f"max_{stage}_tokens"] = limit
-    return dataclasses.replace(gen, **over)
+    return gen.with_stages(temperature=ecfg.temperature, top_p=ecfg.top_p,
+                           max_tokens={stage: getattr(ecfg, f"max_{stage}_tokens") for stage in STAGES})
 
 
 def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chunk: list, seed: int,

@@ -85,11 +85,11 @@ class TrainingObjective:
 
     def temperature(self, gen: "GenerationConfig") -> float:
         """The sampling temperature of the trained completions (0 = greedy counts as 1)."""
-        return getattr(gen, f"{self.stage}_temperature") or 1.0
+        return gen.sampling(self.stage).temperature or 1.0
 
     def max_tokens(self, gen: "GenerationConfig") -> int:
         """The token limit of the trained completions (the token_sum constant)."""
-        return getattr(gen, f"max_{self.stage}_tokens")
+        return gen.sampling(self.stage).max_new_tokens
 
 
 class ReflectionObjective(TrainingObjective):
