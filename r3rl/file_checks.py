@@ -9,12 +9,21 @@ DamagedFileError (a ValueError) naming the file.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
 from r3rl.errors import DamagedFileError
 
-__all__ = ["check_json_file", "check_safetensors", "check_torch_zip", "check_model_folder"]
+__all__ = ["check_json_file", "check_safetensors", "check_torch_zip", "check_model_folder", "relative_note"]
+
+
+def relative_note(path: str | os.PathLike[str], what: str = "a relative path") -> str:
+    """' (a relative path, resolved from the current folder /x)' for a relative path, '' for an absolute
+    one: run from another folder, 'no such data file: sums.jsonl' alone does not say where it looked."""
+    if Path(path).expanduser().is_absolute():
+        return ""
+    return f" ({what}, resolved from the current folder {os.getcwd()})"
 
 
 def check_json_file(path: Path) -> None:

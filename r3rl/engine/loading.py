@@ -52,8 +52,18 @@ def _is_local(path: str) -> bool:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+# r3rl's own output root (train.output_dir, eval.output_dir, failures.path): "runs/x" names a run folder.
+_LOCAL_ROOTS = ("runs",)
+
+
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name)
+    """A name that cannot be, or is plainly not meant as, a hub id: ./x, ../x, /x, ~/x, a/b/c, a\\b,
+    and "owner/name" where owner is a local folder or r3rl's output root (runs/x): a mistyped local
+    path is then reported as a missing folder, not blamed on the hub. "Qwen/Qwen2-1.5B" stays a hub id."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name):
+        return True
+    owner, slash, _ = name.partition("/")
+    return bool(slash) and (owner in _LOCAL_ROOTS or Path(owner).is_dir())
 
 
 _ALIASES: dict[str, str] = {}
@@ -141,7 +151,9 @@ def load_model(
                 f"nor adapter_config.json (a peft LoRA adapter)"
             )
     elif _looks_like_path(name_or_path):
-        raise FileNotFoundError(f"model folder not found: {name_or_path} (and it is not a Hugging Face hub id)")
+        from r3rl.file_checks import relative_note
+
+        raise FileNotFoundError(f"no such model folder: {name_or_path}{relative_note(name_or_path)}")
     elif base is not None:
         base_name = base
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
