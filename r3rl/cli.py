@@ -21,7 +21,7 @@ import os
 import sys
 
 from r3rl import __version__
-from r3rl.errors import InputError, R3RLError
+from r3rl.errors import InputError, R3RLError, RenamedConfigWarning
 
 
 def _config(args: argparse.Namespace):
@@ -373,8 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """r3rl's own warnings (a renamed config key) print as one line, without the Python source line
+    that issued them; library warnings keep Python's format."""
+    import warnings
+
+    python_format = getattr(warnings.formatwarning, "python_format", warnings.formatwarning)
+
+    def fmt(message, category, filename, lineno, line=None):
+        if issubclass(category, RenamedConfigWarning):
+            return f"r3rl: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    fmt.python_format = python_format  # type: ignore[attr-defined]  # main() may run many times in one process
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Overrides may come before, between or after options (`eval -c F a=1 -o DIR b=2`): argparse hands
