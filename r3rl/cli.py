@@ -118,15 +118,13 @@ def _interrupted(args: argparse.Namespace, saved: str, extra: str = "") -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from r3rl.mining import mine, passed_path
+    from r3rl.api import mine
+    from r3rl.mining import passed_path
 
     cfg = _config(args)
     path = cfg.failures.path
     try:
-        roll = _launched_rollout(cfg)
-        got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
-        _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got), file=sys.stderr)  # stdout stays the JSON summary
-        summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
+        summary = mine(cfg)  # its notes go to stderr: stdout stays the JSON summary
     except KeyboardInterrupt:
         done = sum(_count_lines(p) for p in (path, passed_path(path)))
         return _interrupted(args, f"{done} mined example(s) are saved in {path} (failures) and {passed_path(path)} (all passed)")
@@ -144,7 +142,8 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import chunks_done, class_table, evaluate_model, group_table, results_table
+    from r3rl.api import evaluate
+    from r3rl.evaluation.accuracy import chunks_done, class_table, group_table, results_table
     from r3rl.progress import print_table
 
     cfg = _config(args)
@@ -152,10 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.model.name_or_path = args.model
     out = Path(args.output or cfg.eval.output_dir)
     try:
-        roll = _launched_rollout(cfg)
-        got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
-        _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
-        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
+        res = evaluate(cfg, output_dir=args.output)
     except KeyboardInterrupt:
         chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
@@ -173,16 +169,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from r3rl.distributed import launch_rank
-    from r3rl.reporting.model_card import publish_final
+    from r3rl.api import train
     from r3rl.training.checkpoint import latest_checkpoint
-    from r3rl.training.trainer import train
 
     cfg = _config(args)
-    if args.overwrite:
-        cfg.train.overwrite_output_dir = True
     try:
-        final = train(cfg, resume=args.resume_from or args.resume)
+        final = train(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite)  # and the model cards
     except KeyboardInterrupt:
         ckpt = latest_checkpoint(cfg.train.output_dir)
         if ckpt is None:
@@ -190,8 +182,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}",
                                 extra="--resume")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
-    if launch_rank() == 0:  # the model cards (and the Hub push) once; training has closed the process group
-        publish_final(cfg.train.output_dir, final, cfg.train.push_to_hub, cfg.train.hub_model_id)
     _say(f"final model: {final}")
     return 0
 
@@ -207,19 +197,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from r3rl.api import report
     from r3rl.progress import print_table
-    from r3rl.reporting.report import build_report, summary_table
+    from r3rl.reporting.report import summary_table
 
-    html = build_report(args.run_dir)
+    html = report(args.run_dir)
     print_table(summary_table(args.run_dir))
     print(f"wrote {html} and {html.with_suffix('.md')}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from r3rl.file_checks import check_output
     from r3rl.progress import print_table
     from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
 
+    check_output(args.output, "--output")  # before the comparison is computed
     data = compare_runs(args.run_dirs)
     print_table(rich_table(data))
     md = write_comparison(data, args.output)

@@ -124,3 +124,50 @@ def test_a_renamed_key_warns_in_one_line_without_source(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines() == [
         "r3rl: warning: config key 'mine.output' is now 'failures.path' (the old spelling is removed in r3rl 0.3)"]
+
+
+# --- output locations, checked before the work starts ---
+
+@pytest.fixture
+def a_file(tmp_path):
+    f = tmp_path / "sums.jsonl"
+    f.write_text("{}\n")
+    return f
+
+
+# The model folder does not exist: an output error must come first, before anything loads or computes.
+NO_MODEL = "model.name_or_path=./no-such-model"
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["mine", "task.name=countdown", NO_MODEL, "failures.path={f}/fail.jsonl"], "failures.path"),
+    (["eval", "task.name=countdown", NO_MODEL, "eval.output_dir={f}/out"], "eval.output_dir"),
+    (["eval", "task.name=countdown", NO_MODEL, "-o", "{f}/out"], "--output"),
+    (["train", "task.name=countdown", NO_MODEL, "train.output_dir={f}/run"], "train.output_dir"),
+    (["compare", "runs/a", "runs/b", "-o", "{f}/cmp"], "--output"),
+])
+def test_an_output_under_a_file_names_the_field_before_any_work(argv, field, a_file, capsys):
+    argv = [a.format(f=a_file) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"r3rl {argv[0]}: error: {field}: cannot write {a_file}/") and "\n" not in err
+    assert f"{a_file} is a file, not a folder" in err and ".tmp" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_in_a_folder_that_takes_no_files_names_the_field(capsys):
+    assert main(["mine", "task.name=countdown", NO_MODEL, "failures.path=/proc/fail.jsonl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("r3rl mine: error: failures.path: cannot write /proc/fail.jsonl: cannot create a file in /proc (")
+    assert ".tmp" not in err and "\n" not in err
+
+
+def test_writable_outputs_pass_and_leave_nothing_behind(tmp_path):
+    from r3rl.file_checks import check_output
+
+    check_output(tmp_path / "new" / "deeper", "train.output_dir")
+    check_output(tmp_path / "f.jsonl", "failures.path", is_file=True)
+    assert list(tmp_path.iterdir()) == []  # nothing created: the folders are made when the work writes
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InputError, match=r"^failures.path: .*/d is a folder, not a file"):
+        check_output(tmp_path / "d", "failures.path", is_file=True)

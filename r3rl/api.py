@@ -1,0 +1,121 @@
+"""The Python API: what `r3rl mine`, `eval`, `train` and `report` do, as functions.
+
+The commands in r3rl/cli.py call these same functions (the command line only adds its printing and
+Ctrl-C handling), so a script and the command line behave alike: the same checks before the work
+starts (output folders, task options), the same files, the same errors (r3rl.errors.InputError and
+its subclasses, one sentence naming the field or file). `import r3rl` exposes them lazily:
+
+    import r3rl
+
+    cfg = r3rl.load_config("configs/qwen2.5-1.5b-countdown.yaml", ["train.steps=10"])
+    before = r3rl.evaluate(cfg, output_dir="runs/eval_before")
+    final = r3rl.train(cfg)                                  # mines cfg.failures.path first if missing
+    after = r3rl.evaluate(cfg, model=final, output_dir="runs/eval_after")
+
+`config` is a Config (r3rl.load_config), a YAML file, or None (the defaults); `overrides` are
+"section.field=value" strings as on the command line, applied on top of a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from r3rl.config import Config
+
+__all__ = ["train", "evaluate", "mine", "report", "as_config"]
+
+ConfigLike = Union["Config", str, os.PathLike, None]
+
+
+def as_config(config: ConfigLike = None, overrides: list[str] | None = None) -> "Config":
+    """A validated copy of `config` (a Config, a YAML file or None), with `overrides` applied."""
+    from r3rl.config import Config, load_config, validate
+    from r3rl.errors import InputError
+
+    if isinstance(config, Config):
+        if overrides:
+            raise InputError("overrides go with a config file (or None); on a Config object set its fields")
+        return validate(copy.deepcopy(config))  # fields set by hand are checked like a file's
+    return load_config(config, list(overrides or []))
+
+
+def _announce(line: str) -> None:
+    """Progress notes go to stderr, from the main process only (as the command line prints them)."""
+    from r3rl.cli import _say
+
+    _say(line, file=sys.stderr)
+
+
+def mine(config: ConfigLike = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Mine a failure set into `failures.path` (resumable); returns its summary (what `r3rl mine` prints)."""
+    from r3rl.cli import _launched_rollout, _split_line
+    from r3rl.file_checks import check_output
+    from r3rl.mining import mine as mine_failures
+
+    cfg = as_config(config, overrides)
+    check_output(cfg.failures.path, "failures.path", is_file=True)
+    roll = _launched_rollout(cfg)
+    got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
+    _announce(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got))
+    return mine_failures(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
+
+
+def evaluate(config: ConfigLike = None, overrides: list[str] | None = None, *, model: str | os.PathLike | None = None,
+             output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate acc@1, acc@2 and the no-reflection control (what `r3rl eval` does); returns results.json's content.
+
+    model: a hub id, model folder or LoRA adapter folder (default `model.name_or_path`).
+    output_dir: where results.json and episodes.jsonl go (default `eval.output_dir`); the same call
+        into the same folder resumes after its last finished chunk.
+    """
+    from r3rl.cli import _launched_rollout, _split_line
+    from r3rl.evaluation.accuracy import evaluate_model
+    from r3rl.file_checks import check_output
+
+    cfg = as_config(config, overrides)
+    if model:
+        cfg.model.name_or_path = str(model)
+    out = Path(output_dir or cfg.eval.output_dir)
+    check_output(out, "--output" if output_dir else "eval.output_dir")
+    roll = _launched_rollout(cfg)
+    got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
+    _announce(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got))
+    return evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path)
+
+
+def train(config: ConfigLike = None, overrides: list[str] | None = None, *, resume: bool | str = False,
+          overwrite: bool = False) -> Path:
+    """Reflection GRPO training (what `r3rl train` does); returns the final model's folder.
+
+    Mines `failures.path` first when it does not exist. resume: True continues from the latest
+    checkpoint of `train.output_dir`, a path from that checkpoint. overwrite: start again in a
+    `train.output_dir` that holds an older run. The model card is written into the final folder
+    (and pushed when `train.push_to_hub`).
+    """
+    from r3rl.distributed import launch_rank
+    from r3rl.file_checks import check_output
+    from r3rl.reporting.model_card import publish_final
+    from r3rl.training.trainer import train as run_training
+
+    cfg = as_config(config, overrides)
+    if overwrite:
+        cfg.train.overwrite_output_dir = True
+    check_output(cfg.train.output_dir, "train.output_dir")
+    if not Path(cfg.failures.path).exists():  # training mines it first
+        check_output(cfg.failures.path, "failures.path", is_file=True)
+    final = run_training(cfg, resume=resume)
+    if launch_rank() == 0:  # the model cards (and the Hub push) once; training has closed the process group
+        publish_final(cfg.train.output_dir, final, cfg.train.push_to_hub, cfg.train.hub_model_id)
+    return Path(final)
+
+
+def report(run_dir: str | os.PathLike) -> Path:
+    """report.md, report.html and report/*.png of a run folder (what `r3rl report` writes); returns report.html."""
+    from r3rl.reporting.report import build_report
+
+    return build_report(run_dir)
