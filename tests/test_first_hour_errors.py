@@ -171,3 +171,26 @@ def test_writable_outputs_pass_and_leave_nothing_behind(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(InputError, match=r"^failures.path: .*/d is a folder, not a file"):
         check_output(tmp_path / "d", "failures.path", is_file=True)
+
+
+# --- noise a user cannot act on ---
+
+def test_loading_a_model_and_an_adapter_prints_no_bar_and_no_library_future_warning(model_dir, tmp_path, capfd):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from r3rl.engine.loading import load_model
+
+    model, _ = load_model(str(model_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # peft reads transformers' deprecated is_gradient_checkpointing
+        load_model(str(model_dir))
+        load_model(str(tmp_path / "adapter"))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err, err

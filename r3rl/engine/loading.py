@@ -9,9 +9,11 @@ chat template or tokens), else from the base.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +99,32 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
+# transformers' own bars while it reads a checkpoint already on disk (a hub download keeps its bars)
+_LOADING_BARS = ("Loading weights", "Loading checkpoint shards")
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar():
+    """Without transformers' "Loading weights" bar: a second of loading, shown at every eval, mining
+    and training start, and again into logs, tells a user nothing they can act on."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: leave its bars as they are
+        yield
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in _LOADING_BARS:
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
 def _adapter_base(adapter_dir: Path) -> str:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
@@ -172,7 +200,8 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     kwargs.update(init_kwargs or {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_name, **kwargs)
+        with _no_weight_loading_bar():
+            model = AutoModelForCausalLM.from_pretrained(base_name, **kwargs)
     except OSError as e:  # transformers turns hub errors (missing, gated, offline) into OSError
         raise FileNotFoundError(hub_error_hint(base_name, "model", e)) from None
     model.to(device_t)
@@ -180,7 +209,10 @@ def load_model(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
+        with warnings.catch_warnings():
+            # peft (0.21) reads the model's deprecated `is_gradient_checkpointing`; nothing here can rename it
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
         if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer_source = str(adapter_dir)
     try:
