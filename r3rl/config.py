@@ -566,7 +566,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path:
         path = Path(path)
         if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+            from r3rl.file_checks import relative_note
+
+            raise ConfigError(f"config file not found: {path}{relative_note(path)}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

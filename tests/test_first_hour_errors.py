@@ -194,3 +194,11 @@ def test_loading_a_model_and_an_adapter_prints_no_bar_and_no_library_future_warn
         load_model(str(tmp_path / "adapter"))
     err = capfd.readouterr().err
     assert "Loading weights" not in err, err
+
+
+def test_a_missing_relative_config_file_names_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/mine.yaml")
+    assert str(e.value) == (f"config file not found: configs/mine.yaml (a relative path, resolved from the "
+                            f"current folder {tmp_path})")
