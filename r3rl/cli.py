@@ -222,7 +222,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from r3rl.demo.run import run_demo
+    from r3rl.file_checks import check_output
 
+    check_output(args.output, "--output")
     return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides, compare=args.compare)
 
 
@@ -233,6 +235,10 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
 
     if len(args.model) != 2:
         raise InputError(f"give --model twice (before, then after), got {len(args.model)}")
+    if args.output:
+        from r3rl.file_checks import check_output
+
+        check_output(args.output, "--output", is_file=True)  # before both models are evaluated
     tasks = [t for item in (args.tasks or PAPER_TASKS) for t in item.split(",") if t]
     limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
     try:
@@ -255,6 +261,10 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
 def cmd_check_task(args: argparse.Namespace) -> int:
     from r3rl.checks.verifier_check import check_tasks, parse_options, report_table, to_json
 
+    if args.json:
+        from r3rl.file_checks import check_output
+
+        check_output(args.json, "--json", is_file=True)
     reports = check_tasks(args.tasks or None, options=parse_options(args.option), cases=args.cases, seed=args.seed,
                           time_limit=args.time_limit, hard_limit=args.hard_limit, progress=not args.quiet)
     print(report_table(reports))

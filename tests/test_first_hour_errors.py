@@ -145,6 +145,9 @@ NO_MODEL = "model.name_or_path=./no-such-model"
     (["eval", "task.name=countdown", NO_MODEL, "-o", "{f}/out"], "--output"),
     (["train", "task.name=countdown", NO_MODEL, "train.output_dir={f}/run"], "train.output_dir"),
     (["compare", "runs/a", "runs/b", "-o", "{f}/cmp"], "--output"),
+    (["demo", "-o", "{f}/demo"], "--output"),
+    (["forgetting", "--model", "./no-a", "--model", "./no-b", "-o", "{f}/forgetting.json"], "--output"),
+    (["check-task", "countdown", "--cases", "2", "--json", "{f}/check.json"], "--json"),
 ])
 def test_an_output_under_a_file_names_the_field_before_any_work(argv, field, a_file, capsys):
     argv = [a.format(f=a_file) for a in argv]
