@@ -44,16 +44,52 @@ def as_config(config: ConfigLike = None, overrides: list[str] | None = None) -> 
     return load_config(config, list(overrides or []))
 
 
-def _announce(line: str) -> None:
-    """Progress notes go to stderr, from the main process only (as the command line prints them)."""
-    from r3rl.cli import _say
+def _rollout(cfg, device=None):
+    """The model behind an engine, and the rollout over the configured task."""
+    from r3rl.stack import build_rollout
 
+    return build_rollout(cfg, device=device)
+
+
+def _launched_rollout(cfg):
+    """Under `accelerate launch` every process loads the model on its own device and takes its share
+    of the chunks (r3rl/distributed.py); a plain run is one process."""
+    from r3rl.distributed import launched_state
+
+    state = launched_state()
+    return _rollout(cfg, device=state.device if state is not None else None)
+
+
+def _say(msg: str, file=None) -> None:
+    """Print once, from the main process of a launched run."""
+    from r3rl.distributed import launch_rank
+
+    if launch_rank() == 0:
+        print(msg, file=file or sys.stdout, flush=True)
+
+
+def _split_line(task, split: str, asked: int, got: int) -> str:
+    """How many examples the split gave, and, for a task read from a file, how the file was split:
+    a 5-row file held out 10% by hash otherwise evaluates 1 row without a word."""
+    from r3rl.tasks.data import FileTask
+
+    line = f"{task.name}: {got} example(s) from split '{split}' (asked for {asked})"
+    if isinstance(task, FileTask) and task.path:
+        counts = {s: len(task.load_examples(s, None)) for s in ("train", "test")}
+        line += f"; {task.path} gives {counts['train']} train / {counts['test']} test"
+        if task.test_path is None:
+            line += (f" (a hash-based test_fraction={task.test_fraction} of its rows is the test split; "
+                     "set task.options.test_path or test_fraction to change it)")
+    return line
+
+
+def _announce(line: str) -> None:
+    """Progress notes go to stderr (stdout stays `r3rl mine`'s JSON summary), from the main process only."""
     _say(line, file=sys.stderr)
 
 
 def mine(config: ConfigLike = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Mine a failure set into `failures.path` (resumable); returns its summary (what `r3rl mine` prints)."""
-    from r3rl.cli import _launched_rollout, _split_line
     from r3rl.file_checks import check_output
     from r3rl.mining import mine as mine_failures
 
@@ -73,7 +109,6 @@ def evaluate(config: ConfigLike = None, overrides: list[str] | None = None, *, m
     output_dir: where results.json and episodes.jsonl go (default `eval.output_dir`); the same call
         into the same folder resumes after its last finished chunk.
     """
-    from r3rl.cli import _launched_rollout, _split_line
     from r3rl.evaluation.accuracy import evaluate_model
     from r3rl.file_checks import check_output
 

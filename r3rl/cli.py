@@ -21,6 +21,7 @@ import os
 import sys
 
 from r3rl import __version__
+from r3rl.api import _say  # print once, from the main process of a launched run
 from r3rl.errors import InputError, R3RLError, RenamedConfigWarning
 
 
@@ -55,45 +56,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     for name, value, doc in rows:
         print(f"{name} = {value}".ljust(width) + f"  {doc}")
     return 0
-
-
-def _rollout(cfg, device=None):
-    """The model behind an engine, and the rollout over the configured task."""
-    from r3rl.stack import build_rollout
-
-    return build_rollout(cfg, device=device)
-
-
-def _launched_rollout(cfg):
-    """Under `accelerate launch` every process loads the model on its own device and takes its share
-    of the chunks (r3rl/distributed.py); a plain run is one process."""
-    from r3rl.distributed import launched_state
-
-    state = launched_state()
-    return _rollout(cfg, device=state.device if state is not None else None)
-
-
-def _say(msg: str, file=None) -> None:
-    """Print once, from the main process of a launched run."""
-    from r3rl.distributed import launch_rank
-
-    if launch_rank() == 0:
-        print(msg, file=file or sys.stdout, flush=True)
-
-
-def _split_line(task, split: str, asked: int, got: int) -> str:
-    """How many examples the split gave, and, for a task read from a file, how the file was split:
-    a 5-row file held out 10% by hash otherwise evaluates 1 row without a word."""
-    from r3rl.tasks.data import FileTask
-
-    line = f"{task.name}: {got} example(s) from split '{split}' (asked for {asked})"
-    if isinstance(task, FileTask) and task.path:
-        counts = {s: len(task.load_examples(s, None)) for s in ("train", "test")}
-        line += f"; {task.path} gives {counts['train']} train / {counts['test']} test"
-        if task.test_path is None:
-            line += (f" (a hash-based test_fraction={task.test_fraction} of its rows is the test split; "
-                     "set task.options.test_path or test_fraction to change it)")
-    return line
 
 
 def _resume_command(args: argparse.Namespace, extra: str = "") -> str:
