@@ -22,7 +22,7 @@ import sys
 
 from r3rl import __version__
 from r3rl.api import _say  # print once, from the main process of a launched run
-from r3rl.errors import InputError, R3RLError, RenamedConfigWarning
+from r3rl.errors import InputError, R3RLError
 
 
 def _config(args: argparse.Namespace):
@@ -339,14 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warnings() -> None:
-    """r3rl's own warnings (a renamed config key) print as one line, without the Python source line
-    that issued them; library warnings keep Python's format."""
+    """r3rl's own warnings (a renamed config key, no learning signal) print as one line, without the
+    Python source line that issued them; library warnings keep Python's format."""
     import warnings
 
     python_format = getattr(warnings.formatwarning, "python_format", warnings.formatwarning)
 
     def fmt(message, category, filename, lineno, line=None):
-        if issubclass(category, RenamedConfigWarning):
+        if category.__module__.partition(".")[0] == "r3rl":  # defined by r3rl (RenamedConfigWarning ...)
             return f"r3rl: warning: {message}\n"
         return python_format(message, category, filename, lineno, line)
 

@@ -205,3 +205,21 @@ def test_a_missing_relative_config_file_names_the_current_folder(tmp_path, monke
         load_config("configs/mine.yaml")
     assert str(e.value) == (f"config file not found: configs/mine.yaml (a relative path, resolved from the "
                             f"current folder {tmp_path})")
+
+
+def test_r3rls_own_warnings_print_as_one_line_under_the_command_line():
+    import warnings
+
+    from r3rl import cli
+    from r3rl.training.trainer import NoLearningSignalWarning
+
+    saved = warnings.formatwarning
+    try:
+        cli._one_line_warnings()
+        line = warnings.formatwarning("no learning signal: ...", NoLearningSignalWarning, "trainer.py", 465,
+                                      "self._watch_signal(t)")
+        assert line == "r3rl: warning: no learning signal: ...\n"
+        other = warnings.formatwarning("x is deprecated", FutureWarning, "lib.py", 3, "x()")
+        assert other.startswith("lib.py:3: FutureWarning: x is deprecated")  # a library's keeps Python's format
+    finally:
+        warnings.formatwarning = saved
