@@ -33,7 +33,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from r3rl.cli import _rollout
+    from r3rl.api import _rollout
     from r3rl.config import load_config
     from r3rl.distributed import launched_state, processes
     from r3rl.mining import mine

@@ -21,6 +21,7 @@ import os
 import sys
 
 from r3rl import __version__
+from r3rl.api import _say  # print once, from the main process of a launched run
 from r3rl.errors import InputError, R3RLError
 
 
@@ -57,45 +58,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rollout(cfg, device=None):
-    """The model behind an engine, and the rollout over the configured task."""
-    from r3rl.stack import build_rollout
-
-    return build_rollout(cfg, device=device)
-
-
-def _launched_rollout(cfg):
-    """Under `accelerate launch` every process loads the model on its own device and takes its share
-    of the chunks (r3rl/distributed.py); a plain run is one process."""
-    from r3rl.distributed import launched_state
-
-    state = launched_state()
-    return _rollout(cfg, device=state.device if state is not None else None)
-
-
-def _say(msg: str, file=None) -> None:
-    """Print once, from the main process of a launched run."""
-    from r3rl.distributed import launch_rank
-
-    if launch_rank() == 0:
-        print(msg, file=file or sys.stdout, flush=True)
-
-
-def _split_line(task, split: str, asked: int, got: int) -> str:
-    """How many examples the split gave, and, for a task read from a file, how the file was split:
-    a 5-row file held out 10% by hash otherwise evaluates 1 row without a word."""
-    from r3rl.tasks.data import FileTask
-
-    line = f"{task.name}: {got} example(s) from split '{split}' (asked for {asked})"
-    if isinstance(task, FileTask) and task.path:
-        counts = {s: len(task.load_examples(s, None)) for s in ("train", "test")}
-        line += f"; {task.path} gives {counts['train']} train / {counts['test']} test"
-        if task.test_path is None:
-            line += (f" (a hash-based test_fraction={task.test_fraction} of its rows is the test split; "
-                     "set task.options.test_path or test_fraction to change it)")
-    return line
-
-
 def _resume_command(args: argparse.Namespace, extra: str = "") -> str:
     import shlex
 
@@ -118,15 +80,13 @@ def _interrupted(args: argparse.Namespace, saved: str, extra: str = "") -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from r3rl.mining import mine, passed_path
+    from r3rl.api import mine
+    from r3rl.mining import passed_path
 
     cfg = _config(args)
     path = cfg.failures.path
     try:
-        roll = _launched_rollout(cfg)
-        got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
-        _say(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got), file=sys.stderr)  # stdout stays the JSON summary
-        summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
+        summary = mine(cfg)  # its notes go to stderr: stdout stays the JSON summary
     except KeyboardInterrupt:
         done = sum(_count_lines(p) for p in (path, passed_path(path)))
         return _interrupted(args, f"{done} mined example(s) are saved in {path} (failures) and {passed_path(path)} (all passed)")
@@ -144,24 +104,16 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import (check_same_weights, chunks_done, class_table, evaluate_model, group_table,
-                                          results_table)
+    from r3rl.api import evaluate
+    from r3rl.evaluation.accuracy import chunks_done, class_table, group_table, results_table
     from r3rl.progress import print_table
-    from r3rl.provenance import model_identity
 
     cfg = _config(args)
     if args.model:
         cfg.model.name_or_path = args.model
     out = Path(args.output or cfg.eval.output_dir)
-    if not args.overwrite:  # before the model loads: an evaluation of other weights there is kept
-        check_same_weights(out, cfg.model.name_or_path, model_identity(cfg.model)["weights"])
     try:
-        roll = _launched_rollout(cfg)
-        identity = model_identity(cfg.model)  # again once loaded: a Hub model is in the cache only now
-        got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
-        _say(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got), file=sys.stderr)
-        res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path,
-                             identity=identity, overwrite=args.overwrite)
+        res = evaluate(cfg, output_dir=args.output, overwrite=args.overwrite)
     except KeyboardInterrupt:
         chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
@@ -179,19 +131,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from r3rl.distributed import launch_rank
-    from r3rl.reporting.model_card import publish_final
+    from r3rl.api import train
     from r3rl.training.checkpoint import latest_checkpoint
-    from r3rl.training.trainer import train
 
     cfg = _config(args)
-    if args.overwrite and (args.resume or args.resume_from):
-        raise InputError(f"--{'resume' if args.resume else 'resume-from'} continues the run in {cfg.train.output_dir} "
-                         "and --overwrite deletes it: pass one of them")
-    if args.overwrite:
-        cfg.train.overwrite_output_dir = True
     try:
-        final = train(cfg, resume=args.resume_from or args.resume)
+        final = train(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite)  # and the model cards
     except KeyboardInterrupt:
         ckpt = latest_checkpoint(cfg.train.output_dir)
         if ckpt is None:
@@ -199,8 +144,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}",
                                 extra="--resume")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
-    if launch_rank() == 0:  # the model cards (and the Hub push) once; training has closed the process group
-        publish_final(cfg.train.output_dir, final, cfg.train.push_to_hub, cfg.train.hub_model_id)
     _say(f"final model: {final}")
     return 0
 
@@ -226,30 +169,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from r3rl.api import report
     from r3rl.progress import print_table
-    from r3rl.reporting.model_card import write_model_cards
-    from r3rl.reporting.report import build_report, summary_table
-    from r3rl.reporting.run import load_run, lookup, stale_warnings
+    from r3rl.reporting.report import summary_table
+    from r3rl.reporting.run import stale_warnings
 
-    html = build_report(args.run_dir)
+    html = report(args.run_dir)
     print_table(summary_table(args.run_dir))
     for warning in stale_warnings(args.run_dir):  # also at the top of the report
         print(f"r3rl report: warning: {warning}", file=sys.stderr)
     print(f"wrote {html} and {html.with_suffix('.md')}")
-    if (Path(args.run_dir) / "final" / "README.md").is_file():  # a card written by `r3rl train`: now with the evals
-        hub_id = lookup(load_run(args.run_dir).config, "train.hub_model_id") or None
-        for card in write_model_cards(args.run_dir, hub_id):
-            print(f"rewrote {card}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from r3rl.file_checks import check_output
     from r3rl.progress import print_table
     from r3rl.reporting.run import stale_warnings
     from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
 
+    check_output(args.output, "--output")  # before the comparison is computed
     data = compare_runs(args.run_dirs)
     print_table(rich_table(data))
     for warning in [w for run_dir in args.run_dirs for w in stale_warnings(run_dir)]:
@@ -261,7 +200,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from r3rl.demo.run import run_demo
+    from r3rl.file_checks import check_output
 
+    check_output(args.output, "--output")
     return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides, compare=args.compare)
 
 
@@ -272,6 +213,10 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
 
     if len(args.model) != 2:
         raise InputError(f"give --model twice (before, then after), got {len(args.model)}")
+    if args.output:
+        from r3rl.file_checks import check_output
+
+        check_output(args.output, "--output", is_file=True)  # before both models are evaluated
     tasks = [t for item in (args.tasks or PAPER_TASKS) for t in item.split(",") if t]
     limit = None if args.limit is None else int(args.limit) if args.limit >= 1 else args.limit
     try:
@@ -294,6 +239,10 @@ def cmd_forgetting(args: argparse.Namespace) -> int:
 def cmd_check_task(args: argparse.Namespace) -> int:
     from r3rl.checks.verifier_check import check_tasks, parse_options, report_table, to_json
 
+    if args.json:
+        from r3rl.file_checks import check_output
+
+        check_output(args.json, "--json", is_file=True)
     reports = check_tasks(args.tasks or None, options=parse_options(args.option), cases=args.cases, seed=args.seed,
                           time_limit=args.time_limit, hard_limit=args.hard_limit, progress=not args.quiet)
     print(report_table(reports))
@@ -409,8 +358,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """r3rl's own warnings (a renamed config key, no learning signal) print as one line, without the
+    Python source line that issued them; library warnings keep Python's format."""
+    import warnings
+
+    python_format = getattr(warnings.formatwarning, "python_format", warnings.formatwarning)
+
+    def fmt(message, category, filename, lineno, line=None):
+        if category.__module__.partition(".")[0] == "r3rl":  # defined by r3rl (RenamedConfigWarning ...)
+            return f"r3rl: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    fmt.python_format = python_format  # type: ignore[attr-defined]  # main() may run many times in one process
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Overrides may come before, between or after options (`eval -c F a=1 -o DIR b=2`): argparse hands

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from r3rl.errors import InputError
+from r3rl.errors import InputError, RenamedConfigWarning
 from r3rl.types import SamplingParams
 
 # The generation stages of a rollout, in order; each has its own temperature and token limit
@@ -451,7 +451,7 @@ _RENAMED_VALUES = {
 
 def _deprecated(message: str) -> None:
     # FutureWarning, not DeprecationWarning: Python hides the latter from command-line users.
-    warnings.warn(message + " (the old spelling is removed in r3rl 0.3)", FutureWarning, stacklevel=3)
+    warnings.warn(message + " (the old spelling is removed in r3rl 0.3)", RenamedConfigWarning, stacklevel=3)
 
 
 def _rename_key(dotted: str, value: Any) -> tuple[str, Any]:
@@ -714,17 +714,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """'FILE, line 4, column 2: invalid YAML (expected ..., while parsing ...)': the file with its place
+    once; str(e) names "<unicode string>" and repeats the lines it quotes."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    what = "; ".join(str(x) for x in (getattr(e, "problem", None), getattr(e, "context", None)) if x)
+    return f"{where}: invalid YAML ({what or type(e).__name__})"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- dotted overrides, validated."""
     data: dict[str, Any] = {}
     if path:
         path = Path(path)
         if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+            from r3rl.file_checks import relative_note
+
+            raise ConfigError(f"config file not found: {path}{relative_note(path)}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+            raise ConfigError(_yaml_error(path, e)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         sections = {f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type) or

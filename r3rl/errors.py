@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["R3RLError", "InputError", "DamagedFileError", "hub_error_hint"]
+__all__ = ["R3RLError", "InputError", "DamagedFileError", "RenamedConfigWarning", "hub_error_hint"]
 
 
 class R3RLError(Exception):
@@ -34,6 +34,10 @@ class InputError(R3RLError, ValueError):
 
 class DamagedFileError(InputError):
     """A file r3rl reads is truncated or garbled; the message names it."""
+
+
+class RenamedConfigWarning(FutureWarning):
+    """An old config key or value, still accepted; the command line prints it as one line (r3rl/cli.py)."""
 
 
 def hub_error_hint(name: str, kind: str, error: BaseException) -> str:

@@ -144,3 +144,22 @@ def test_contradictory_resume_flags_are_refused(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "train.steps" in err[-1] and "step 2" in err[-1] and "resumed" not in "".join(err)
     assert (run / "final" / "model.safetensors").stat().st_mtime_ns == final
+
+
+def test_a_tied_weights_checkpoint_saves_without_accelerates_shared_tensor_warning(model_dir, tmp_path, caplog, capfd):
+    """The tiny model ties its LM head to the embedding: accelerate's save_state dropped the alias with
+    "[RANK 0] Removed shared tensor {...} while saving" on every checkpoint, which a user cannot act on.
+    r3rl drops the same alias itself: the same file, no message, and the resume loads it."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cfg = tiny_config(model_dir, tmp_path / "run", steps=2, save_every=1)
+    train(cfg, show_progress=False)
+    captured = capfd.readouterr()
+    assert "Removed shared tensor" not in caplog.text + captured.out + captured.err
+    ckpt = latest_checkpoint(tmp_path / "run")
+    saved = load_file(ckpt / "model.safetensors")
+    tied = [k for k in saved if k.endswith("lm_head.weight") or k.endswith("embed_tokens.weight")]
+    assert len(tied) == 1  # one copy of the tied matrix, as accelerate wrote it
+    cfg.train.steps = 3
+    train(cfg, resume=True, show_progress=False)  # loads the checkpoint back (strict load of the tied model)

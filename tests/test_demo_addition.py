@@ -93,7 +93,7 @@ def test_prompt_and_messages() -> None:
 def test_registry_loads_task_with_options() -> None:
     task = load_task("addition", digits=3)
     assert isinstance(task, AdditionTask) and task.digits == 3
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="task.options of task .addition.: .*nope"):
         load_task("addition", nope=1)
 
 

@@ -169,9 +169,9 @@ def _scripted_rollout(cfg):
 
 @pytest.mark.parametrize("command", ["mine", "eval"])
 def test_ctrl_c_prints_what_was_saved_and_the_resume_command(command, tmp_path, monkeypatch, capsys):
-    from r3rl import cli
+    from r3rl import api, cli
 
-    monkeypatch.setattr(cli, "_launched_rollout", _scripted_rollout)
+    monkeypatch.setattr(api, "_launched_rollout", _scripted_rollout)  # what the commands call
     original = Rollout.attempts
     calls = {"n": 0}
 
@@ -214,7 +214,7 @@ def test_ctrl_c_in_train_names_the_checkpoint(tmp_path, monkeypatch, capsys):
 
 def test_split_line_says_how_a_small_file_was_split(tmp_path):
     """A 5-row file: the hash-based 10% test split holds 1 row, and the output says so."""
-    from r3rl.cli import _split_line
+    from r3rl.api import _split_line
     from r3rl.tasks import load_task
 
     rows = [{"nums": [i, i + 1, 3], "target": 2 * i + 4} for i in range(1, 6)]
@@ -232,7 +232,7 @@ def test_split_line_of_bfcl_a_folder_task_with_no_train_split():
     """BFCL's path is a folder and it has no train split: the line must not ask for one (it raised before)."""
     from pathlib import Path
 
-    from r3rl.cli import _split_line
+    from r3rl.api import _split_line
     from r3rl.tasks import load_task
 
     task = load_task("bfcl", path=str(Path(__file__).parent / "fixtures" / "bfcl"))

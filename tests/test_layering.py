@@ -19,8 +19,10 @@ Placement of the modules docs/design.md does not name:
                            logs the reflection diagnostics of evaluation/diagnostics.py each step, so
                            evaluation sits below training (docs/design.md's data flow runs the other way,
                            its imports this way)
+    api                    right below the commands: what `r3rl mine/eval/train/report` do, as functions
+                           (the commands call them)
     plan, cli, demo, __main__   the top: commands and the demo may use everything
-    r3rl (the package's __init__)  core: it only holds the version
+    r3rl (the package's __init__)  core: the version; the API's names are looked up by string on first use
 
 To place a new module or package, add its name to a layer of LAYERS (a new layer is a new row).
 An arrow that runs upward today and is being removed by other work goes in KNOWN_UPWARD with the
@@ -50,6 +52,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training",),
     ("reporting",),
     ("integrations",),
+    ("api",),
     ("plan", "cli", "demo", "__main__"),
 ]
 

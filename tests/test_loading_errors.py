@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -11,10 +12,35 @@ from r3rl.engine.loading import load_model
 from r3rl.tasks.data import DataError, load_records
 
 
-@pytest.mark.parametrize("name", ["./no-such-model", "runs/x/final", "/tmp/r3rl-no-such-folder"])
-def test_a_missing_model_folder_is_one_sentence(name):
-    with pytest.raises(FileNotFoundError, match=r"^model folder not found: .*not a Hugging Face hub id\)$"):
+@pytest.mark.parametrize("name", ["./no-such-model", "runs/x/final", "/tmp/r3rl-no-such-folder", "runs/nonexistent"])
+def test_a_missing_model_folder_is_one_sentence(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local-looking name must not be blamed on the hub
+    with pytest.raises(FileNotFoundError) as e:
         load_model(name)
+    msg = str(e.value)
+    assert msg.startswith(f"no such model folder: {name}") and "HF_HUB_OFFLINE" not in msg and "\n" not in msg
+    if not name.startswith("/"):  # a relative path says where it was looked for
+        assert f"resolved from the current folder {os.getcwd()}" in msg
+
+
+def test_a_hub_id_whose_owner_is_a_local_folder_is_a_missing_folder(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"^no such model folder: models/tiny \(a relative path"):
+        load_model("models/tiny")
+
+
+@pytest.mark.parametrize("name,local", [
+    ("Qwen/Qwen2-1.5B", False), ("gpt2", False), ("meta-llama/Llama-3.2-1B-Instruct", False),
+    ("runs/nonexistent", True), ("runs", False), ("./m", True), ("../m", True), ("/abs/m", True),
+    ("~/m", True), ("a/b/c", True), ("org/name with space", True),
+])
+def test_which_names_look_like_local_paths(name, local, tmp_path, monkeypatch):
+    from r3rl.engine.loading import _looks_like_path
+
+    monkeypatch.chdir(tmp_path)  # no local folder named like a hub owner here
+    assert _looks_like_path(name) is local
 
 
 def test_an_unreachable_hub_model_names_the_id_and_the_offline_fix(monkeypatch):
@@ -28,14 +54,14 @@ def test_an_unreachable_hub_model_names_the_id_and_the_offline_fix(monkeypatch):
 def test_cli_eval_on_a_missing_folder_prints_one_line(capsys):
     assert main(["eval", "--model", "./no-such-model", "task.name=countdown", "eval.num_examples=2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "r3rl eval: error: model folder not found: ./no-such-model (and it is not a Hugging Face hub id)"
+    assert err.startswith("r3rl eval: error: no such model folder: ./no-such-model (a relative path") and "\n" not in err
 
 
 def test_an_unknown_task_is_rejected_before_the_model_loads(capsys):
     # the model folder does not exist either: the task error must come first, without loading anything
     assert main(["eval", "--model", "./no-such-model", "task.name=countdwn"]) == 2
     err = capsys.readouterr().err
-    assert "countdwn" in err and "countdown" in err and "model folder" not in err
+    assert "countdwn" in err and "countdown" in err and "model folder" not in err and "no such model" not in err
 
 
 def test_model_settings_reach_from_pretrained(model_dir, monkeypatch):

@@ -91,7 +91,7 @@ def test_not_a_task_class():
 
 @pytest.mark.parametrize("name", ["countdown", "function_calling"])
 def test_bad_options(name):
-    with pytest.raises(ValueError, match=f"bad options for task '{name}'.*unexpected keyword argument 'n_trian'"):
+    with pytest.raises(ValueError, match=f"task.options of task '{name}'.*unexpected keyword argument 'n_trian'"):
         load_task(name, n_trian=10)
 
 

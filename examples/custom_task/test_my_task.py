@@ -19,9 +19,9 @@ def test_loads_by_import_path_with_options():
 
 
 def test_bad_option_is_reported():
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="task.options of task .*unexpected keyword argument 'no_such_option'"):
         load_task("examples.custom_task.my_task:MyTask", no_such_option=1)
-    with pytest.raises(ValueError, match="leaves fewer than 2 words"):
+    with pytest.raises(ValueError, match="task.options of task .*leaves fewer than 2 words"):
         load_task("examples.custom_task.my_task:MyTask", min_length=50)
 
 

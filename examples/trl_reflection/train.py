@@ -1,8 +1,8 @@
 """A TRL GRPO script that trains reflections the r3rl way; the r3rl lines are marked `# r3rl`.
 
-    r3rl mine --config configs/tiny-cpu.yaml mine.output=runs/trl/failures.jsonl    # a failure set
+    r3rl mine --config r3rl/demo/demo.yaml failures.path=runs/trl/failures.jsonl    # a failure set
     python examples/trl_reflection/train.py --failures runs/trl/failures.jsonl --task addition \\
-        --model r3rl/assets/demo-model --output-dir runs/trl
+        --model r3rl/demo/model --output-dir runs/trl
 
 Everything else is an ordinary `GRPOTrainer` run: `GRPOConfig` fields, accelerate / DeepSpeed launch,
 vLLM (`--use-vllm`) and logging behave as in any TRL script. The saved model loads with

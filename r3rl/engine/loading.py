@@ -9,9 +9,11 @@ chat template or tokens), else from the base.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +54,18 @@ def _is_local(path: str) -> bool:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+# r3rl's own output root (train.output_dir, eval.output_dir, failures.path): "runs/x" names a run folder.
+_LOCAL_ROOTS = ("runs",)
+
+
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name)
+    """A name that cannot be, or is plainly not meant as, a hub id: ./x, ../x, /x, ~/x, a/b/c, a\\b,
+    and "owner/name" where owner is a local folder or r3rl's output root (runs/x): a mistyped local
+    path is then reported as a missing folder, not blamed on the hub. "Qwen/Qwen2-1.5B" stays a hub id."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not _HUB_ID.match(name):
+        return True
+    owner, slash, _ = name.partition("/")
+    return bool(slash) and (owner in _LOCAL_ROOTS or Path(owner).is_dir())
 
 
 _ALIASES: dict[str, str] = {}
@@ -85,6 +97,32 @@ def resolve_model_name(name: str) -> str:
             target = ep.load()
             return str(target() if callable(target) else target)
     return name
+
+
+# transformers' own bars while it reads a checkpoint already on disk (a hub download keeps its bars)
+_LOADING_BARS = ("Loading weights", "Loading checkpoint shards")
+
+
+@contextlib.contextmanager
+def _no_weight_loading_bar():
+    """Without transformers' "Loading weights" bar: a second of loading, shown at every eval, mining
+    and training start, and again into logs, tells a user nothing they can act on."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: leave its bars as they are
+        yield
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in _LOADING_BARS:
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def _adapter_base(adapter_dir: Path) -> str:
@@ -141,7 +179,9 @@ def load_model(
                 f"nor adapter_config.json (a peft LoRA adapter)"
             )
     elif _looks_like_path(name_or_path):
-        raise FileNotFoundError(f"model folder not found: {name_or_path} (and it is not a Hugging Face hub id)")
+        from r3rl.file_checks import relative_note
+
+        raise FileNotFoundError(f"no such model folder: {name_or_path}{relative_note(name_or_path)}")
     elif base is not None:
         base_name = base
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
@@ -160,7 +200,8 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     kwargs.update(init_kwargs or {})
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_name, **kwargs)
+        with _no_weight_loading_bar():
+            model = AutoModelForCausalLM.from_pretrained(base_name, **kwargs)
     except OSError as e:  # transformers turns hub errors (missing, gated, offline) into OSError
         raise FileNotFoundError(hub_error_hint(base_name, "model", e)) from None
     model.to(device_t)
@@ -168,7 +209,10 @@ def load_model(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
+        with warnings.catch_warnings():
+            # peft (0.21) reads the model's deprecated `is_gradient_checkpointing`; nothing here can rename it
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=adapter_trainable)
         if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer_source = str(adapter_dir)
     try:

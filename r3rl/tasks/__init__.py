@@ -18,7 +18,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
-from r3rl.errors import InputError
+from r3rl.errors import InputError, R3RLError
 from r3rl.tasks.base import Example, Task
 from r3rl.types import Verdict
 
@@ -67,7 +67,12 @@ def _import(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise InputError(f"cannot import task module {module_name!r} (from {path!r}): {e}") from e
+        where = ""
+        if isinstance(e, ModuleNotFoundError) and e.name and module_name.split(".")[0] == e.name.split(".")[0]:
+            # the package itself is missing: say where it was looked for (run from another folder, the
+            # user's `mytasks` is not importable)
+            where = f" (an import path, resolved from the current folder {os.getcwd()} and the installed packages)"
+        raise InputError(f"cannot import task module {module_name!r} (from {path!r}): {e}{where}") from e
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -100,5 +105,9 @@ def load_task(name_or_path: str, **options: Any) -> Task:
         raise TypeError(f"{name_or_path!r} is not a subclass of r3rl.tasks.Task")
     try:
         return cls(**options)
-    except TypeError as e:
-        raise InputError(f"bad options for task {name_or_path!r}: {e}") from e
+    except R3RLError:
+        raise  # already one sentence naming its file or field (e.g. a task's missing data file)
+    except (TypeError, ValueError) as e:
+        # An unknown option (TypeError) or a task's own check of its options (ValueError): the user's input,
+        # one sentence, not a traceback through their constructor. Other exceptions are bugs and keep theirs.
+        raise InputError(f"task.options of task {name_or_path!r}: {e}") from e

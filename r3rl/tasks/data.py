@@ -116,7 +116,9 @@ def load_records(path_or_id: str | os.PathLike[str], split: str = "train") -> li
             raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
         rows = loaders[suffix](path)
     elif suffix in LOCAL_SUFFIXES:
-        raise FileNotFoundError(f"no such data file: {path}")
+        from r3rl.file_checks import relative_note
+
+        raise FileNotFoundError(f"no such data file: {path}{relative_note(path)}")
     else:
         rows = _load_hub(str(path_or_id), split)
     if not rows:

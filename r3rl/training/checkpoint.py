@@ -55,12 +55,15 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    hook = accelerator.register_save_state_pre_hook(_drop_tied_aliases)
     try:
         accelerator.save_state(str(tmp))
     except Exception as e:  # torch's zip writer reports a full disk as RuntimeError; name the folder instead
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"{final}: writing the checkpoint failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       "check free space and write permission") from None
+    finally:
+        hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # sizes and CRCs: safetensors has no checksum, so a garbled tensor would otherwise load as garbage
@@ -74,6 +77,33 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
             _discard(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _drop_tied_aliases(models, weights, output_dir) -> None:
+    """A save_state pre-hook: keep one name per shared tensor (a tied LM head and embedding) in each
+    model's state dict, the first, as accelerate's safetensors writer does; it would drop the others
+    itself, but log "[RANK 0] Removed shared tensor {...}" on every checkpoint, which no user can act
+    on. The files are the same either way, and loading restores the tie from the model's config."""
+    from collections import OrderedDict
+
+    import torch
+    from accelerate.utils.other import id_tensor_storage
+
+    if len(weights) != len(models):
+        return  # FSDP / DeepSpeed save their models themselves
+    for i, state in enumerate(weights):
+        if not isinstance(state, dict):
+            continue
+        seen: set[Any] = set()
+        kept = OrderedDict()
+        for name, tensor in state.items():
+            if isinstance(tensor, torch.Tensor):
+                storage = id_tensor_storage(tensor)
+                if storage in seen:
+                    continue
+                seen.add(storage)
+            kept[name] = tensor
+        weights[i] = kept
 
 
 def _fingerprint(path: Path, size_only: bool = False) -> dict[str, int]:
