@@ -69,8 +69,14 @@ def _launched_rollout(cfg):
     of the chunks (r3rl/distributed.py); a plain run is one process."""
     from r3rl.distributed import launched_state
 
-    state = launched_state()
+    state = launched_state(cfg.train.collective_timeout_s)
     return _rollout(cfg, device=state.device if state is not None else None)
+
+
+def _close(roll) -> None:
+    """Close the engine a command opened (on success, error and Ctrl-C alike)."""
+    if roll is not None:
+        roll.engine.close()
 
 
 def _say(msg: str, file=None) -> None:
@@ -122,6 +128,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     path = cfg.failures.path
+    roll = None
     try:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
@@ -130,6 +137,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         done = sum(_count_lines(p) for p in (path, passed_path(path)))
         return _interrupted(args, f"{done} mined example(s) are saved in {path} (failures) and {passed_path(path)} (all passed)")
+    finally:
+        _close(roll)
     _say(json.dumps(summary, indent=2))
     return 0
 
@@ -151,6 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         cfg.model.name_or_path = args.model
     out = Path(args.output or cfg.eval.output_dir)
+    roll = None
     try:
         roll = _launched_rollout(cfg)
         got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
@@ -160,6 +170,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
                                   f"(the same command into the same folder goes on from there)")
+    finally:
+        _close(roll)
     from r3rl.distributed import launch_rank
 
     if launch_rank() == 0:
@@ -175,6 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.distributed import launch_rank
     from r3rl.reporting.model_card import publish_final
+    from r3rl.training.agreement import RankFailed, RankLost
     from r3rl.training.checkpoint import latest_checkpoint
     from r3rl.training.trainer import train
 
@@ -190,6 +203,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}",
                                 extra="--resume")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
+    except (RankFailed, RankLost) as e:
+        # Every rank raised RankFailed with the same sentence: rank 0 prints it. A lost rank is seen by each
+        # survivor alone (rank 0 may be the one lost), so each says so.
+        if isinstance(e, RankLost) or launch_rank() == 0:
+            ckpt = latest_checkpoint(cfg.train.output_dir)
+            saved = (f"the latest checkpoint is {ckpt}" if ckpt is not None else
+                     f"no checkpoint yet in {cfg.train.output_dir} (train.save_every={cfg.train.save_every})")
+            print(f"r3rl train: error: {e}; every rank stopped; {saved}; resume with: "
+                  f"{_resume_command(args, '--resume')}", file=sys.stderr, flush=True)
+        return 2
     if launch_rank() == 0:  # the model cards (and the Hub push) once; training has closed the process group
         publish_final(cfg.train.output_dir, final, cfg.train.push_to_hub, cfg.train.hub_model_id)
     _say(f"final model: {final}")
