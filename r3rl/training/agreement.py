@@ -137,5 +137,13 @@ def lost_ranks(timeout_s: float) -> Iterator[None]:
         rank, world = dist.get_rank(), dist.get_world_size()
         raise RankLost(
             f"rank {rank} of {world}: another rank stopped responding (it died, or did not answer within "
-            f"train.collective_timeout_s={timeout_s:g} s): {str(e).splitlines()[0][:200]}"
+            f"train.collective_timeout_s={timeout_s:g} s; {_first_words(e)})"
         ) from None
+
+
+def _first_words(error: BaseException) -> str:
+    """torch.distributed's own words, without the source location: "Connection closed by peer [10.0.0.2]:4321"."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(". ")[0].rstrip(".")[:160]

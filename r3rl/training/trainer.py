@@ -465,7 +465,8 @@ class Trainer:
         """Run the steps from start_step; returns the folder of the final model (cards and Hub push are the caller's)."""
         tcfg = self.cfg.train
         logs = _RunLogs(self.out, self.start_step) if self.acc.is_main_process else None
-        bar = progress_bar(total=tcfg.steps, initial=self.start_step, desc="train", disable=not self.show_progress)
+        bar = self._bar = progress_bar(total=tcfg.steps, initial=self.start_step, desc="train",
+                                       disable=not self.show_progress)
         for step in range(self.start_step, tcfg.steps):
             done, t0 = step + 1, time.perf_counter()
             batches = self.agree.run("rollout", lambda: self._rollouts(step), step=done)
@@ -512,6 +513,8 @@ class Trainer:
     def close(self) -> None:
         """Shut the generation engine down (a vLLM engine holds its own weights and device memory; one left
         open can break the next engine in the process). Safe to call twice; the hf engine's is a no-op."""
+        if getattr(self, "_bar", None) is not None:  # before any error message: the message stays the last line
+            self._bar.close()
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.close()
