@@ -8,8 +8,9 @@ Each optimizer step:
      continuing from the reflection's KV cache);
   3. reward = the retry passes the verifier (mean over retries when there are several);
   4. advantages are normalised inside each group of G; groups whose rewards are all equal carry
-     no signal: their policy term is zero, so without a KL term they are skipped in the backward
-     (their share is logged, and a run where no group has signal warns);
+     no signal: their policy term is zero, so without a KL term they leave the loss (their share is
+     logged, and a run where no group has signal warns); a micro-batch left with no row back-propagates
+     an exact zero, so every rank issues the same collectives (training/agreement.py);
   5. loss = clipped GRPO surrogate + beta * k3 KL, on the reflection tokens only (the task,
      the failed attempt and the retry get no gradient), accumulated over micro-batches with
      accelerate's `accumulate()` (so DDP, DeepSpeed and FSDP all see the same step boundaries);
