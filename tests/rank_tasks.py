@@ -3,13 +3,32 @@ tests/test_rank_agreement.py. On rank 0, and in a single process, each is CoinTa
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import time
+from pathlib import Path
 
 from r3rl.types import Verdict
 
 from tests.trainer_fixtures import CoinTask, _flag_retries_of
+
+
+def _count_backwards(path: Path) -> None:
+    """Wrap accelerate's Accelerator.backward (once per process) to count calls; write the count at exit."""
+    from accelerate import Accelerator
+
+    if getattr(Accelerator.backward, "counted", False):
+        return
+    original, calls = Accelerator.backward, [0]
+
+    def backward(self, loss, **kwargs):
+        calls[0] += 1
+        return original(self, loss, **kwargs)
+
+    backward.counted = True
+    Accelerator.backward = backward
+    atexit.register(lambda: path.write_text(str(calls[0])))
 
 
 def _rank_one() -> bool:
@@ -17,7 +36,14 @@ def _rank_one() -> bool:
 
 
 class RankOneNeverTask(CoinTask):
-    """Rank 1's retries never pass: all its groups have equal rewards (no row in its loss), rank 0's do not."""
+    """Rank 1's retries never pass: all its groups have equal rewards (no row in its loss), rank 0's do not.
+    With R3RL_TEST_BACKWARDS=DIR each rank counts its backward passes (DeepSpeed ZeRO-2 reduces gradients
+    inside every one, so every rank must run as many) into DIR/backward-rank<N>.txt at exit."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if os.environ.get("R3RL_TEST_BACKWARDS"):
+            _count_backwards(Path(os.environ["R3RL_TEST_BACKWARDS"]) / f"backward-rank{os.environ.get('RANK', '0')}.txt")
 
     def verify(self, ex, completion):
         return Verdict(False, "never on rank 1") if _rank_one() else super().verify(ex, completion)

@@ -121,12 +121,17 @@ def _one_sentence(ranks: list[Rank], *parts: str) -> str:
 
 
 def test_equal_rewards_on_one_rank_only(model_dir, tmp_path):
-    """Rank 1's groups are all equal-reward (no row in its loss), rank 0's are not: both ranks still run the same
-    forwards and backwards on every micro-batch, finish, and hold the same weights."""
+    """Rank 1's groups are all equal-reward (no row in its loss), rank 0's are not: both ranks run a backward on
+    every micro-batch (under DeepSpeed ZeRO-2 each reduces gradients: a rank that skipped one would hang the
+    others; under DDP with no_sync only the last is a collective, so before the fix this run finished, with
+    rank 1 running 2 backwards to rank 0's 4), finish, and hold the same weights."""
     cfg = _config(model_dir, tmp_path, "RankOneNeverTask", batch_size=4, micro_batch_size=1)  # 2 micro-batches a rank
     _mine(cfg)
-    ranks, _ = launch(["train", *cli_overrides(cfg)], tmp_path, deadline_s=150)
+    ranks, _ = launch(["train", *cli_overrides(cfg)], tmp_path, deadline_s=150,
+                      env={"R3RL_TEST_BACKWARDS": str(tmp_path)})
     assert [r.returncode for r in ranks] == [0, 0], _report(ranks)
+    counts = [int((tmp_path / f"backward-rank{r}.txt").read_text()) for r in (0, 1)]
+    assert counts == [4, 4], counts  # 2 steps x 2 micro-batches on each rank
     replicas = json.loads((tmp_path / "run" / "replicas.json").read_text())
     assert replicas["param_checksums"][0] == replicas["param_checksums"][1]
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -336,7 +336,7 @@ class Trainer:
     def _old_logprobs(self, micro: _Micro) -> torch.Tensor | None:
         """The PPO "old" policy for several updates per batch: the training forward, no grad, before any update."""
         with torch.no_grad():
-            if micro.batch is None:  # the same forward (and DDP's buffer broadcast) as the ranks with rows
+            if micro.batch is None:  # the same forward as the ranks with rows (a wrapped forward may hold collectives)
                 self.policy(*self._pad_batch())
                 return None
             return self.policy(*micro.batch)  # [B, T]
@@ -347,8 +347,8 @@ class Trainer:
         Every rank issues the same collectives on every micro-batch, whatever its data: the loss is
         computed first (an exception there is agreed on by every rank before any gradient collective),
         and a micro-batch with no row in the loss back-propagates an exact zero through the same
-        forward and backward (DDP broadcasts buffers in each forward; DeepSpeed ZeRO-2 reduces
-        gradients inside every micro-step's backward)."""
+        forward and backward (DDP under no_sync reduces only at the step's last micro-batch, but
+        DeepSpeed ZeRO-2 reduces gradients inside every micro-step's backward)."""
         loss, stats = self.agree.run("loss", lambda: self._loss(micro, old))
         # accelerator.backward divides by the accumulation count (DeepSpeed's engine does the same inside
         # its backward); the loss is already normalised by the global constant, so undo that division.
@@ -513,7 +513,8 @@ class Trainer:
 
     def close(self) -> None:
         """Shut the generation engine down (a vLLM engine holds its own weights and device memory; one left
-        open can break the next engine in the process). Safe to call twice; the hf engine's is a no-op."""
+        open can break the next engine in the process) and the progress bar. Safe to call twice; the hf
+        engine's close is a no-op."""
         if getattr(self, "_bar", None) is not None:  # before any error message: the message stays the last line
             self._bar.close()
         engine, self.engine = self.engine, None
