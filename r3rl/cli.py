@@ -210,7 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             ckpt = latest_checkpoint(cfg.train.output_dir)
             saved = (f"the latest checkpoint is {ckpt}" if ckpt is not None else
                      f"no checkpoint yet in {cfg.train.output_dir} (train.save_every={cfg.train.save_every})")
-            print(f"r3rl train: error: {e}; every rank stopped; {saved}; resume with: "
+            stopped = "this rank stopped" if isinstance(e, RankLost) else "every rank stopped"
+            print(f"r3rl train: error: {e}; {stopped}; {saved}; resume with: "
                   f"{_resume_command(args, '--resume')}", file=sys.stderr, flush=True)
         return 2
     if launch_rank() == 0:  # the model cards (and the Hub push) once; training has closed the process group
