@@ -56,7 +56,7 @@ def _launched_rollout(cfg):
     of the chunks (r3rl/distributed.py); a plain run is one process."""
     from r3rl.distributed import launched_state
 
-    state = launched_state()
+    state = launched_state(cfg.train.collective_timeout_s)
     return _rollout(cfg, device=state.device if state is not None else None)
 
 
@@ -96,9 +96,10 @@ def mine(config: ConfigLike = None, overrides: list[str] | None = None) -> dict[
     cfg = as_config(config, overrides)
     check_output(cfg.failures.path, "failures.path", is_file=True)
     roll = _launched_rollout(cfg)
-    got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
-    _announce(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got))
-    return mine_failures(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
+    with roll.engine:  # closed on success, error and Ctrl-C alike
+        got = len(roll.task.load_examples(cfg.failures.split, cfg.failures.num_examples, seed=cfg.seed))
+        _announce(_split_line(roll.task, cfg.failures.split, cfg.failures.num_examples, got))
+        return mine_failures(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
 
 
 def evaluate(config: ConfigLike = None, overrides: list[str] | None = None, *, model: str | os.PathLike | None = None,
@@ -122,11 +123,12 @@ def evaluate(config: ConfigLike = None, overrides: list[str] | None = None, *, m
     if not overwrite:  # before the model loads: an evaluation of other weights there is kept
         check_same_weights(out, cfg.model.name_or_path, model_identity(cfg.model)["weights"])
     roll = _launched_rollout(cfg)
-    identity = model_identity(cfg.model)  # again once loaded: a Hub model is in the cache only now
-    got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
-    _announce(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got))
-    return evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path,
-                          identity=identity, overwrite=overwrite)
+    with roll.engine:  # closed on success, error and Ctrl-C alike
+        identity = model_identity(cfg.model)  # again once loaded: a Hub model is in the cache only now
+        got = len(roll.task.load_examples(cfg.eval.split, cfg.eval.num_examples, seed=cfg.seed))
+        _announce(_split_line(roll.task, cfg.eval.split, cfg.eval.num_examples, got))
+        return evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name=cfg.model.name_or_path,
+                              identity=identity, overwrite=overwrite)
 
 
 def train(config: ConfigLike = None, overrides: list[str] | None = None, *, resume: bool | str = False,

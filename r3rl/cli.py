@@ -132,6 +132,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.api import train
+    from r3rl.distributed import launch_rank
+    from r3rl.training.agreement import RankFailed, RankLost
     from r3rl.training.checkpoint import latest_checkpoint
 
     cfg = _config(args)
@@ -144,6 +146,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       f"{cfg.train.save_every}); the failure set mined so far is kept in {cfg.failures.path}",
                                 extra="--resume")
         return _interrupted(args, f"the latest checkpoint is {ckpt}", extra="--resume")
+    except (RankFailed, RankLost) as e:
+        # Every rank raised RankFailed with the same sentence: rank 0 prints it. A lost rank is seen by each
+        # survivor alone (rank 0 may be the one lost), so each says so.
+        if isinstance(e, RankLost) or launch_rank() == 0:
+            ckpt = latest_checkpoint(cfg.train.output_dir)
+            saved = (f"the latest checkpoint is {ckpt}" if ckpt is not None else
+                     f"no checkpoint yet in {cfg.train.output_dir} (train.save_every={cfg.train.save_every})")
+            stopped = "this rank stopped" if isinstance(e, RankLost) else "every rank stopped"
+            print(f"r3rl train: error: {e}; {stopped}; {saved}; resume with: "
+                  f"{_resume_command(args, '--resume')}", file=sys.stderr, flush=True)
+        return 2
     _say(f"final model: {final}")
     return 0
 

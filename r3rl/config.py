@@ -374,6 +374,8 @@ class TrainConfig:
     """no, bf16, fp16 or auto (bf16 on CUDA, no elsewhere): forward passes under autocast; trainable weights and optimizer state stay float32."""
     overwrite_output_dir: bool = False
     """Start a fresh run in an output_dir that holds an older run's checkpoints or metrics (deleting them); else that stops with an error."""
+    collective_timeout_s: float = 1800.0
+    """Many processes: seconds a rank waits in a collective (torch.distributed's process-group timeout) before a rank that stopped responding ends the run with a message; it must cover the slowest rank's rollouts and a checkpoint save."""
 
 
 @dataclass
@@ -609,6 +611,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate: must be positive, got {cfg.train.learning_rate}")
+    if cfg.train.collective_timeout_s <= 0:
+        raise ConfigError(f"train.collective_timeout_s: must be > 0, got {cfg.train.collective_timeout_s}")
     if cfg.train.beta < 0:
         raise ConfigError(f"train.beta: must be >= 0, got {cfg.train.beta}")
     if cfg.train.sampling_correction_cap <= 0:

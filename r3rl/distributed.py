@@ -75,15 +75,20 @@ def processes(accelerator: Any = None) -> Processes:
     return Processes()
 
 
-def launched_state():
+def launched_state(timeout_s: float | None = None):
     """Under `accelerate launch` / torchrun (WORLD_SIZE > 1): set up the process group (accelerate's
-    PartialState) and return it; its `.device` is this rank's device. A plain run returns None."""
+    PartialState) and return it; its `.device` is this rank's device. A plain run returns None.
+    `timeout_s`: how long a collective waits for a rank that stopped responding (torch.distributed's
+    process-group timeout; train.collective_timeout_s), else torch's default."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    from datetime import timedelta
+
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    extra = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **extra)
 
 
 def launch_rank() -> int:

@@ -74,15 +74,16 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
     t = time.perf_counter()
     roll = build_rollout(cfg, task=task)
-    before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path,
-                            identity=model_identity(cfg.model))
-    print_table(results_table(before, "before training"))
-    stage("evaluate before", t)
+    with roll.engine:  # every engine the demo opens is closed, on error and Ctrl-C too
+        before = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_before", model_name=cfg.model.name_or_path,
+                                identity=model_identity(cfg.model))
+        print_table(results_table(before, "before training"))
+        stage("evaluate before", t)
 
-    t = time.perf_counter()
-    summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
-    print(f"[demo] failure set: {summary['failure_set_size']} of {summary['examples']} examples failed at least once "
-          f"(first-attempt pass rate {summary['attempt_pass_rate']:.1%})")
+        t = time.perf_counter()
+        summary = mine(roll, cfg.failures, cfg.seed, model=cfg.model, task_options=cfg.task.options)
+        print(f"[demo] failure set: {summary['failure_set_size']} of {summary['examples']} examples failed at least once "
+              f"(first-attempt pass rate {summary['attempt_pass_rate']:.1%})")
     del roll
     stage("mine failures", t)
 
@@ -94,8 +95,9 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
     t = time.perf_counter()
     cfg.model.name_or_path = str(final)
     roll = build_rollout(cfg, task=task)
-    after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final),
-                           identity=model_identity(cfg.model))
+    with roll.engine:
+        after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out / "eval_after", model_name=str(final),
+                               identity=model_identity(cfg.model))
     print_table(results_table(after, "after training"))
     # The card written at the end of training had no "after" numbers yet.
     write_model_cards(out, cfg.train.hub_model_id or None)
@@ -134,8 +136,10 @@ def _compare_with_baseline(out: Path, task, quick: bool, overrides: list[str] | 
     t = time.perf_counter()
     shutil.copytree(out / "eval_before", base_out / "eval_before")  # the same base model, evaluated once
     cfg.model.name_or_path = str(final)
-    after = evaluate_model(build_rollout(cfg, task=task), cfg.eval, cfg.seed, output_dir=base_out / "eval_after",
-                           model_name=str(final), identity=model_identity(cfg.model))
+    roll = build_rollout(cfg, task=task)
+    with roll.engine:
+        after = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=base_out / "eval_after", model_name=str(final),
+                               identity=model_identity(cfg.model))
     print_table(results_table(after, f"after training ({BASELINE})"))
     stage(f"evaluate baseline ({BASELINE})", t)
 

@@ -53,6 +53,17 @@ class Engine(ABC):
     def sync_weights(self, model: Any) -> None:
         """Generate with `model`'s current weights from now on (nothing to do for an engine over `model` itself)."""
 
+    def close(self) -> None:
+        """Release what the engine holds (vLLM: its workers and device memory). Whoever builds an engine
+        closes it, on error and Ctrl-C too (`with engine:` does); nothing to do for an engine over a model
+        the caller owns (hf). Closing twice is harmless."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     @abstractmethod
     def generate(
         self,

@@ -24,7 +24,12 @@ MAX_KEYS = ("diff_max",)
 
 @dataclass
 class MetricsRow:
-    """One optimizer step. Means over episodes are over all of the step's reflections (batch_size x G,
+    """One optimizer step. Every field has one definition for any number of processes: counts, sums and
+    maxima are over every rank's micro-batches (the ranks' totals are reduced before the means), and the
+    figures of the step's reflections over all ranks' reflections (gathered, in group order), so the same
+    seed gives the same row on 1 and N processes up to float rounding (tests/test_rank_agreement.py).
+    Only the timing fields (step_time, tokens_per_s, the `*_s` and `time_*` fields) depend on the machine.
+    Means over episodes are over all of the step's reflections (batch_size x G,
     every rank); token means are over the reflection tokens that entered the loss. With another
     train.objective (training/objectives.py) read "the objective's samples and trained tokens":
     reward is that objective's (first_attempt: the attempt passed), and reflection_len is 0 for
@@ -33,7 +38,8 @@ class MetricsRow:
     step: int
     """Optimizer steps done (1 = after the first)."""
     loss: float | None = None
-    """Policy loss of the step (GRPO's is ~1e-8: zero-mean advantages and ratio 1; its gradient is not)."""
+    """Policy loss of the step, summed over micro-batches and ranks with the one global normalisation (so it is
+    one process's value whatever the number of ranks; GRPO's is ~1e-8: zero-mean advantages and ratio 1; its gradient is not)."""
     reward_mean: float | None = None
     """Mean reward of the step's reflections (the retry passed)."""
     retry_success: float | None = None
@@ -51,11 +57,13 @@ class MetricsRow:
     lr: float | None = None
     """Learning rate after the step's scheduler step."""
     grad_norm: float | None = None
-    """Gradient norm before clipping (None when train.max_grad_norm = 0)."""
+    """Norm of the step's all-reduced gradient (the same on every rank) before clipping (None when train.max_grad_norm = 0)."""
     tokens_per_s: float | None = None
-    """Generated tokens (reflections and retries) per second of the step's rollouts, on this process."""
+    """A global rate: the generated tokens (attempts, reflections and retries) of every rank's rollouts in the
+    step, divided by the step's rollout wall time on the slowest rank (timing: depends on the machine)."""
     step_time: float | None = None
-    """Wall seconds of the step, rollouts to optimizer step."""
+    """Wall seconds of the step on the main process, rollouts to the step's logs (the ranks wait for each other
+    at the agreement points and the gradient all-reduce, so every rank's step is about this long; timing)."""
     verifier_errors: int | None = None
     """Verifier exceptions so far, over all processes (scored as failures)."""
     logprob_diff_mean: float | None = None
@@ -86,10 +94,11 @@ class MetricsRow:
     reflection_most_repeated: list[dict[str, Any]] | None = None
     """The step's most repeated reflections: [{"text", "count"}, ...] (not sent to trackers: not a number)."""
     weight_sync_s: float | None = None
-    """Seconds spent pushing the policy's weights into the generation engine after the step (vLLM; None when
-    the engine generates with the policy object itself, or no sync was due)."""
+    """Seconds the main process spent pushing the policy's weights into its generation engine after the step (each
+    rank pushes into its own; vLLM; None when the engine generates with the policy object itself, or no sync was due)."""
     eval: dict[str, float] = field(default_factory=dict)
-    """Periodic evaluation of the step ("acc@1", "acc@2"), written as "eval/acc@1", ...; empty when none ran."""
+    """Periodic evaluation of the step ("acc@1", "acc@2"), written as "eval/acc@1", ...; empty when none ran.
+    Every rank evaluates its share of the fixed, seeded chunks and all receive the same results."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of an older (or newer) metrics.jsonl that are not fields here, kept as read."""
 

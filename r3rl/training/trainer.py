@@ -8,8 +8,9 @@ Each optimizer step:
      continuing from the reflection's KV cache);
   3. reward = the retry passes the verifier (mean over retries when there are several);
   4. advantages are normalised inside each group of G; groups whose rewards are all equal carry
-     no signal: their policy term is zero, so without a KL term they are skipped in the backward
-     (their share is logged, and a run where no group has signal warns);
+     no signal: their policy term is zero, so without a KL term they leave the loss (their share is
+     logged, and a run where no group has signal warns); a micro-batch left with no row back-propagates
+     an exact zero, so every rank issues the same collectives (training/agreement.py);
   5. loss = clipped GRPO surrogate + beta * k3 KL, on the reflection tokens only (the task,
      the failed attempt and the retry get no gradient), accumulated over micro-batches with
      accelerate's `accumulate()` (so DDP, DeepSpeed and FSDP all see the same step boundaries);
@@ -69,6 +70,7 @@ from r3rl.rollout import derive_seed
 from r3rl.stack import build_rollout
 from r3rl.tasks import load_task
 from r3rl.training import grpo
+from r3rl.training.agreement import Agreement, lost_ranks, process_group_timeout
 from r3rl.training.checkpoint import (adapter_only_state_hooks, check_resume_step, latest_checkpoint, load_checkpoint,
                                       prepare_output_dir, record_final_weights, save_checkpoint)
 from r3rl.training.failures import FailureSource, build_failure_source
@@ -162,15 +164,20 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool | str = False, show_progress: bool = True):
         self.cfg = validate_training(cfg)
         self.out = Path(cfg.train.output_dir)
+        self.engine = None
         self._setup_processes(resume, show_progress)
         self._setup_policy()
         self._setup_rollout()
-        self.start_step = self._setup_resume(resume)
-        if self.start_step:
-            self._sync_generation_weights()  # a vLLM engine loaded the base weights, not the checkpoint's
-        self._setup_trackers()
-        self.failures: FailureSource = build_failure_source(cfg, self.rollout, self.micro_per_step, accelerator=self.acc,
-                                                            show_progress=self.show_progress, log=self.log)
+        try:  # from here on an error closes the engine just opened (a vLLM engine must be shut down)
+            self.start_step = self._setup_resume(resume)
+            if self.start_step:
+                self._sync_generation_weights()  # a vLLM engine loaded the base weights, not the checkpoint's
+            self._setup_trackers()
+            self.failures: FailureSource = build_failure_source(cfg, self.rollout, self.micro_per_step, accelerator=self.acc,
+                                                                show_progress=self.show_progress, log=self.log)
+        except BaseException:
+            self.close()
+            raise
         self._no_signal_steps = 0
         self._warned_no_signal = False
 
@@ -180,7 +187,8 @@ class Trainer:
         tcfg = self.cfg.train
         # The process group, which the Accelerator below reuses; ACCELERATE_USE_CPU must reach it as it
         # would through AcceleratorState, or `accelerate launch` CPU ranks each start a group of one.
-        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"),
+                             timeout=process_group_timeout(tcfg.collective_timeout_s))
         self.world = state.num_processes
         accum = accumulation_steps(tcfg.batch_size, tcfg.micro_batch_size, self.world)
         self.micro_per_step = accum * self.world
@@ -202,6 +210,7 @@ class Trainer:
         if tcfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self.show_progress = show_progress and self.acc.is_main_process
+        self.agree = Agreement(self.acc.process_index, self.world, self.acc.device, self.out)
 
     def _setup_policy(self) -> None:
         """model + train: the trained model, its reference, AdamW, the LR schedule, DeepSpeed's fill-ins."""
@@ -330,21 +339,32 @@ class Trainer:
 
     def _old_logprobs(self, micro: _Micro) -> torch.Tensor | None:
         """The PPO "old" policy for several updates per batch: the training forward, no grad, before any update."""
-        if micro.batch is None:
-            return None
         with torch.no_grad():
+            if micro.batch is None:  # the same forward as the ranks with rows (a wrapped forward may hold collectives)
+                self.policy(*self._pad_batch())
+                return None
             return self.policy(*micro.batch)  # [B, T]
 
     def _backward(self, micro: _Micro, old: torch.Tensor | None) -> dict[str, float]:
-        """Loss and backward of one micro-batch (inside accelerator.accumulate); returns its stats."""
+        """Loss and backward of one micro-batch (inside accelerator.accumulate); returns its stats.
+
+        Every rank issues the same collectives on every micro-batch, whatever its data: the loss is
+        computed first (an exception there is agreed on by every rank before any gradient collective),
+        and a micro-batch with no row in the loss back-propagates an exact zero through the same
+        forward and backward (DDP under no_sync reduces only at the step's last micro-batch, but
+        DeepSpeed ZeRO-2 reduces gradients inside every micro-step's backward)."""
+        loss, stats = self.agree.run("loss", lambda: self._loss(micro, old))
+        # accelerator.backward divides by the accumulation count (DeepSpeed's engine does the same inside
+        # its backward); the loss is already normalised by the global constant, so undo that division.
+        self.acc.backward(loss * self.acc.gradient_accumulation_steps)
+        return stats
+
+    def _loss(self, micro: _Micro, old: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's loss (a graph to back-propagate) and its stats; an exact zero without rows."""
         cfg, tcfg = self.cfg, self.cfg.train
         stats = dict(micro.stats)
         if micro.batch is None:
-            # Every rank must run a backward on a synchronising micro-batch so gradients are all-reduced;
-            # with no row in the loss it back-propagates an exact zero.
-            if self.acc.sync_gradients:
-                self._zero_backward()
-            return stats
+            return self.policy(*self._pad_batch()).sum() * 0.0, stats
         logp = self.policy(*micro.batch)  # [B, T]
         old = logp.detach() if old is None else old  # [B, T]
         mask = micro.batch[2]  # [B, T]
@@ -366,19 +386,14 @@ class Trainer:
             clip_eps_high=tcfg.clip_eps_high or None, beta=tcfg.beta, logp_ref=ref, aggregation=agg, norm_constant=norm,
             is_weights=weights,
         )
-        # accelerator.backward divides by the accumulation count (DeepSpeed's engine does the same inside
-        # its backward); the loss is already normalised by the global constant, so undo that division.
-        self.acc.backward(loss * self.acc.gradient_accumulation_steps)
         stats.update(loss=float(loss.detach()), kl_tokens=s["kl"] * s["num_tokens"],
                      tokens=s["num_tokens"], clip_tokens=s["clip_frac"] * s["num_tokens"])
-        return stats
+        return loss, stats
 
-    def _zero_backward(self) -> None:
-        """A backward of an exact zero: keeps every rank's gradient all-reduce in step when one rank
-        has nothing to learn from in a synchronising micro-batch."""
+    def _pad_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A one-token batch of padding [1, 2]: the forward a rank with no rows runs to stay in step."""
         pad = self.tok.pad_token_id
-        batch = tuple(t.to(self.acc.device) for t in grpo.build_completion_batch([[pad]], [[pad]], pad))
-        self.acc.backward(self.policy(*batch).sum() * 0.0)
+        return tuple(t.to(self.acc.device) for t in grpo.build_completion_batch([[pad]], [[pad]], pad))
 
     # ------------------------------------------------------------------ one step
     def _updates(self, step: int, micros: list[_Micro]) -> tuple[StepTotals, float | None]:
@@ -386,7 +401,8 @@ class Trainer:
         marks the last micro-batch of each pass as the step boundary (gradient sync, optimizer step).
         Returns the first pass's stats and the last gradient norm (None without clipping)."""
         tcfg = self.cfg.train
-        olds = [self._old_logprobs(m) for m in micros] if tcfg.updates_per_batch > 1 else [None] * len(micros)
+        olds = (self.agree.run("old log-probs", lambda: [self._old_logprobs(m) for m in micros])
+                if tcfg.updates_per_batch > 1 else [None] * len(micros))
         totals, grad_norm = StepTotals(), None
         for update in range(tcfg.updates_per_batch):
             for n, (m, old) in enumerate(zip(micros, olds)):
@@ -408,6 +424,9 @@ class Trainer:
         # verifier exceptions so far (scored as failures), over all ranks: a broken task shows in the log
         verifier_errors = int(self.acc.reduce(torch.tensor([self.rollout.verify_errors], device=self.acc.device),
                                               reduction="sum").item())
+        # the step's generation ends when the slowest rank's does: tokens_per_s is all ranks' tokens over that time
+        gen_time = float(self.acc.reduce(torch.tensor([gen_time], dtype=torch.float64, device=self.acc.device),
+                                         reduction="max").item())
         return MetricsRow.from_totals(done, totals, processes=self.world, lr=self.scheduler.get_last_lr()[0],
                                       grad_norm=grad_norm, gen_time=gen_time, step_time=time.perf_counter() - t0,
                                       verifier_errors=verifier_errors, diff_comparable=self.temperature == 1.0)
@@ -459,12 +478,13 @@ class Trainer:
         """Run the steps from start_step; returns the folder of the final model (cards and Hub push are the caller's)."""
         tcfg = self.cfg.train
         logs = _RunLogs(self.out, self.start_step) if self.acc.is_main_process else None
-        bar = progress_bar(total=tcfg.steps, initial=self.start_step, desc="train", disable=not self.show_progress)
+        bar = self._bar = progress_bar(total=tcfg.steps, initial=self.start_step, desc="train",
+                                       disable=not self.show_progress)
         for step in range(self.start_step, tcfg.steps):
             done, t0 = step + 1, time.perf_counter()
-            batches = self._rollouts(step)
+            batches = self.agree.run("rollout", lambda: self._rollouts(step), step=done)
             gen_time = time.perf_counter() - t0
-            micros = [self._micro(eps) for eps in batches]
+            micros = self.agree.run("loss rows", lambda: [self._micro(eps) for eps in batches])
             totals, grad_norm = self._updates(step, micros)
             self.scheduler.step()
             eval_due = bool(tcfg.eval_every) and (done % tcfg.eval_every == 0 or done == tcfg.steps)
@@ -502,6 +522,22 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return final
+
+    def close(self) -> None:
+        """Shut the generation engine down (a vLLM engine holds its own weights and device memory; one left
+        open can break the next engine in the process) and the progress bar. Safe to call twice; the hf
+        engine's close is a no-op."""
+        if getattr(self, "_bar", None) is not None:  # before any error message: the message stays the last line
+            self._bar.close()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def _sharded(self) -> bool:
         """Parameters split over ranks (FSDP, DeepSpeed ZeRO-3): the local module holds shards only."""
@@ -600,5 +636,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def train(cfg: Config, resume: bool | str = False, show_progress: bool = True) -> Path:
-    """Run `r3rl train`; returns the folder of the final model."""
-    return Trainer(cfg, resume=resume, show_progress=show_progress).train()
+    """Run `r3rl train`; returns the folder of the final model. The engine is closed however it ends
+    (error, Ctrl-C); a collective broken by a rank that stopped responding ends as one RankLost sentence."""
+    with lost_ranks(cfg.train.collective_timeout_s):
+        with Trainer(cfg, resume=resume, show_progress=show_progress) as trainer:
+            return trainer.train()
