@@ -56,7 +56,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-    except Exception as e:  # torch's zip writer reports a full disk as RuntimeError; name the folder instead
+    except Exception as e:  # torch.s zip writer reports a full disk as RuntimeError; name the folder instead
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"{final}: writing the checkpoint failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       "check free space and write permission") from None

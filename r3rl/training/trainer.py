@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from transformers import get_scheduler
 
 from r3rl.errors import InputError
@@ -73,6 +73,7 @@ from r3rl.training.failures import FailureSource, build_failure_source
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
 from r3rl.training.objectives import Row, build_objective
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
+from r3rl.training.sharding import check_supported, enable_fsdp_on_cpu, generation_copy, refresh, sharding
 from r3rl.training.tracking import log_episode_texts
 from r3rl.types import Episode
 
@@ -188,12 +189,8 @@ class Trainer:
         _forget_accelerator_state()
         self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
                                mixed_precision=self.precision, gradient_accumulation_steps=accum)
-        if self._sharded():
-            raise InputError(
-                "FSDP and DeepSpeed ZeRO-3 shard the parameters, but r3rl generates on each rank with whole weights "
-                "(ranks decoding different lengths would hang in the per-layer all-gathers); use "
-                "configs/accelerate/ddp.yaml or deepspeed-zero2.yaml, with LoRA for models that do not fit one GPU"
-            )
+        enable_fsdp_on_cpu(self.acc)
+        check_supported(sharding(self.acc), tcfg.lora)
         set_seed(self.cfg.seed)
         if tcfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -218,6 +215,9 @@ class Trainer:
         # log-probs of the distribution the trained completions (reflections by default) are sampled from
         self.objective = build_objective(tcfg.objective)
         self.temperature = self.objective.temperature(cfg.generation)
+        # FSDP2: the hf engine generates with an unsharded copy, refreshed from the gathered weights (sharding.py)
+        self.gen_model = (generation_copy(self.model) if self._sharded() and cfg.generation.backend == "hf"
+                          else self.model)
         self.policy, self.opt = self.acc.prepare(LogprobModel(self.model, tcfg.logit_chunk_size, self.temperature), opt)
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
@@ -238,7 +238,7 @@ class Trainer:
     def _setup_rollout(self) -> None:
         """generation + rollout: the engine generates with the policy object itself, under the training
         forward's autocast, so weights are current after every optimizer step."""
-        self.rollout = build_rollout(self.cfg, task=self.task, model=self.model, tokenizer=self.tok,
+        self.rollout = build_rollout(self.cfg, task=self.task, model=self.gen_model, tokenizer=self.tok,
                                      autocast=self.acc.autocast)
         self.engine = self.rollout.engine
 
@@ -327,6 +327,10 @@ class Trainer:
     def _old_logprobs(self, micro: _Micro) -> torch.Tensor | None:
         """The PPO "old" policy for several updates per batch: the training forward, no grad, before any update."""
         if micro.batch is None:
+            if self._sharded():  # FSDP's forward all-gathers: every rank runs one (its result is unused)
+                with torch.no_grad():
+                    pad = self.tok.pad_token_id
+                    self.policy(*(t.to(self.acc.device) for t in grpo.build_completion_batch([[pad]], [[pad]], pad)))
             return None
         with torch.no_grad():
             return self.policy(*micro.batch)  # [B, T]
@@ -337,8 +341,9 @@ class Trainer:
         stats = dict(micro.stats)
         if micro.batch is None:
             # Every rank must run a backward on a synchronising micro-batch so gradients are all-reduced;
-            # with no row in the loss it back-propagates an exact zero.
-            if self.acc.sync_gradients:
+            # with no row in the loss it back-propagates an exact zero. Under FSDP every forward and
+            # backward all-gathers each layer's weights, so there it runs on every micro-batch.
+            if self.acc.sync_gradients or self._sharded():
                 self._zero_backward()
             return stats
         logp = self.policy(*micro.batch)  # [B, T]
@@ -411,12 +416,17 @@ class Trainer:
     def _sync_generation_weights(self) -> float | None:
         """An engine with its own copy of the weights (vLLM) gets the policy's after updates, and resets its
         prefix cache: KV computed with old weights must never serve a new rollout. Every rank pushes to its
-        own engine (TRL's colocate pattern). The hf engine generates with the policy object: nothing to do."""
+        own engine (TRL's colocate pattern). The hf engine generates with the policy object: nothing to do,
+        except under FSDP2, where its unsharded copy is refreshed. Sharded weights are gathered one tensor at
+        a time on every rank (a collective)."""
         engine = self.rollout.engine
-        if not engine.holds_weights:
+        if not engine.holds_weights and self.gen_model is self.model:
             return None
         t0 = time.perf_counter()
-        engine.sync_weights(self.acc.unwrap_model(self.policy).model)
+        if engine.holds_weights:
+            engine.sync_weights(self.acc.unwrap_model(self.policy).model)
+        else:
+            refresh(self.gen_model, self.model)
         return time.perf_counter() - t0
 
     def _reflection_diagnostics(self, batches: list[list[Episode]]) -> dict[str, Any]:
@@ -492,11 +502,8 @@ class Trainer:
         return final
 
     def _sharded(self) -> bool:
-        """Parameters split over ranks (FSDP, DeepSpeed ZeRO-3): the local module holds shards only."""
-        if self.acc.distributed_type == DistributedType.FSDP:
-            return True
-        plugin = self.acc.state.deepspeed_plugin
-        return plugin is not None and plugin.zero_stage == 3
+        """Parameters split over ranks (FSDP2; check_supported refuses the others): the local module holds shards only."""
+        return sharding(self.acc) is not None
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights, gathered from every rank, with the keys of the inner HF model."""

@@ -1,0 +1,92 @@
+"""Sharded full fine-tuning (FSDP2, PyTorch's `fully_shard`, through accelerate's FSDP plugin).
+
+Each rank keeps 1/N of the float32 weights, gradients and AdamW state; a layer's weights are
+all-gathered for its forward and backward. Generation cannot run on the sharded model: ranks
+decoding different lengths would issue different numbers of all-gathers and hang. So generation
+runs on whole weights gathered once per weight sync (as TRL and verl do): with
+generation.backend=vllm each rank's engine receives them (`VLLMEngine.sync_weights`, prefix
+cache reset), with the hf backend an unsharded generation copy of the model is refreshed from
+them (one more copy of the weights per rank, in the training dtype).
+
+accelerate 1.15 enables FSDP only on accelerator devices; on CPU (gloo, the CI) its state stays
+MULTI_CPU and the plugin is dropped. `enable_fsdp_on_cpu` sets the two fields accelerate would
+have set, so the same code path (fsdp2_prepare_model, its state dicts, save_state) runs on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from r3rl.errors import InputError
+
+
+def enable_fsdp_on_cpu(accelerator: Any) -> None:
+    """Under `accelerate launch` with an FSDP config on CPU ranks (ACCELERATE_USE_CPU), turn the
+    MULTI_CPU state accelerate made into FSDP with the plugin it built from the same environment."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if (os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or state.device.type != "cpu"
+            or state.__dict__.get("fsdp_plugin") is not None):
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* from the environment, as Accelerator does
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    # as AcceleratorState does on GPUs: every later AcceleratorState() copies the PartialState's type over its own
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def sharding(accelerator: Any) -> str | None:
+    """'fsdp2', 'fsdp1', 'zero3' when parameters are split over ranks, else None."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return "fsdp2" if accelerator.state.fsdp_plugin.fsdp_version == 2 else "fsdp1"
+    plugin = accelerator.state.deepspeed_plugin
+    return "zero3" if plugin is not None and plugin.zero_stage == 3 else None
+
+
+def check_supported(kind: str | None, lora: bool) -> None:
+    """Refuse, in one sentence, the sharded set-ups r3rl does not run."""
+    if kind is None:
+        return
+    if kind == "fsdp1":
+        raise InputError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
+                         "(configs/accelerate/fsdp2.yaml)")
+    if kind == "zero3":
+        raise InputError("DeepSpeed ZeRO-3 is not supported (its weights are not gathered for generation); use "
+                         "configs/accelerate/fsdp2.yaml for sharded full fine-tuning, or deepspeed-zero2.yaml")
+    if lora:
+        raise InputError("train.lora=true with FSDP: a LoRA run's frozen base is replicated anyway, so sharding "
+                         "gains little; use configs/accelerate/ddp.yaml (FSDP2 is for full fine-tuning)")
+
+
+def generation_copy(model: nn.Module) -> nn.Module:
+    """An unsharded copy of `model` for the hf engine to generate with (before the model is sharded);
+    `refresh` keeps it equal to the trained weights."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def full_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) of `module`'s state dict, a sharded (DTensor) entry all-gathered one at a time
+    (a collective: every rank iterates in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    for name, t in module.state_dict().items():
+        yield name, (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+
+@torch.no_grad()
+def refresh(copy_: nn.Module, sharded: nn.Module) -> None:
+    """Copy the sharded model's gathered weights into the generation copy (every rank)."""
+    target = copy_.state_dict()
+    for name, t in full_tensors(sharded):
+        target[name].copy_(t)
