@@ -1,7 +1,8 @@
 """Checkpoints that a kill never breaks, resume, and the guard against mixing two runs in one folder.
 
 A checkpoint is accelerate's `save_state` (model, optimizer, every rank's RNG
-states) plus `trainer_state.json` (step, the data position follows from it; the
+states; under FSDP2 the model and optimizer are folders of per-rank shards) plus
+`trainer_state.json` (step, the data position follows from it; the
 scheduler's state; each file's size and CRC32), written into a hidden temporary
 folder and renamed into place when complete. Only folders holding
 trainer_state.json count, so a half-written one is ignored; loading checks every
@@ -30,6 +31,7 @@ from r3rl.io import atomic_write_text
 RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged")
 
 _NAME = re.compile(r"^step-(\d+)$")
+FSDP_MODEL = "pytorch_model_fsdp"  # accelerate's folder of an FSDP sharded model state (torch.distributed.checkpoint)
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -56,14 +58,16 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-    except Exception as e:  # torch.s zip writer reports a full disk as RuntimeError; name the folder instead
+    except Exception as e:  # torch's zip writer reports a full disk as RuntimeError; name the folder instead
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"{final}: writing the checkpoint failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       "check free space and write permission") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # sizes and CRCs: safetensors has no checksum, so a garbled tensor would otherwise load as garbage
-        state = {**state, "files": {f.name: _fingerprint(f) for f in sorted(tmp.iterdir()) if f.is_file()}}
+        # (FSDP's sharded model and optimizer are folders of per-rank files: those are fingerprinted too)
+        state = {**state, "files": {f.relative_to(tmp).as_posix(): _fingerprint(f) for f in sorted(tmp.rglob("*"))
+                                    if f.is_file()}}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
         if final.exists():  # saving a step again (a resumed run that had finished): never half-delete it in place
             _discard(final)
@@ -118,7 +122,7 @@ def check_files(path: Path) -> dict[str, Any]:
             raise InputError(f"{f}: damaged ({got['bytes']} bytes, {want['bytes']} when saved)")
         if _fingerprint(f)["crc32"] != want["crc32"]:
             raise InputError(f"{f}: damaged (its checksum differs from when it was saved)")
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")) and not list(path.glob(f"{FSDP_MODEL}*/.metadata")):
         raise InputError(f"{path}: the checkpoint holds no model weights")
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)

@@ -506,9 +506,13 @@ class Trainer:
         return sharding(self.acc) is not None
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole model's weights, gathered from every rank, with the keys of the inner HF model."""
+        """The whole model's weights, gathered from every rank (a collective; filled on the main process only),
+        with the keys of the inner HF model. A tied weight (lm_head = embeddings) is kept once, under its
+        parameter's name: gathered copies no longer share storage, so save_pretrained would write both."""
         state = self.acc.get_state_dict(self.policy)  # keys of LogprobModel: "model." + the HF model's own
-        return {k.removeprefix("model."): v for k, v in state.items()}
+        inner = self.acc.unwrap_model(self.policy).model
+        kept = {n for n, _ in inner.named_parameters()} | {n for n, _ in inner.named_buffers()}  # tied names once
+        return {name: v for k, v in state.items() if (name := k.removeprefix("model.")) in kept}
 
     def _watch_signal(self, totals: dict[str, float]) -> None:
         """Warn once when no group had a learning signal for several steps in a row, saying what to change."""
