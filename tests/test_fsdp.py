@@ -29,10 +29,19 @@ def _launch(args: list[str], accelerate_config: str | None) -> subprocess.Comple
            "ACCELERATE_USE_CPU": "1"}
     how = ["--config_file", str(ROOT / accelerate_config)] if accelerate_config else ["--multi_gpu"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(_free_port()),  # not torchrun's 29500, which another test run may hold
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", "train", *args]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_unsupported_sharding_is_refused_in_one_sentence():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,18 +75,12 @@ def generation_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
-def full_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, whole tensor) of `module`'s state dict, a sharded (DTensor) entry all-gathered one at a time
-    (a collective: every rank iterates in the same order)."""
-    from torch.distributed.tensor import DTensor
-
-    for name, t in module.state_dict().items():
-        yield name, (t.full_tensor() if isinstance(t, DTensor) else t).detach()
-
-
 @torch.no_grad()
 def refresh(copy_: nn.Module, sharded: nn.Module) -> None:
-    """Copy the sharded model's gathered weights into the generation copy (every rank)."""
+    """Copy the sharded model's gathered weights into the generation copy (every rank: each tensor is
+    all-gathered in turn by the same function that feeds a vLLM engine, `policy_weights`)."""
+    from r3rl.engine.vllm import policy_weights
+
     target = copy_.state_dict()
-    for name, t in full_tensors(sharded):
+    for name, t in policy_weights(sharded):
         target[name].copy_(t)
