@@ -106,3 +106,14 @@ def test_fsdp2_two_processes_match_ddp_and_resume(model_dir, tmp_path):
     again = weights(resumed / "final")
     for k in fsdp_w:
         torch.testing.assert_close(again[k], fsdp_w[k], rtol=0, atol=1e-7, msg=k)
+
+    # and an unsharded run (here one process, the DDP code path) resumes the same sharded checkpoint
+    from r3rl.training.trainer import train
+
+    replicated = tmp_path / "replicated"
+    shutil.copytree(resumed, replicated)
+    shutil.rmtree(replicated / "checkpoints" / "step-0000002")
+    shutil.rmtree(replicated / "final")
+    train(config("replicated", save_every=1), resume=True, show_progress=False)
+    for k, v in weights(replicated / "final").items():
+        torch.testing.assert_close(v, fsdp_w[k], rtol=1e-5, atol=1e-6, msg=k)  # the DDP / FSDP2 tolerance above

@@ -134,13 +134,52 @@ def check_files(path: Path) -> dict[str, Any]:
 def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     """Restore model, optimizer and RNG states; returns trainer_state.json. Nothing is unpickled:
     accelerate loads its .bin/.pkl files with torch.load(weights_only=True)."""
+    from accelerate.utils import DistributedType
+
     path = Path(path)
     state = check_files(path)
+    sharded = (path / f"{FSDP_MODEL}_0" / ".metadata").is_file()
+    fsdp_run = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp_run and not sharded:
+        raise InputError(f"{path} was written by an unsharded (DDP) run, and an FSDP2 run resumes FSDP2 checkpoints only: "
+                         f"resume it under configs/accelerate/ddp.yaml, or start the FSDP2 run from a final model")
     try:
-        accelerator.load_state(str(path))
+        if sharded and not fsdp_run:
+            _load_shards_into_replicas(accelerator, path)
+        else:
+            accelerator.load_state(str(path))
     except Exception as e:  # a file that passed the checks but does not fit this model / optimizer
         raise InputError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
     return state
+
+
+def _load_shards_into_replicas(accelerator, path: Path) -> None:
+    """Resume an FSDP2 checkpoint in a run whose ranks each hold the whole model (DDP, one process): the
+    sharded model and optimizer states are read whole (torch.distributed.checkpoint, no process group
+    needed) and set by parameter name; then this rank's RNG states, as accelerate's load_state does."""
+    import random
+    import tempfile
+
+    import numpy as np
+    import torch
+    from accelerate.utils import load
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    (model,), (opt,) = accelerator._models, accelerator._optimizers  # the trainer prepares one of each
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path / f"{FSDP_MODEL}_0", f"{tmp}/model.pt")
+        dcp_to_torch_save(path / "optimizer_0", f"{tmp}/optimizer.pt")
+        weights = torch.load(f"{tmp}/model.pt", weights_only=True)["model"]
+        optim = torch.load(f"{tmp}/optimizer.pt", weights_only=True)["optimizer"]
+    set_model_state_dict(model, weights)
+    set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), optim)
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    if rng.is_file():  # a run on more processes than the FSDP2 one: the others keep their seeded states
+        states = load(rng)
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])
+        torch.set_rng_state(states["torch_manual_seed"])
 
 
 def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
