@@ -53,41 +53,58 @@ def test_unsupported_sharding_is_refused_in_one_sentence():
             check_supported(kind, lora)
 
 
-@pytest.mark.slow
-def test_fsdp2_two_processes_match_ddp_and_resume(model_dir, tmp_path):
-    """2 steps of FSDP2 reach the DDP run's weights; its final model loads with from_pretrained; a run
-    resumed from its sharded step-1 checkpoint ends with the same weights as the uninterrupted one."""
+def _config(model_dir: Path, root: Path, name: str, **train):
+    cfg = tiny_config(model_dir, root / name, steps=2, **train)
+    cfg.failures.path = str(root / "failures.jsonl")  # one failure set: every run trains on the same batches
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ddp_run(model_dir, tmp_path_factory) -> Path:
+    """The reference: 2 steps of `r3rl train` on 2 DDP processes (its folder's parent holds the failure set)."""
     from r3rl.engine import load_engine
     from r3rl.mining import mine
     from r3rl.rollout import Rollout
     from r3rl.tasks import load_task
 
-    def config(name: str, **train):
-        cfg = tiny_config(model_dir, tmp_path / name, steps=2, **train)
-        cfg.failures.path = str(tmp_path / "failures.jsonl")  # one failure set: both runs train on the same batches
-        return cfg
-
-    cfg = config("ddp", save_every=0)
+    root = tmp_path_factory.mktemp("runs")
+    cfg = _config(model_dir, root, "ddp", save_every=0)
     mine(Rollout(load_engine(str(model_dir)), load_task(cfg.task.name), cfg.generation, cfg.rollout), cfg.failures,
          cfg.seed, show_progress=False)
-    t0 = time.perf_counter()
     _launch(cli_overrides(cfg), None)
-    t1 = time.perf_counter()
+    return root / "ddp"
+
+
+def _assert_like_ddp(got: dict[str, torch.Tensor], ddp: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == ddp.keys()
+    moved = 0.0
+    for k in ddp:
+        # float32; FSDP2 reduce-scatters gradient shards and ZeRO-2 reduces gradient partitions where DDP
+        # all-reduces whole buckets, and the clipping norm is summed from per-shard parts, so sums may be
+        # added in another order: ~1e-7 relative per gradient, which Adam's first steps (update ~ lr x g / |g|)
+        # pass on at most as ~1e-6 of the lr 1e-2 moves. (Measured with 2 ranks: 0.0, sums of two terms are exact.)
+        torch.testing.assert_close(got[k], ddp[k], rtol=1e-5, atol=1e-6, msg=k)
+        moved = max(moved, float((ddp[k] - base[k]).abs().max()))
+    assert moved > 1e-3  # the runs trained (2 steps at lr 1e-2), so equal weights are not both the base
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_ddp_and_resume(model_dir, ddp_run):
+    """2 steps of FSDP2 reach the DDP run's weights; its final model loads with from_pretrained; a run
+    resumed from its sharded step-1 checkpoint ends with the same weights as the uninterrupted one, and so
+    does an unsharded run resumed from it."""
+    tmp_path = ddp_run.parent
+
+    def config(name: str, **train):
+        return _config(model_dir, tmp_path, name, **train)
+
+    t0 = time.perf_counter()
     fsdp = config("fsdp", save_every=1)
     _launch(cli_overrides(fsdp), "configs/accelerate/fsdp2.yaml")
-    t2 = time.perf_counter()
-    print(f"DDP {t1 - t0:.1f} s, FSDP2 {t2 - t1:.1f} s")
+    print(f"FSDP2 run: {time.perf_counter() - t0:.1f} s")
     assert json.loads((tmp_path / "fsdp" / "replicas.json").read_text())["sharded"] is True
-    ddp_w, fsdp_w, base = weights(tmp_path / "ddp" / "final"), weights(tmp_path / "fsdp" / "final"), weights(model_dir)
-    assert ddp_w.keys() == fsdp_w.keys()
-    moved = 0.0
-    for k in ddp_w:
-        # float32; FSDP2 reduce-scatters gradient shards where DDP all-reduces whole buckets and computes the
-        # clipping norm from per-shard partial norms, so sums are added in another order: ~1e-7 relative per
-        # gradient, which Adam's first steps (update ~ lr x g / |g|) pass on at most as ~1e-6 of the lr 1e-2 moves.
-        torch.testing.assert_close(fsdp_w[k], ddp_w[k], rtol=1e-5, atol=1e-6, msg=k)
-        moved = max(moved, float((ddp_w[k] - base[k]).abs().max()))
-    assert moved > 1e-3  # the runs trained (2 steps at lr 1e-2), so equal weights are not both the base
+    fsdp_w = weights(tmp_path / "fsdp" / "final")
+    _assert_like_ddp(fsdp_w, weights(ddp_run / "final"), weights(model_dir))
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final")
@@ -117,3 +134,18 @@ def test_fsdp2_two_processes_match_ddp_and_resume(model_dir, tmp_path):
     train(config("replicated", save_every=1), resume=True, show_progress=False)
     for k, v in weights(replicated / "final").items():
         torch.testing.assert_close(v, fsdp_w[k], rtol=1e-5, atol=1e-6, msg=k)  # the DDP / FSDP2 tolerance above
+
+
+@pytest.fixture()
+def deepspeed_installed():
+    pytest.importorskip("deepspeed")
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_processes_match_ddp(deepspeed_installed, model_dir, ddp_run):
+    """DeepSpeed ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml) on 2 CPU ranks: 2 steps reach the DDP
+    run's weights. DeepSpeed is an optional extra (r3rl[deepspeed]; on CPU it compiles its shared-memory
+    communication op on first use, minutes on 2 cores), so without it this test skips."""
+    cfg = _config(model_dir, ddp_run.parent, "zero2", save_every=0)
+    _launch(cli_overrides(cfg), "configs/accelerate/deepspeed-zero2.yaml")
+    _assert_like_ddp(weights(ddp_run.parent / "zero2" / "final"), weights(ddp_run / "final"), weights(model_dir))

@@ -8,9 +8,10 @@ generation.backend=vllm each rank's engine receives them (`VLLMEngine.sync_weigh
 cache reset), with the hf backend an unsharded generation copy of the model is refreshed from
 them (one more copy of the weights per rank, in the training dtype).
 
-accelerate 1.15 enables FSDP only on accelerator devices; on CPU (gloo, the CI) its state stays
-MULTI_CPU and the plugin is dropped. `enable_fsdp_on_cpu` sets the two fields accelerate would
-have set, so the same code path (fsdp2_prepare_model, its state dicts, save_state) runs on CPU.
+accelerate 1.15 enables FSDP and DeepSpeed only on accelerator devices; on CPU (gloo, the CI) its
+state stays MULTI_CPU and the plugin is silently dropped. `enable_sharding_on_cpu` sets the fields
+accelerate would have set, so the same code path (fsdp2_prepare_model or the DeepSpeed engine, their
+state dicts, save_state) runs on CPU.
 """
 
 from __future__ import annotations
@@ -25,23 +26,34 @@ from torch import nn
 from r3rl.errors import InputError
 
 
-def enable_fsdp_on_cpu(accelerator: Any) -> None:
-    """Under `accelerate launch` with an FSDP config on CPU ranks (ACCELERATE_USE_CPU), turn the
-    MULTI_CPU state accelerate made into FSDP with the plugin it built from the same environment."""
+def enable_sharding_on_cpu(accelerator: Any) -> None:
+    """Under `accelerate launch` with an FSDP or DeepSpeed config on CPU ranks (ACCELERATE_USE_CPU), turn the
+    MULTI_CPU state accelerate made (silently dropping the plugin) into FSDP or DEEPSPEED, with the plugin
+    accelerate builds from the same environment."""
     from accelerate import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 
     state = accelerator.state
-    if (os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or state.device.type != "cpu"
-            or state.__dict__.get("fsdp_plugin") is not None):
+    if state.device.type != "cpu":
         return
-    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* from the environment, as Accelerator does
-    if accelerator.mixed_precision != "no":
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and state.__dict__.get("fsdp_plugin") is None:
+        plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* from the environment, as Accelerator does
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        state.fsdp_plugin = plugin
+        kind = DistributedType.FSDP
+    elif (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+          and state.__dict__.get("deepspeed_plugins") is None):
+        plugin = DeepSpeedPlugin()  # reads ACCELERATE_DEEPSPEED_* from the environment
         plugin.set_mixed_precision(accelerator.mixed_precision)
-    state.fsdp_plugin = plugin
-    state.distributed_type = DistributedType.FSDP
+        plugin.select(_from_accelerator_state=True)
+        state.deepspeed_plugins = plugin
+        kind = DistributedType.DEEPSPEED
+    else:
+        return
+    state.distributed_type = kind
     # as AcceleratorState does on GPUs: every later AcceleratorState() copies the PartialState's type over its own
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = kind
 
 
 def sharding(accelerator: Any) -> str | None:

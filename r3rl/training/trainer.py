@@ -73,7 +73,7 @@ from r3rl.training.failures import FailureSource, build_failure_source
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
 from r3rl.training.objectives import Row, build_objective
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
-from r3rl.training.sharding import check_supported, enable_fsdp_on_cpu, generation_copy, refresh, sharding
+from r3rl.training.sharding import check_supported, enable_sharding_on_cpu, generation_copy, refresh, sharding
 from r3rl.training.tracking import log_episode_texts
 from r3rl.types import Episode
 
@@ -189,7 +189,7 @@ class Trainer:
         _forget_accelerator_state()
         self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
                                mixed_precision=self.precision, gradient_accumulation_steps=accum)
-        enable_fsdp_on_cpu(self.acc)
+        enable_sharding_on_cpu(self.acc)
         check_supported(sharding(self.acc), tcfg.lora)
         set_seed(self.cfg.seed)
         if tcfg.deterministic:
