@@ -104,6 +104,11 @@ def test_fsdp2_two_processes_match_ddp_and_resume(model_dir, ddp_run):
     print(f"FSDP2 run: {time.perf_counter() - t0:.1f} s")
     assert json.loads((tmp_path / "fsdp" / "replicas.json").read_text())["sharded"] is True
     fsdp_w = weights(tmp_path / "fsdp" / "final")
+    # the hf engine generated step 2 from its unsharded copy, refreshed after step 1: its sampling log-probs are
+    # the trained model's (measured ~1e-6 apart; 0.2 when the copy is not refreshed and keeps step 1's weights)
+    rows = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["weight_sync_s"] is not None for r in rows)
+    assert rows[1]["logprob_diff_max"] < 1e-4
     _assert_like_ddp(fsdp_w, weights(ddp_run / "final"), weights(model_dir))
     from transformers import AutoModelForCausalLM
 
