@@ -237,7 +237,8 @@ class Trainer:
 
     def _setup_rollout(self) -> None:
         """generation + rollout: the engine generates with the policy object itself, under the training
-        forward's autocast, so weights are current after every optimizer step."""
+        forward's autocast, so weights are current after every optimizer step (under FSDP2 with an unsharded
+        copy, refreshed by _sync_generation_weights)."""
         self.rollout = build_rollout(self.cfg, task=self.task, model=self.gen_model, tokenizer=self.tok,
                                      autocast=self.acc.autocast)
         self.engine = self.rollout.engine
