@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,12 +19,31 @@ from r3rl.errors import InputError
 from r3rl.training.sharding import check_supported
 
 from tests.test_trainer import weights
-from tests.trainer_fixtures import cli_overrides, tiny_config
+from r3rl.types import Verdict
+
+from tests.trainer_fixtures import CoinTask, _flag_retries_of, cli_overrides, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(args: list[str], accelerate_config: str | None) -> subprocess.CompletedProcess:
+class RankSplitTask(CoinTask):
+    """CoinTask, except that on rank 1 every retry passes: rank 1's groups all have equal rewards (no row in
+    its loss) while rank 0's carry signal, so the two ranks' micro-batches disagree."""
+
+    name = "rank-split"
+    retrying = False  # True while Rollout.reflect_and_retry runs (trainer_fixtures._flag_retries_of)
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        _flag_retries_of(RankSplitTask)
+
+    def verify(self, ex, completion):
+        if RankSplitTask.retrying and os.environ.get("RANK") == "1":
+            return Verdict(True, "")
+        return super().verify(ex, completion)
+
+
+def _launch(args: list[str], accelerate_config: str | None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`r3rl train` on 2 CPU ranks (gloo): DDP, or the accelerate config's distributed type."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "1"}
@@ -31,9 +51,17 @@ def _launch(args: list[str], accelerate_config: str | None) -> subprocess.Comple
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", str(_free_port()),  # not torchrun's 29500, which another test run may hold
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", "train", *args]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
+    # its own session, so a hung run's ranks (children of torchrun) are killed with it, not left behind
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"r3rl train did not finish in {timeout} s (ranks out of step?): {out[-1500:]}{err[-1500:]}")
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _free_port() -> int:
@@ -154,3 +182,17 @@ def test_deepspeed_zero2_two_processes_match_ddp(deepspeed_installed, model_dir,
     cfg = _config(model_dir, ddp_run.parent, "zero2", save_every=0)
     _launch(cli_overrides(cfg), "configs/accelerate/deepspeed-zero2.yaml")
     _assert_like_ddp(weights(ddp_run.parent / "zero2" / "final"), weights(ddp_run / "final"), weights(model_dir))
+
+
+@pytest.mark.slow
+def test_fsdp2_rank_with_nothing_to_learn_keeps_in_step(model_dir, ddp_run):
+    """Under FSDP every forward and backward all-gathers each layer's weights, so a rank whose micro-batch has
+    no row in the loss must still run one, on accumulating micro-batches too (4 micro-batches per step, 2 per
+    rank): rank 1's retries all pass, rank 0's do not. Before the fix the ranks' collectives disagreed."""
+    cfg = _config(model_dir, ddp_run.parent, "split", save_every=0, batch_size=8, updates_per_batch=2)
+    cfg.task.name = "tests.test_fsdp:RankSplitTask"
+    cfg.failures.reuse = "any"  # the coin failure set: RankSplitTask judges first attempts as CoinTask does
+    _launch(cli_overrides(cfg), "configs/accelerate/fsdp2.yaml", timeout=150)
+    rows = [json.loads(x) for x in (ddp_run.parent / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["zero_adv_frac"] >= 0.5 for r in rows)  # rank 1's half of the groups: no signal
+    assert all(r["zero_adv_frac"] < 1.0 for r in rows)  # rank 0's: some
