@@ -196,3 +196,28 @@ def test_fsdp2_rank_with_nothing_to_learn_keeps_in_step(model_dir, ddp_run):
     rows = [json.loads(x) for x in (ddp_run.parent / "split" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["zero_adv_frac"] >= 0.5 for r in rows)  # rank 1's half of the groups: no signal
     assert all(r["zero_adv_frac"] < 1.0 for r in rows)  # rank 0's: some
+
+
+def test_sharded_checkpoint_metadata_never_runs_code(tmp_path):
+    """torch reads a torch.distributed.checkpoint .metadata file with plain pickle.load; r3rl reads it first
+    allowing only what torch writes there, so a crafted one is refused and its payload never runs."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from r3rl.training.checkpoint import check_dcp_metadata
+
+    real = tmp_path / "pytorch_model_fsdp_0"
+    dcp.save({"model": {"w": torch.ones(2, 3), "n": torch.zeros((), dtype=torch.int64)}}, checkpoint_id=str(real),
+             no_dist=True)
+    check_dcp_metadata(real / ".metadata")  # what torch writes passes (the FSDP2 tests resume real ones)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (real / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(InputError, match=r"\.metadata: refused, it names (posix|os)\.system"):
+        check_dcp_metadata(real / ".metadata")
+    assert not marker.exists()

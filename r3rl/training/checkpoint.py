@@ -124,6 +124,8 @@ def check_files(path: Path) -> dict[str, Any]:
             raise InputError(f"{f}: damaged (its checksum differs from when it was saved)")
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")) and not list(path.glob(f"{FSDP_MODEL}*/.metadata")):
         raise InputError(f"{path}: the checkpoint holds no model weights")
+    for f in sorted(path.glob("*/.metadata")):
+        check_dcp_metadata(f)
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)
     for f in sorted([*path.glob("*.bin"), *path.glob("*.pkl")]):
@@ -131,9 +133,43 @@ def check_files(path: Path) -> dict[str, Any]:
     return state
 
 
+# What the .metadata pickle of torch.distributed.checkpoint (FSDP2's sharded states) may name: its own
+# dataclasses, torch dtypes and sizes, paths. torch reads it with plain pickle.load, which would run any
+# callable a crafted file names, so r3rl reads it first with only these allowed.
+_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+              ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
+              ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath")}
+
+
+def check_dcp_metadata(path: Path) -> None:
+    """Unpickle a torch.distributed.checkpoint .metadata file allowing only the names it holds when torch
+    writes it; anything else (a crafted file naming os.system, say) is refused before torch reads it."""
+    import pickle
+
+    import torch
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            allowed = ((module, name) in _DCP_NAMES or module == "torch.distributed.checkpoint.metadata"
+                       or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+            if not allowed:
+                raise InputError(f"{path}: refused, it names {module}.{name}, which a checkpoint's metadata never "
+                                 f"holds (loading it could run code)")
+            return super().find_class(module, name)
+
+    try:
+        with open(path, "rb") as f:
+            Restricted(f).load()
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{path}: damaged checkpoint metadata ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     """Restore model, optimizer and RNG states; returns trainer_state.json. Nothing is unpickled:
-    accelerate loads its .bin/.pkl files with torch.load(weights_only=True)."""
+    accelerate loads its .bin/.pkl files with torch.load(weights_only=True), and an FSDP2 checkpoint's
+    metadata pickles are read with a restricted unpickler first (`check_dcp_metadata`)."""
     from accelerate.utils import DistributedType
 
     path = Path(path)
