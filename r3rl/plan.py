@@ -4,7 +4,9 @@ Everything is computed offline from the preset and the model's config.json (hidd
 heads, kv heads, head dim, intermediate size, vocabulary, tied embeddings), so a researcher can size
 a run without a GPU. Memory is for one process under data parallelism (configs/accelerate/ddp.yaml:
 every device holds the whole model) with float32 trainable weights and bf16 compute
-(train.mixed_precision); a ZeRO-2 line shows the sharded optimizer state and gradients.
+(train.mixed_precision); a ZeRO-2 line shows the sharded optimizer state and gradients, and for full
+fine-tuning on several processes that data parallelism does not fit, FSDP2 and ZeRO-3 sections show
+every part with the parameters sharded too (`sharded_memory`).
 Activation and sequence-length figures are upper-bound estimates (every generation at its token
 limit); token counts are upper bounds for the same reason. Wall time is generated tokens divided by
 the generation speed, which r3rl has not measured on a GPU: pass --tokens-per-s (per device) from
@@ -153,6 +155,59 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
     return out
 
 
+def sharded_memory(cfg: Config, shape: ModelShape, processes: int, gpu_memory_gb: float) -> dict[str, dict[str, float]]:
+    """Bytes per device of full fine-tuning with the parameters sharded over `processes` ranks, by part:
+    FSDP2 (configs/accelerate/fsdp2.yaml: float32 parameters, bf16 autocast) and DeepSpeed ZeRO-3 (its
+    bf16 mode: bf16 parameters plus float32 master weights and gradient partitions). `_generation_reserved`
+    is 1 when generation's memory is vLLM's fixed share (it then holds the KV cache too).
+
+    Gathered: the root module's parameters (embeddings, lm_head, final norm: FSDP2 keeps the root unsharded
+    from forward to backward) and two decoder layers (the one computing and the one prefetched), and the
+    unsharded gradients of the root and one layer before their reduce-scatter."""
+    t, g = cfg.train, cfg.generation
+    p, layer = shape.params(), shape.layer_params()
+    root = p - shape.layers * layer
+    n = max(processes, 1)
+    gen: dict[str, float] = {}
+    if g.backend == "vllm":
+        gen["vLLM (its weights, activations and KV cache: gpu_memory_utilization of the device)"] = (
+            g.vllm.gpu_memory_utilization * gpu_memory_gb * 1e9)
+        gen["_generation_reserved"] = 1
+    else:
+        gen["generation copy (unsharded float32, hf backend)"] = FP32 * p
+    ref = {"reference model (unsharded float32 copy, beta > 0)": FP32 * p} if t.beta > 0 else {}
+    return {
+        "fsdp2": {"sharded weights + gradients + AdamW (4 + 4 + 8 bytes per parameter / N)": 16 * p / n,
+                  "gathered: root + 2 layers (float32) and their gradients before reduce-scatter":
+                      FP32 * (root + 2 * layer) + FP32 * (root + layer),
+                  **ref, **gen},
+        "zero3": {"sharded bf16 weights + float32 master, gradients, AdamW (2 + 4 + 4 + 8 bytes / N)": 18 * p / n,
+                  "gathered: root + 2 layers (bf16) and their gradients before reduce-scatter":
+                      HALF * (root + 2 * layer) + HALF * (root + layer),
+                  **ref, **gen},
+    }
+
+
+def sharded_lines(cfg: Config, shape: ModelShape, processes: int, gpu_memory_gb: float, activations: float,
+                  kv_cache: float) -> list[str]:
+    """The plan's lines for FSDP2 and ZeRO-3: each part, and the peak with the configured activations (plus
+    the hf engine's KV cache when generation does not run in vLLM's reserved share)."""
+    lines = []
+    for kind, parts in sharded_memory(cfg, shape, processes, gpu_memory_gb).items():
+        reserved = bool(parts.pop("_generation_reserved", 0))
+        name = ("fsdp2 (configs/accelerate/fsdp2.yaml)" if kind == "fsdp2"
+                else "deepspeed-zero3 (not yet supported by r3rl train: it refuses ZeRO-3; use fsdp2)")
+        lines.append(f"  with {name}, parameters sharded over {processes}:")
+        for part, b in parts.items():
+            lines.append(f"    {part:84s} {b / GIB:8.2f} GiB")
+        static = sum(parts.values())
+        peak = static + (activations if reserved else max(activations, kv_cache))
+        what = "training activations" if reserved else "the larger of training activations and the KV cache"
+        fits = "fits" if peak <= gpu_memory_gb * 1e9 else "does NOT fit"
+        lines.append(f"    peak (these + {what}): {peak / GIB:.2f} GiB -> {kind} {fits} in {gpu_memory_gb:g} GB")
+    return lines
+
+
 def generated_tokens(cfg: Config) -> dict[str, int]:
     """Upper bounds on generated tokens (every generation at its limit) of each stage."""
     g, r, t, f, e = cfg.generation, cfg.rollout, cfg.train, cfg.failures, cfg.eval
@@ -260,6 +315,9 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
     if not t.lora and processes > 1:
         z2 = static - (mem["gradients (float32)"] + mem["optimizer (AdamW, 2 x float32)"]) * (1 - 1 / processes)
         lines.append(f"  with deepspeed-zero2 (gradients and optimizer sharded over {processes}): static {_bytes(z2)}")
+        if fits != "fits":  # where data parallel does not fit, what sharding the parameters too gives
+            lines += sharded_lines(cfg, shape, processes, gpu_memory_gb, mem[act_key],
+                                   mem["KV cache at generation.max_batch_size"])
     lines.append(f"  (training forward: micro_batch_size x group_size = {rows} reflections of up to {seq} tokens; "
                  f"generation: {cfg.generation.max_batch_size} rows of up to {gen_len} tokens"
                  + (", each failure context stored once for its group (shared-prefix attention))"

@@ -242,3 +242,34 @@ def test_small_memory_reads_in_mib():
     from r3rl.plan import _bytes
 
     assert _bytes(5.75 * GIB) == "5.75 GiB" and _bytes(3.5 * 2 ** 20) == "3.5 MiB"
+
+
+def test_fsdp2_preset_for_7b_full_fine_tuning_fits_8_devices_of_80_gb(capsys):
+    """Qwen2.5-7B full fine-tuning: 112 GB of float32 weights, gradients and AdamW state do not fit one 80 GB
+    device under DDP; sharded over 8 with FSDP2 (the preset, generation in vLLM) the plan says it fits."""
+    from r3rl.cli import main
+    from r3rl.plan import sharded_memory
+
+    preset = ROOT / "configs" / "qwen2.5-7b-countdown-fsdp2.yaml"
+    cfg = load_config(preset)
+    shape, _ = load_model_shape(cfg, preset=preset)
+    p = shape.params()
+    assert p == 7_615_616_512  # the published 7.62B (untied lm_head)
+    parts = sharded_memory(cfg, shape, 8, 80.0)
+    fsdp = parts["fsdp2"]
+    assert fsdp["sharded weights + gradients + AdamW (4 + 4 + 8 bytes per parameter / N)"] == 16 * p / 8
+    root = p - 28 * shape.layer_params()  # embeddings 152064 x 3584, lm_head the same, final norm 3584
+    assert root == 2 * 152064 * 3584 + 3584
+    assert fsdp["gathered: root + 2 layers (float32) and their gradients before reduce-scatter"] == 4 * (
+        2 * root + 3 * shape.layer_params())
+    assert parts["zero3"]["sharded bf16 weights + float32 master, gradients, AdamW (2 + 4 + 4 + 8 bytes / N)"] == 18 * p / 8
+    assert not any("reference" in k for k in fsdp)  # beta 0: no reference copy
+    assert main(["plan", "--config", str(preset), "--processes", "8", "--prompt-tokens", "150"]) == 0
+    out = capsys.readouterr().out
+    assert "does NOT fit in 80 GB" in out  # data parallel: every device holds the 112 GB
+    assert "fsdp2 fits in 80 GB" in out
+    # the hf backend keeps an unsharded float32 generation copy, and a KL term an unsharded reference
+    cfg.generation.backend, cfg.train.beta = "hf", 0.001
+    fsdp = sharded_memory(cfg, shape, 8, 80.0)["fsdp2"]
+    assert fsdp["generation copy (unsharded float32, hf backend)"] == 4 * p
+    assert fsdp["reference model (unsharded float32 copy, beta > 0)"] == 4 * p

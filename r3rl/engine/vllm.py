@@ -356,9 +356,14 @@ def _shutdown(llm: Any) -> None:
 
 
 def policy_weights(module: "torch.nn.Module") -> Iterator[tuple[str, "torch.Tensor"]]:
-    """(checkpoint name, tensor) of a transformers model, LoRA adapters merged in; nothing is modified."""
+    """(checkpoint name, tensor) of a transformers model, LoRA adapters merged in; nothing is modified.
+    A model sharded by FSDP2 (whose state dict holds DTensor shards) yields whole tensors, each all-gathered
+    in turn: a collective, which every rank runs, in the same order, for its own engine."""
     if not (callable(getattr(module, "get_base_model", None)) and hasattr(module, "peft_config")):
-        yield from ((name, t.detach()) for name, t in module.state_dict().items())
+        from torch.distributed.tensor import DTensor
+
+        yield from ((name, (t.full_tensor() if isinstance(t, DTensor) else t).detach())
+                    for name, t in module.state_dict().items())
         return
     yield from _merged_lora_weights(module)
 

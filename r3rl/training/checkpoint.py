@@ -1,7 +1,8 @@
 """Checkpoints that a kill never breaks, resume, and the guard against mixing two runs in one folder.
 
 A checkpoint is accelerate's `save_state` (model, optimizer, every rank's RNG
-states) plus `trainer_state.json` (step, the data position follows from it; the
+states; under FSDP2 the model and optimizer are folders of per-rank shards) plus
+`trainer_state.json` (step, the data position follows from it; the
 scheduler's state; each file's size and CRC32), written into a hidden temporary
 folder and renamed into place when complete. Only folders holding
 trainer_state.json count, so a half-written one is ignored; loading checks every
@@ -31,6 +32,7 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", 
 WEIGHTS_RECORD = "weights.json"  # which weights the run's final folders hold, and of which step
 
 _NAME = re.compile(r"^step-(\d+)$")
+FSDP_MODEL = "pytorch_model_fsdp"  # accelerate's folder of an FSDP sharded model state (torch.distributed.checkpoint)
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
@@ -67,7 +69,9 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, state: dict[str
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # sizes and CRCs: safetensors has no checksum, so a garbled tensor would otherwise load as garbage
-        state = {**state, "files": {f.name: _fingerprint(f) for f in sorted(tmp.iterdir()) if f.is_file()}}
+        # (FSDP's sharded model and optimizer are folders of per-rank files: those are fingerprinted too)
+        state = {**state, "files": {f.relative_to(tmp).as_posix(): _fingerprint(f) for f in sorted(tmp.rglob("*"))
+                                    if f.is_file()}}
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
         if final.exists():  # saving a step again (a resumed run that had finished): never half-delete it in place
             _discard(final)
@@ -149,8 +153,10 @@ def check_files(path: Path) -> dict[str, Any]:
             raise InputError(f"{f}: damaged ({got['bytes']} bytes, {want['bytes']} when saved)")
         if _fingerprint(f)["crc32"] != want["crc32"]:
             raise InputError(f"{f}: damaged (its checksum differs from when it was saved)")
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")) and not list(path.glob(f"{FSDP_MODEL}*/.metadata")):
         raise InputError(f"{path}: the checkpoint holds no model weights")
+    for f in sorted(path.glob("*/.metadata")):
+        check_dcp_metadata(f)
     for f in sorted(path.glob("*.safetensors")):
         check_safetensors(f)
     for f in sorted([*path.glob("*.bin"), *path.glob("*.pkl")]):
@@ -158,16 +164,89 @@ def check_files(path: Path) -> dict[str, Any]:
     return state
 
 
+# What the .metadata pickle of torch.distributed.checkpoint (FSDP2's sharded states) may name: its own
+# dataclasses, torch dtypes and sizes, paths. torch reads it with plain pickle.load, which would run any
+# callable a crafted file names, so r3rl reads it first with only these allowed.
+_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+              ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
+              ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath")}
+
+
+def check_dcp_metadata(path: Path) -> None:
+    """Unpickle a torch.distributed.checkpoint .metadata file allowing only the names it holds when torch
+    writes it; anything else (a crafted file naming os.system, say) is refused before torch reads it."""
+    import pickle
+
+    import torch
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            allowed = ((module, name) in _DCP_NAMES or module == "torch.distributed.checkpoint.metadata"
+                       or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+            if not allowed:
+                raise InputError(f"{path}: refused, it names {module}.{name}, which a checkpoint's metadata never "
+                                 f"holds (loading it could run code)")
+            return super().find_class(module, name)
+
+    try:
+        with open(path, "rb") as f:
+            Restricted(f).load()
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{path}: damaged checkpoint metadata ({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     """Restore model, optimizer and RNG states; returns trainer_state.json. Nothing is unpickled:
-    accelerate loads its .bin/.pkl files with torch.load(weights_only=True)."""
+    accelerate loads its .bin/.pkl files with torch.load(weights_only=True), and an FSDP2 checkpoint's
+    metadata pickles are read with a restricted unpickler first (`check_dcp_metadata`)."""
+    from accelerate.utils import DistributedType
+
     path = Path(path)
     state = check_files(path)
+    sharded = (path / f"{FSDP_MODEL}_0" / ".metadata").is_file()
+    fsdp_run = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp_run and not sharded:
+        raise InputError(f"{path} was written by an unsharded (DDP) run, and an FSDP2 run resumes FSDP2 checkpoints only: "
+                         f"resume it under configs/accelerate/ddp.yaml, or start the FSDP2 run from a final model")
     try:
-        accelerator.load_state(str(path))
+        if sharded and not fsdp_run:
+            _load_shards_into_replicas(accelerator, path)
+        else:
+            accelerator.load_state(str(path))
     except Exception as e:  # a file that passed the checks but does not fit this model / optimizer
         raise InputError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
     return state
+
+
+def _load_shards_into_replicas(accelerator, path: Path) -> None:
+    """Resume an FSDP2 checkpoint in a run whose ranks each hold the whole model (DDP, one process): the
+    sharded model and optimizer states are read whole (torch.distributed.checkpoint, no process group
+    needed) and set by parameter name; then this rank's RNG states, as accelerate's load_state does."""
+    import random
+    import tempfile
+
+    import numpy as np
+    import torch
+    from accelerate.utils import load
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    (model,), (opt,) = accelerator._models, accelerator._optimizers  # the trainer prepares one of each
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path / f"{FSDP_MODEL}_0", f"{tmp}/model.pt")
+        dcp_to_torch_save(path / "optimizer_0", f"{tmp}/optimizer.pt")
+        weights = torch.load(f"{tmp}/model.pt", weights_only=True)["model"]
+        optim = torch.load(f"{tmp}/optimizer.pt", weights_only=True)["optimizer"]
+    set_model_state_dict(model, weights)
+    set_optimizer_state_dict(model, getattr(opt, "optimizer", opt), optim)
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    if rng.is_file():  # a run on more processes than the FSDP2 one: the others keep their seeded states
+        states = load(rng)
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])
+        torch.set_rng_state(states["torch_manual_seed"])
 
 
 def prepare_output_dir(run_dir: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:

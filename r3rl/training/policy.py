@@ -130,8 +130,9 @@ def save_final(model: nn.Module, tokenizer: Any, folder: Path, merge: bool = Fal
     """Save the Hugging Face way (atomically): an adapter folder for LoRA (and merged weights on
     request), full weights otherwise. Returns the folders written.
 
-    state_dict: the full (gathered) weights when the model's own parameters are shards (ZeRO-3, FSDP);
-    the trainer gets it from `accelerator.get_state_dict` on every rank. Keys as in model.state_dict().
+    state_dict: the full (gathered) weights when the model's own parameters are shards (FSDP2); the
+    trainer gets it from `accelerator.get_state_dict` on every rank. Keys as in model.state_dict(), a tied
+    weight once.
     """
     from r3rl.io import replace_dir
 

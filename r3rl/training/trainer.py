@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from transformers import get_scheduler
 
 from r3rl.errors import InputError
@@ -78,6 +78,7 @@ from r3rl.training.console import eval_line, step_line
 from r3rl.training.metrics import MAX_KEYS, SUM_KEYS, MetricsRow
 from r3rl.training.objectives import Row, build_objective
 from r3rl.training.policy import LogprobModel, build_policy, is_peft, reference_logprobs, save_final
+from r3rl.training.sharding import check_supported, enable_sharding_on_cpu, generation_copy, refresh, sharding
 from r3rl.training.tracking import log_episode_texts
 from r3rl.types import Episode
 
@@ -200,12 +201,8 @@ class Trainer:
         _forget_accelerator_state()
         self.acc = Accelerator(log_with=tcfg.report_to or None, project_dir=str(self.out),
                                mixed_precision=self.precision, gradient_accumulation_steps=accum)
-        if self._sharded():
-            raise InputError(
-                "FSDP and DeepSpeed ZeRO-3 shard the parameters, but r3rl generates on each rank with whole weights "
-                "(ranks decoding different lengths would hang in the per-layer all-gathers); use "
-                "configs/accelerate/ddp.yaml or deepspeed-zero2.yaml, with LoRA for models that do not fit one GPU"
-            )
+        enable_sharding_on_cpu(self.acc)
+        check_supported(sharding(self.acc), tcfg.lora)
         set_seed(self.cfg.seed)
         if tcfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -231,6 +228,9 @@ class Trainer:
         # log-probs of the distribution the trained completions (reflections by default) are sampled from
         self.objective = build_objective(tcfg.objective)
         self.temperature = self.objective.temperature(cfg.generation)
+        # FSDP2: the hf engine generates with an unsharded copy, refreshed from the gathered weights (sharding.py)
+        self.gen_model = (generation_copy(self.model) if self._sharded() and cfg.generation.backend == "hf"
+                          else self.model)
         self.policy, self.opt = self.acc.prepare(LogprobModel(self.model, tcfg.logit_chunk_size, self.temperature), opt)
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
@@ -250,8 +250,9 @@ class Trainer:
 
     def _setup_rollout(self) -> None:
         """generation + rollout: the engine generates with the policy object itself, under the training
-        forward's autocast, so weights are current after every optimizer step."""
-        self.rollout = build_rollout(self.cfg, task=self.task, model=self.model, tokenizer=self.tok,
+        forward's autocast, so weights are current after every optimizer step (under FSDP2 with an unsharded
+        copy, refreshed by _sync_generation_weights)."""
+        self.rollout = build_rollout(self.cfg, task=self.task, model=self.gen_model, tokenizer=self.tok,
                                      autocast=self.acc.autocast)
         self.engine = self.rollout.engine
 
@@ -434,12 +435,17 @@ class Trainer:
     def _sync_generation_weights(self) -> float | None:
         """An engine with its own copy of the weights (vLLM) gets the policy's after updates, and resets its
         prefix cache: KV computed with old weights must never serve a new rollout. Every rank pushes to its
-        own engine (TRL's colocate pattern). The hf engine generates with the policy object: nothing to do."""
+        own engine (TRL's colocate pattern). The hf engine generates with the policy object: nothing to do,
+        except under FSDP2, where its unsharded copy is refreshed. Sharded weights are gathered one tensor at
+        a time on every rank (a collective)."""
         engine = self.rollout.engine
-        if not engine.holds_weights:
+        if not engine.holds_weights and self.gen_model is self.model:
             return None
         t0 = time.perf_counter()
-        engine.sync_weights(self.acc.unwrap_model(self.policy).model)
+        if engine.holds_weights:
+            engine.sync_weights(self.acc.unwrap_model(self.policy).model)
+        else:
+            refresh(self.gen_model, self.model)
         return time.perf_counter() - t0
 
     def _reflection_diagnostics(self, batches: list[list[Episode]]) -> dict[str, Any]:
@@ -540,16 +546,17 @@ class Trainer:
         self.close()
 
     def _sharded(self) -> bool:
-        """Parameters split over ranks (FSDP, DeepSpeed ZeRO-3): the local module holds shards only."""
-        if self.acc.distributed_type == DistributedType.FSDP:
-            return True
-        plugin = self.acc.state.deepspeed_plugin
-        return plugin is not None and plugin.zero_stage == 3
+        """Parameters split over ranks (FSDP2; check_supported refuses the others): the local module holds shards only."""
+        return sharding(self.acc) is not None
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole model's weights, gathered from every rank, with the keys of the inner HF model."""
+        """The whole model's weights, gathered from every rank (a collective; filled on the main process only),
+        with the keys of the inner HF model. A tied weight (lm_head = embeddings) is kept once, under its
+        parameter's name: gathered copies no longer share storage, so save_pretrained would write both."""
         state = self.acc.get_state_dict(self.policy)  # keys of LogprobModel: "model." + the HF model's own
-        return {k.removeprefix("model."): v for k, v in state.items()}
+        inner = self.acc.unwrap_model(self.policy).model
+        kept = {n for n, _ in inner.named_parameters()} | {n for n, _ in inner.named_buffers()}  # tied names once
+        return {name: v for k, v in state.items() if (name := k.removeprefix("model.")) in kept}
 
     def _watch_signal(self, totals: dict[str, float]) -> None:
         """Warn once when no group had a learning signal for several steps in a row, saying what to change."""
