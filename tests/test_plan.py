@@ -264,7 +264,7 @@ def test_fsdp2_preset_for_7b_full_fine_tuning_fits_8_devices_of_80_gb(capsys):
         2 * root + 3 * shape.layer_params())
     assert parts["zero3"]["sharded bf16 weights + float32 master, gradients, AdamW (2 + 4 + 4 + 8 bytes / N)"] == 18 * p / 8
     assert not any("reference" in k for k in fsdp)  # beta 0: no reference copy
-    assert main(["plan", "--config", str(preset), "--processes", "8", "--prompt-tokens", "150"]) == 0
+    assert main(["plan", "--config", str(preset), "--processes", "8", "--prompt-tokens", "150", "--device-memory", "80GB"]) == 0
     out = capsys.readouterr().out
     assert "does NOT fit in 80 GB" in out  # data parallel: every device holds the 112 GB
     assert "fsdp2 fits in 80 GB" in out
