@@ -144,10 +144,10 @@ def _count_lines(path) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from r3rl.evaluation.accuracy import (check_same_weights, chunks_done, class_table, evaluate_model, group_table,
-                                          results_table)
+    from r3rl.evaluation.accuracy import check_same_weights, chunks_done, evaluate_model
     from r3rl.progress import print_table
     from r3rl.provenance import model_identity
+    from r3rl.reporting.console_tables import class_table, group_table, results_table
 
     cfg = _config(args)
     if args.model:
