@@ -184,10 +184,6 @@ def episodes_of(env: ReflectRetryEnvironment, traj: Trajectory, failure: Failure
     for k, refl, retries in env.rounds_of(traj):
         verdicts = [env.scorer.judge(traj.example, r) for r in retries]
         first = retries[0] if retries else None
-        extra: dict[str, Any] = {"retries": len(verdicts), "reflection_finish": refl.finish_reason,
-                                 "failure_index": traj.key[0]}
-        if verdicts and verdicts[0].failure_class:  # the retry's failure class, for evaluation
-            extra["retry_class"] = verdicts[0].failure_class
         out.append(Episode(
             example_id=example_id,
             group_id=f"{group}:r{refl.round}",
@@ -207,6 +203,8 @@ def episodes_of(env: ReflectRetryEnvironment, traj: Trajectory, failure: Failure
             retry_prompt_ids=traj.prompt_ids(first) if first else [],
             retry_logprobs=first.logprobs if first else [],
             round=refl.round,
-            extra=extra,
+            failure_index=traj.key[0],
+            retry_class=(verdicts[0].failure_class or None) if verdicts else None,  # for evaluation's classes
+            extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason},
         ))
     return out

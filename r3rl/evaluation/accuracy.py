@@ -70,7 +70,7 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
                        tokens=len(failures) * (rounds * (sampling.max_reflection_tokens + sampling.max_retry_tokens)
                                                if k == 1 else sampling.max_reflection_tokens + k * sampling.max_retry_tokens))
         for e in roll.reflect_and_retry(failures, group_size=1, seed=seed, sampling=sampling):
-            i, j, _ = failed[e.extra["failure_index"]]
+            i, j, _ = failed[e.failure_index]
             by_trial.setdefault((i, j), []).append(e)
         if ecfg.no_reflection_control:
             progress.stage("control", generations=len(failures), tokens=len(failures) * sampling.max_retry_tokens)
@@ -96,7 +96,7 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
                 no_reflection_retry_text=ctrl[0] if ctrl else "",
                 no_reflection_retry_ok=bool(ctrl and ctrl[1].ok),
                 attempt_class=a.verdict.failure_class if not a.verdict.ok else "",
-                retry_class=first.extra.get("retry_class", "") if first and not first.retry_ok else "",
+                retry_class=(first.retry_class or "") if first and not first.retry_ok else "",
                 no_reflection_retry_class=ctrl[1].failure_class if ctrl and not ctrl[1].ok else "",
                 group=task.breakdown(a.example),  # per-group results (BFCL categories); see Task.summarize
                 rounds=(tuple(RoundRecord(e.reflection_text, e.retry_text, e.retry_ok) for e in eps)

@@ -117,7 +117,7 @@ class FirstAttemptObjective(TrainingObjective):
                     retry_text="", retry_ok=False, reward=float(a.verdict.ok), attempt_reason=a.verdict.reason,
                     retry_reason="no retry (objective first_attempt)", attempt_prompt_ids=a.prompt_ids,
                     attempt_ids=a.token_ids, attempt_logprobs=a.logprobs,
-                    extra={"failure_index": i, "attempt_class": a.verdict.failure_class},
+                    failure_index=i, attempt_class=a.verdict.failure_class,
                 ))
         return out
 
