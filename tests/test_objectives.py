@@ -161,6 +161,25 @@ def test_distill_retry_rows_are_the_successful_retries_in_the_task_prompt(tok, r
         assert "banana" not in tok.decode(context) and USEFUL not in tok.decode(context)
 
 
+@pytest.mark.parametrize("objective", [o.value for o in Objective])
+def test_rows_are_read_from_the_rollout_turns(objective, rollout, failures):
+    """Each objective trains the rollout's own turns (Episode.turns: the engine's ids and log-probs, the
+    trajectory before them as context), and they are the same rows the episode's flat fields give."""
+    obj = build_objective(objective)
+    eps = obj.episodes(rollout, failures, G, seed=7)
+    role = {"reflection": "reflection", "first_attempt": "attempt"}.get(objective, "retry")
+    rows = obj.rows(eps)
+    assert rows and all(eps[r.episode].turns is not None for r in rows)
+    for r in rows:
+        turn = eps[r.episode].turns.turn(role)
+        assert r.completion is turn.token_ids and r.sampling_logprobs is turn.logprobs
+        if objective != "distill_retry":
+            assert r.context == eps[r.episode].turns.trajectory.prompt_ids(turn)
+    flat = [Episode(**{k: v for k, v in vars(e).items() if k != "turns"}) for e in eps]
+    assert [(r.episode, r.context, r.completion, r.sampling_logprobs) for r in obj.rows(flat)] == \
+        [(r.episode, r.context, r.completion, r.sampling_logprobs) for r in rows]
+
+
 # ----------------------------------------------------------------------------- the loss by hand
 
 

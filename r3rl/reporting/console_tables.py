@@ -36,15 +36,21 @@ def _metric_order(key: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 1 << 30, key)
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table whose first column (the row's name) is left-aligned and the others (numbers) right-aligned."""
+    table = Table(title=title)
+    for k, column in enumerate(columns):
+        table.add_column(column, justify="left" if k == 0 else "right")
+    return table
+
+
 def group_table(results: EvalResult) -> Table | None:
     """A rich table of results.by_group (Task.breakdown / Task.summarize), or None when there is none."""
     by_group = results.by_group or {}
     groups = by_group.get("groups") or {}
     if not groups:
         return None
-    table = Table(title=f"by group: {results.task}")
-    for column in ("group", "n", "acc@1", "acc@2"):
-        table.add_column(column, justify="left" if column == "group" else "right")
+    table = _table(f"by group: {results.task}", ("group", "n", "acc@1", "acc@2"))
     for name, g in groups.items():
         table.add_row(name, str(g["n"]), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
     for name, g in by_group.items():  # task-level summaries, e.g. BFCL's non_live_ast / live_ast
@@ -60,9 +66,8 @@ def class_table(results: EvalResult) -> Table | None:
     classes = by_class.get("classes") or {}
     if not classes:
         return None
-    table = Table(title=f"failed first attempts by class: {results.task} ({by_class.get('failures')} failures)")
-    for column in ("class", "failures", "retry after reflection", "retry without (control)", "gain (pts)", "p (Holm)"):
-        table.add_column(column, justify="left" if column == "class" else "right")
+    table = _table(f"failed first attempts by class: {results.task} ({by_class.get('failures')} failures)",
+                   ("class", "failures", "retry after reflection", "retry without (control)", "gain (pts)", "p (Holm)"))
 
     def rate(cell: dict[str, Any] | None) -> str:
         return "not run" if cell is None else f"{cell['rate']:.1%} ({cell['passes']}/{cell['n']})"
