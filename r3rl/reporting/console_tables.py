@@ -46,14 +46,12 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 def group_table(results: EvalResult) -> Table | None:
     """A rich table of results.by_group (Task.breakdown / Task.summarize), or None when there is none."""
-    by_group = results.by_group or {}
-    groups = by_group.get("groups") or {}
-    if not groups:
+    if not (groups := (results.by_group or {}).get("groups")):
         return None
     table = _table(f"by group: {results.task}", ("group", "n", "acc@1", "acc@2"))
     for name, g in groups.items():
         table.add_row(name, str(g["n"]), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
-    for name, g in by_group.items():  # task-level summaries, e.g. BFCL's non_live_ast / live_ast
+    for name, g in results.by_group.items():  # task-level summaries, e.g. BFCL's non_live_ast / live_ast
         if name != "groups" and isinstance(g, dict) and "acc@1" in g:
             partial = "" if g.get("complete", True) else " (partial)"
             table.add_row(f"{name}{partial}", str(g.get("n", "")), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
