@@ -105,8 +105,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from r3rl.api import evaluate
-    from r3rl.evaluation.accuracy import chunks_done, class_table, group_table, results_table
+    from r3rl.evaluation.accuracy import chunks_done
     from r3rl.progress import print_table
+    from r3rl.reporting.console_tables import class_table, group_table, results_table
 
     cfg = _config(args)
     if args.model:

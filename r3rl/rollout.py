@@ -22,6 +22,7 @@ from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.base import Engine
 from r3rl.environment import ReflectRetryEnvironment, Scorer, Trajectory, run_environment
 from r3rl.environment.scoring import VERIFIER_ERROR, VerifierError  # noqa: F401  (re-exported: evaluation, tests)
+from r3rl.environment.trajectory import TrainedTurns
 from r3rl.errors import InputError
 from r3rl.seeds import derive_seed  # noqa: F401  (re-exported: mining, training and tests import it from here)
 from r3rl.tasks.base import Example, Task
@@ -184,10 +185,6 @@ def episodes_of(env: ReflectRetryEnvironment, traj: Trajectory, failure: Failure
     for k, refl, retries in env.rounds_of(traj):
         verdicts = [env.scorer.judge(traj.example, r) for r in retries]
         first = retries[0] if retries else None
-        extra: dict[str, Any] = {"retries": len(verdicts), "reflection_finish": refl.finish_reason,
-                                 "failure_index": traj.key[0]}
-        if verdicts and verdicts[0].failure_class:  # the retry's failure class, for evaluation
-            extra["retry_class"] = verdicts[0].failure_class
         out.append(Episode(
             example_id=example_id,
             group_id=f"{group}:r{refl.round}",
@@ -207,6 +204,9 @@ def episodes_of(env: ReflectRetryEnvironment, traj: Trajectory, failure: Failure
             retry_prompt_ids=traj.prompt_ids(first) if first else [],
             retry_logprobs=first.logprobs if first else [],
             round=refl.round,
-            extra=extra,
+            failure_index=traj.key[0],
+            retry_class=(verdicts[0].failure_class or None) if verdicts else None,  # for evaluation's classes
+            extra={"retries": len(verdicts), "reflection_finish": refl.finish_reason},
+            turns=TrainedTurns(traj, {"reflection": refl} | ({"retry": first} if first else {})),
         ))
     return out

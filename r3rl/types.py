@@ -7,7 +7,8 @@ group and never overwrites them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -85,12 +86,24 @@ class Episode:
     attempt_logprobs: list[float] = field(default_factory=list)  # [A] sampling log-probs of attempt_ids
     retry_prompt_ids: list[int] = field(default_factory=list)  # [P1] context_ids + reflection_ids + retry suffix: the retry's prompt (empty: no retry)
     retry_logprobs: list[float] = field(default_factory=list)  # [R] sampling log-probs of retry_ids
-    extra: dict[str, Any] = field(default_factory=dict)
+    failure_index: int | None = None  # the index of the failure this episode answers in its rollout call's list
+    attempt_class: str | None = None  # objective first_attempt: the sampled attempt's failure class ("" = unclassified)
+    retry_class: str | None = None  # the first retry's failure class, when it failed and the verifier classified it
+    extra: dict[str, Any] = field(default_factory=dict)  # retries per reflection, the reflection's finish reason
+    # the rollout's turns this episode is the flat view of (r3rl.environment.trajectory.TrainedTurns), which the
+    # objectives read; None for an episode built from its fields alone. Not written to episodes.jsonl.
+    turns: "TrainedTurns | None" = field(default=None, repr=False, compare=False)
 
     def to_json(self, with_ids: bool = False) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_ids:
-            for k in ("context_ids", "reflection_ids", "reflection_logprobs", "retry_ids", "attempt_prompt_ids",
-                      "attempt_ids", "attempt_logprobs", "retry_prompt_ids", "retry_logprobs"):
-                d.pop(k)
+        """The episodes.jsonl row; failure_index, attempt_class and retry_class (when set) go under "extra",
+        where r3rl has always written them."""
+        skip = {"turns"} | (set() if with_ids else _IDS)
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+        typed = {k: d.pop(k) for k in _UNDER_EXTRA}
+        d["extra"] = d["extra"] | {k: v for k, v in typed.items() if v is not None}
         return d
+
+
+_IDS = {"context_ids", "reflection_ids", "reflection_logprobs", "retry_ids", "attempt_prompt_ids", "attempt_ids",
+        "attempt_logprobs", "retry_prompt_ids", "retry_logprobs"}  # written only with_ids
+_UNDER_EXTRA = ("failure_index", "attempt_class", "retry_class")  # typed fields written under "extra", in this order

@@ -349,7 +349,8 @@ def test_evaluate_reports_bfcl_categories(tmp_path, task):
     from r3rl.config import Config
     from r3rl.demo.tiny import build_tokenizer
     from r3rl.engine.scripted import ScriptedEngine
-    from r3rl.evaluation.accuracy import evaluate_model, group_table
+    from r3rl.evaluation.accuracy import evaluate_model
+    from r3rl.reporting.console_tables import group_table
     from r3rl.rollout import Rollout
 
     right = {"Find the area of a triangle": py("calculate_triangle_area(base=10, height=5)"),
@@ -368,7 +369,7 @@ def test_evaluate_reports_bfcl_categories(tmp_path, task):
     cfg.eval.num_examples, cfg.eval.samples_per_example = 100, 1
     roll = Rollout(ScriptedEngine(build_tokenizer(), scr), task, cfg.generation, cfg.rollout)
     res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
-    assert res["trials"] == 13 and res["acc@1"] == pytest.approx(3 / 13)
+    assert res.trials == 13 and res.value("acc@1") == pytest.approx(3 / 13)
     by_group = json.loads((tmp_path / "results.json").read_text())["by_group"]
     assert by_group["groups"]["simple"] == {"n": 3, "acc@1": 1.0, "acc@2": 1.0}
     assert by_group["groups"]["live_parallel"] == {"n": 1, "acc@1": 0.0, "acc@2": 0.0}

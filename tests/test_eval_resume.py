@@ -327,4 +327,4 @@ def test_evaluate_model_keeps_an_evaluation_of_other_weights(engine, tmp_path):
         evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=b, show_progress=False)
     res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, model_name="m", identity=b, overwrite=True,
                          show_progress=False)
-    assert res["weights"] == json.loads((out / "results.json").read_text())["weights"] == b["weights"]
+    assert res.weights == json.loads((out / "results.json").read_text())["weights"] == b["weights"]

@@ -10,7 +10,9 @@ from r3rl import prompts
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.evaluation import stats
-from r3rl.evaluation.accuracy import evaluate_model, results_table, trial_statistics
+from r3rl.evaluation.accuracy import evaluate_model, trial_statistics
+from r3rl.evaluation.result import EvalResult
+from r3rl.reporting.console_tables import results_table
 from r3rl.rollout import Rollout
 from r3rl.evaluation.stats import wilson_interval
 from r3rl.demo.tiny import build_tokenizer
@@ -67,8 +69,10 @@ def test_evaluate_counts_and_files(tmp_path):
     cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
     roll = Rollout(ScriptedEngine(tok, per_trial_script), EchoTask(), cfg.generation, cfg.rollout)
     # chunks of 2 examples: a trial's records must also survive the chunk boundary
-    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False,
-                         chunk_size=2)
+    result = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False,
+                            chunk_size=2)
+    res = result.to_json()
+    assert result.acc["acc@2"].hits == 3 and result.value("acc@2") == res["acc@2"] and result.trials == 6
     # 6 trials: 1 passes at once; of the 5 failures, 2 retries pass after a useful reflection, 1 control passes
     assert res["trials"] == 6 and res["acc@1"] == pytest.approx(1 / 6)
     assert res["acc@2"] == pytest.approx(3 / 6) and res["acc@2_no_reflection"] == pytest.approx(2 / 6)
@@ -78,6 +82,7 @@ def test_evaluate_counts_and_files(tmp_path):
     assert res["acc@1_ci"] == pytest.approx([0.0, 0.5])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == res and saved["model"] == "scripted" and saved["task"] == "echo"
+    assert list(EvalResult.from_json(saved).to_json().items()) == list(saved.items())
     lines = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     words = {"w0": "apple", "w1": "pear", "w2": "plum"}
     assert [(r["example_id"], r["sample"]) for r in lines] == [(f"w{i}", j) for i in range(3) for j in range(2)]
@@ -91,7 +96,7 @@ def test_evaluate_counts_and_files(tmp_path):
         assert r["reflection_text"] == ("I should say the word." if useful else "No idea."), r
         assert r["retry_ok"] == useful and r["retry_text"] == (trial[0] if useful else "cherry"), r
         assert r["no_reflection_retry_ok"] == (trial in CONTROL_PASSES), r
-    assert results_table(res).row_count == 3
+    assert results_table(result).row_count == 3
 
 
 def _records(pattern, samples=1):
@@ -148,13 +153,14 @@ def test_evaluate_writes_the_paired_comparison(tmp_path):
     roll = Rollout(ScriptedEngine(build_tokenizer(), _apple_at_once), EchoTask(), cfg.generation, cfg.rollout)
     res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == res.to_json()
     cmp = saved["comparisons"]["acc@2_vs_no_reflection"]
     # two failing examples, each with both samples fixed by the reflection and not by the control:
     # per-example differences [2, 2] -> sign-flip p = 2/4
     assert (cmp["pairs"], cmp["examples"], cmp["first_only"], cmp["second_only"]) == (6, 3, 0, 4)
     assert cmp["p_value"] == pytest.approx(0.5) and cmp["test"] == stats.MCNEMAR_CLUSTERED
     assert cmp["difference"] == pytest.approx(4 / 6)
-    assert saved["intervals"] == stats.bootstrap_name() and res["retry_fix_rate_ci"] == [1.0, 1.0]
+    assert saved["intervals"] == stats.bootstrap_name() and res.retry_fix_rate_ci == [1.0, 1.0]
     assert "p = 0.5 (exact McNemar test clustered by example" in str(results_table(res).caption)
 
 
@@ -162,7 +168,7 @@ def test_metrics_sort_by_their_number_not_its_first_digit():
     res = {"task": "t", "model": "m", "trials": 1}
     for key in ("acc@10", "acc@2", "acc@1", "acc@3", "acc@2_no_reflection", "acc@11"):
         res.update({key: 0.5, f"{key}_ci": [0.1, 0.9]})
-    table = results_table(res)
+    table = results_table(EvalResult.from_json(res))
     assert list(table.columns[0].cells) == ["acc@1", "acc@2", "acc@2_no_reflection", "acc@3", "acc@10", "acc@11"]
 
 
@@ -198,7 +204,7 @@ def test_acc_at_k_with_several_rounds_from_one_predicate(tmp_path):
         return word if word == "pear" and prompt.count("Reflect on what went wrong") == 3 else "cherry"
 
     roll = Rollout(ScriptedEngine(build_tokenizer(), third_time), EchoTask(), cfg.generation, cfg.rollout)
-    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False)
+    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, show_progress=False).to_json()
     assert (res["acc@1"], res["acc@2"], res["acc@3"], res["acc@4"]) == (0.0, 0.0, 0.0, pytest.approx(1 / 3))
     assert res["acc@4_ci"] == list(wilson_interval(1, 3)) and res["acc@3_ci"] == list(wilson_interval(0, 3))
     rows = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
@@ -220,13 +226,14 @@ class ClassifyingEcho(EchoTask):
 
 
 def test_results_carry_the_class_tables_and_diagnostics_by_hand(tmp_path):
-    from r3rl.evaluation.accuracy import class_table
+    from r3rl.reporting.console_tables import class_table
 
     tok = build_tokenizer()
     cfg = Config()
     cfg.eval.num_examples, cfg.eval.samples_per_example = 3, 2
     roll = Rollout(ScriptedEngine(tok, per_trial_script), ClassifyingEcho(), cfg.generation, cfg.rollout)
-    res = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
+    result = evaluate_model(roll, cfg.eval, cfg.seed, output_dir=tmp_path, model_name="scripted", show_progress=False)
+    res = result.to_json()
     # failed trials: (apple,1) odd, (pear,0) even, (pear,1) odd, (plum,0) even, (plum,1) odd;
     # useful reflections on (pear,1) and (plum,0); the control passes on (plum,1) only
     classes = res["by_class"]["classes"]
@@ -244,16 +251,16 @@ def test_results_carry_the_class_tables_and_diagnostics_by_hand(tmp_path):
     assert diag["n"] == 5 and diag["most_repeated"][0] == {"count": 3, "text": "No idea."}
     assert diag["retry_success"]["repeated"]["passes"] == 2  # "I should say the word." x2 and "No idea." x3 all repeat
     assert json.loads((tmp_path / "results.json").read_text())["by_class"] == res["by_class"]
-    assert class_table(res).row_count == 2
+    assert class_table(result).row_count == 2
 
 
 def test_no_class_tables_for_a_task_that_does_not_classify(tmp_path):
-    from r3rl.evaluation.accuracy import class_table
+    from r3rl.reporting.console_tables import class_table
 
     tok = build_tokenizer()
     cfg = Config()
     cfg.eval.num_examples = 3
     roll = Rollout(ScriptedEngine(tok, per_trial_script), EchoTask(), cfg.generation, cfg.rollout)
     res = evaluate_model(roll, cfg.eval, cfg.seed, show_progress=False)
-    assert "by_class" not in res and "transitions" not in res and class_table(res) is None
-    assert res["reflection_diagnostics"]["n"] == 2
+    assert res.by_class is None and res.transitions is None and class_table(res) is None
+    assert "by_class" not in res.to_json() and res.reflection_diagnostics["n"] == 2

@@ -125,7 +125,7 @@ def test_first_attempt_rows_are_fresh_attempts_in_the_task_prompt(tok, rollout, 
     eps, rows, batch = _masked("first_attempt", rollout, failures, tok)
     assert len(rows) == len(eps) == 2 * G
     for i, e in enumerate(eps):
-        word = failures[e.extra["failure_index"]].example["word"]
+        word = failures[e.failure_index].example["word"]
         j = i % G
         trained, context = _trained(batch, i)
         assert trained == _ids(tok, word if j % 2 == 0 else "banana")
@@ -138,7 +138,7 @@ def test_retry_rows_are_the_retries_after_the_reflection(tok, rollout, failures)
     eps, rows, batch = _masked("retry", rollout, failures, tok)
     assert len(rows) == len(eps) == 2 * G
     for i, e in enumerate(eps):
-        word = failures[e.extra["failure_index"]].example["word"]
+        word = failures[e.failure_index].example["word"]
         trained, context = _trained(batch, i)
         assert trained == e.retry_ids == _ids(tok, word if e.reflection_text == USEFUL else "cherry")
         # the retry's own prompt: the reflection context, the reflection, then the retry instruction and header
@@ -154,11 +154,30 @@ def test_distill_retry_rows_are_the_successful_retries_in_the_task_prompt(tok, r
     assert len(passed) == G and len(rows) == len(passed)  # failed retries give no row
     for i, r in enumerate(rows):
         e = eps[r.episode]
-        word = failures[e.extra["failure_index"]].example["word"]
+        word = failures[e.failure_index].example["word"]
         trained, context = _trained(batch, i)
         assert e.retry_ok and trained == e.retry_ids == _ids(tok, word)
         assert context == _task_prompt(tok, word)  # the failed attempt and the reflection are taken out
         assert "banana" not in tok.decode(context) and USEFUL not in tok.decode(context)
+
+
+@pytest.mark.parametrize("objective", [o.value for o in Objective])
+def test_rows_are_read_from_the_rollout_turns(objective, rollout, failures):
+    """Each objective trains the rollout's own turns (Episode.turns: the engine's ids and log-probs, the
+    trajectory before them as context), and they are the same rows the episode's flat fields give."""
+    obj = build_objective(objective)
+    eps = obj.episodes(rollout, failures, G, seed=7)
+    role = {"reflection": "reflection", "first_attempt": "attempt"}.get(objective, "retry")
+    rows = obj.rows(eps)
+    assert rows and all(eps[r.episode].turns is not None for r in rows)
+    for r in rows:
+        turn = eps[r.episode].turns.turn(role)
+        assert r.completion is turn.token_ids and r.sampling_logprobs is turn.logprobs
+        if objective != "distill_retry":
+            assert r.context == eps[r.episode].turns.trajectory.prompt_ids(turn)
+    flat = [Episode(**{k: v for k, v in vars(e).items() if k != "turns"}) for e in eps]
+    assert [(r.episode, r.context, r.completion, r.sampling_logprobs) for r in obj.rows(flat)] == \
+        [(r.episode, r.context, r.completion, r.sampling_logprobs) for r in rows]
 
 
 # ----------------------------------------------------------------------------- the loss by hand

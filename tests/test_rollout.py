@@ -9,7 +9,7 @@ from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.scripted import ScriptedEngine
 from r3rl.rollout import Failure, Rollout
 from r3rl.tasks.base import Task
-from r3rl.types import Verdict
+from r3rl.types import Episode, Verdict
 
 
 class EchoTask(Task):
@@ -119,6 +119,23 @@ def test_several_retries_average_the_reward(tok):
     eps = roll.reflect_and_retry([Failure(task.load_examples()[0], "banana")], group_size=2, seed=0)
     assert [e.reward for e in eps] == [0.5, 0.5]
     assert all(e.extra["retries"] == 4 for e in eps)
+    # which failure an episode answers is a field; episodes.jsonl keeps it under "extra", as it always has
+    assert [e.failure_index for e in eps] == [0, 0] and all(e.retry_class is None for e in eps)
+    assert eps[0].to_json()["extra"] == {"retries": 4, "reflection_finish": "stop", "failure_index": 0}
+
+
+def test_an_episode_writes_its_typed_fields_under_extra_in_the_old_order():
+    e = Episode(example_id="x", group_id="g", context_ids=[], attempt_text="a", attempt_ok=False, reflection_ids=[],
+                reflection_text="r", reflection_logprobs=[], retry_text="t", retry_ok=False, reward=0.0,
+                failure_index=3, retry_class="wrong_sum", extra={"retries": 1, "reflection_finish": "stop"})
+    row = e.to_json()
+    assert list(row)[-1] == "extra" and "failure_index" not in row and "retry_class" not in row
+    assert list(row["extra"].items()) == [("retries", 1), ("reflection_finish", "stop"), ("failure_index", 3),
+                                          ("retry_class", "wrong_sum")]
+    first = Episode(example_id="x", group_id="g", context_ids=[], attempt_text="a", attempt_ok=True, reflection_ids=[],
+                    reflection_text="", reflection_logprobs=[], retry_text="", retry_ok=False, reward=1.0,
+                    failure_index=0, attempt_class="")
+    assert list(first.to_json()["extra"].items()) == [("failure_index", 0), ("attempt_class", "")]
 
 
 def test_two_rounds_reflect_on_the_failed_retry(tok):

@@ -102,3 +102,21 @@ class Trajectory:
         for t in self.turns:
             out += t.messages if not t.is_generated else [{"role": "assistant", "content": t.text}]
         return out
+
+
+@dataclass(frozen=True)
+class TrainedTurns:
+    """What an `Episode` views of its rollout, for the objectives (training/objectives.py): the trajectory
+    and the generated turns of the episode's round by role ("reflection", the continuing "retry", or
+    "attempt" for objective first_attempt). A turn's context is the trajectory before it, its ids and
+    log-probs are the engine's: nothing is rebuilt from the Episode's flat copies."""
+
+    trajectory: Trajectory
+    by_role: dict[str, Turn]
+
+    def turn(self, role: str) -> Turn | None:
+        return self.by_role.get(role)
+
+    def context(self, turn: Turn) -> list[int]:
+        """[P] the ids the model had seen when it sampled `turn`."""
+        return self.trajectory.prompt_ids(turn)

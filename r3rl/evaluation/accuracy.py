@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,13 +35,10 @@ from r3rl.evaluation import stats
 from r3rl.evaluation.classes import per_class_table, transition_table
 from r3rl.evaluation.diagnostics import record_diagnostics
 from r3rl.evaluation.records import RoundRecord, TrialRecord, passed_predicates, read_trials
+from r3rl.evaluation.result import Accuracy, EvalResult
 from r3rl.evaluation.stats import wilson_interval
 
 EPISODES = "episodes"  # the chunk runner's one output: <output_dir>/episodes.jsonl
-
-
-def _acc(key: str, hits: int, n: int) -> dict[str, Any]:
-    return {key: hits / n if n else 0.0, f"{key}_ci": list(wilson_interval(hits, n)), f"{key}_hits": hits}
 
 
 def eval_generation(gen: GenerationConfig, ecfg: EvalConfig) -> GenerationConfig:
@@ -74,7 +70,7 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
                        tokens=len(failures) * (rounds * (sampling.max_reflection_tokens + sampling.max_retry_tokens)
                                                if k == 1 else sampling.max_reflection_tokens + k * sampling.max_retry_tokens))
         for e in roll.reflect_and_retry(failures, group_size=1, seed=seed, sampling=sampling):
-            i, j, _ = failed[e.extra["failure_index"]]
+            i, j, _ = failed[e.failure_index]
             by_trial.setdefault((i, j), []).append(e)
         if ecfg.no_reflection_control:
             progress.stage("control", generations=len(failures), tokens=len(failures) * sampling.max_retry_tokens)
@@ -100,7 +96,7 @@ def _eval_chunk(roll: Rollout, ecfg: EvalConfig, sampling: GenerationConfig, chu
                 no_reflection_retry_text=ctrl[0] if ctrl else "",
                 no_reflection_retry_ok=bool(ctrl and ctrl[1].ok),
                 attempt_class=a.verdict.failure_class if not a.verdict.ok else "",
-                retry_class=first.extra.get("retry_class", "") if first and not first.retry_ok else "",
+                retry_class=(first.retry_class or "") if first and not first.retry_ok else "",
                 no_reflection_retry_class=ctrl[1].failure_class if ctrl and not ctrl[1].ok else "",
                 group=task.breakdown(a.example),  # per-group results (BFCL categories); see Task.summarize
                 rounds=(tuple(RoundRecord(e.reflection_text, e.retry_text, e.retry_ok) for e in eps)
@@ -183,8 +179,9 @@ def evaluate_model(
     accelerator: Any = None,
     identity: dict[str, str] | None = None,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """Evaluate on the held-out split; writes results.json and episodes.jsonl when output_dir is given.
+) -> EvalResult:
+    """Evaluate on the held-out split; writes results.json (EvalResult.to_json) and episodes.jsonl when
+    output_dir is given.
 
     Every process calls it: chunk k of the examples is evaluated on rank k % world with a seed
     derived from (seed, seed_tag, chunk offset), the records are gathered in chunk order, the main
@@ -245,29 +242,39 @@ def evaluate_model(
     results = (_results(task.name, model_name, len(examples), ecfg, roll.cfg.rounds, records, errors, task.summarize,
                         weights) if procs.is_main else None)
     if log is not None:
-        write_json(Path(output_dir) / "results.json", results)
+        write_json(Path(output_dir) / "results.json", results.to_json())
         log.finish()
     return procs.broadcast(results)
 
 
 def _results(task: str, model: str, n_examples: int, ecfg: EvalConfig, rounds: int,
-             records: list[TrialRecord], verifier_errors: int, summarize: Any, weights: str = "") -> dict[str, Any]:
+             records: list[TrialRecord], verifier_errors: int, summarize: Any, weights: str = "") -> EvalResult:
     n = len(records)
-    results: dict[str, Any] = {"task": task, "model": model, "n": n_examples, "samples": ecfg.samples_per_example,
-                               "trials": n}
-    if weights:  # provenance's fingerprint of the evaluated weights: readers check it still matches `model`
-        results["weights"] = weights
-    passed = passed_predicates(rounds, ecfg.no_reflection_control)
-    for name, ok in passed.items():
-        results.update(_acc(name, sum(ok(r) for r in records), n))
-    n_fail = n - results["acc@1_hits"]
-    results["verifier_errors"] = verifier_errors
-    results["retry_fix_rate"] = sum(r.retry_ok for r in records if not r.attempt_ok) / n_fail if n_fail else 0.0
-    if any(r.group is not None for r in records):
-        results["by_group"] = summarize(records)
-    results.update(trial_statistics(records, rounds=rounds, control=ecfg.no_reflection_control))
-    results.update(class_statistics(records, control=ecfg.no_reflection_control))
-    return results
+    acc = {}
+    for name, ok in passed_predicates(rounds, ecfg.no_reflection_control).items():
+        hits = sum(ok(r) for r in records)
+        acc[name] = Accuracy(hits / n if n else 0.0, list(wilson_interval(hits, n)), hits)
+    n_fail = n - acc["acc@1"].hits
+    trials = trial_statistics(records, rounds=rounds, control=ecfg.no_reflection_control)
+    for name, a in acc.items():  # with several samples per example, the bootstrap's intervals replace Wilson's
+        a.ci = trials.get(f"{name}_ci", a.ci)
+    classes = class_statistics(records, control=ecfg.no_reflection_control)
+    return EvalResult(
+        task=task, model=model, n=n_examples, samples=ecfg.samples_per_example, trials=n,
+        # provenance's fingerprint of the evaluated weights: readers check it still matches `model`
+        weights=weights or None,
+        acc=acc,
+        verifier_errors=verifier_errors,
+        retry_fix_rate=sum(r.retry_ok for r in records if not r.attempt_ok) / n_fail if n_fail else 0.0,
+        by_group=summarize(records) if any(r.group is not None for r in records) else None,
+        intervals=trials.get("intervals"),
+        retry_fix_rate_ci=trials.get("retry_fix_rate_ci"),
+        retry_fix_rate_interval=trials.get("retry_fix_rate_interval"),
+        comparisons=trials.get("comparisons"),
+        reflection_diagnostics=classes["reflection_diagnostics"],
+        by_class=classes.get("by_class"),
+        transitions=classes.get("transitions"),
+    )
 
 
 def class_statistics(records: Iterable[TrialRecord], *, control: bool = True) -> dict[str, Any]:
@@ -319,72 +326,3 @@ def trial_statistics(records: Iterable[TrialRecord | dict[str, Any]], *, rounds:
         cmp = stats.paired_comparison((r.example_id, ctrl(r), refl(r)) for r in records)
         out["comparisons"] = {"acc@2_vs_no_reflection": cmp.to_json()}
     return out
-
-
-def results_table(results: dict[str, Any], title: str = "evaluation"):
-    """A rich table of one results.json."""
-    from rich.table import Table
-
-    table = Table(title=f"{title}: {results.get('task')} / {results.get('model')} (n={results.get('trials')})")
-    table.add_column("metric")
-    table.add_column("accuracy", justify="right")
-    table.add_column("95% interval", justify="right")
-    for key in sorted((k for k in results if k.startswith("acc@") and not k.endswith(("_ci", "_hits"))), key=_metric_order):
-        lo, hi = results[f"{key}_ci"]
-        table.add_row(key, f"{results[key]:.1%}", f"[{lo:.1%}, {hi:.1%}]")
-    cmp = results.get("comparisons", {}).get("acc@2_vs_no_reflection")
-    if cmp:
-        lo, hi = cmp["difference_ci"]
-        table.caption = (f"acc@2 - control: {100 * cmp['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-                         f"p = {cmp['p_value']:.3g} ({cmp['test']})")
-    return table
-
-
-def _metric_order(key: str) -> tuple[int, str]:
-    """acc@1, acc@2, acc@2_no_reflection, acc@3, ..., acc@10 (by the number, not by its first digit)."""
-    m = re.match(r"acc@(\d+)", key)
-    return (int(m.group(1)) if m else 1 << 30, key)
-
-
-def group_table(results: dict[str, Any]):
-    """A rich table of results["by_group"] (Task.breakdown / Task.summarize), or None when there is none."""
-    from rich.table import Table
-
-    by_group = results.get("by_group") or {}
-    groups = by_group.get("groups") or {}
-    if not groups:
-        return None
-    table = Table(title=f"by group: {results.get('task')}")
-    for column in ("group", "n", "acc@1", "acc@2"):
-        table.add_column(column, justify="left" if column == "group" else "right")
-    for name, g in groups.items():
-        table.add_row(name, str(g["n"]), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
-    for name, g in by_group.items():  # task-level summaries, e.g. BFCL's non_live_ast / live_ast
-        if name != "groups" and isinstance(g, dict) and "acc@1" in g:
-            partial = "" if g.get("complete", True) else " (partial)"
-            table.add_row(f"{name}{partial}", str(g.get("n", "")), f"{g['acc@1']:.1%}", f"{g['acc@2']:.1%}")
-    return table
-
-
-def class_table(results: dict[str, Any]):
-    """A rich table of results["by_class"]: what the reflections fixed, per failure class; None without classes."""
-    from rich.table import Table
-
-    by_class = results.get("by_class") or {}
-    classes = by_class.get("classes") or {}
-    if not classes:
-        return None
-    table = Table(title=f"failed first attempts by class: {results.get('task')} ({by_class.get('failures')} failures)")
-    for column in ("class", "failures", "retry after reflection", "retry without (control)", "gain (pts)", "p (Holm)"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-
-    def rate(cell: dict[str, Any] | None) -> str:
-        return "not run" if cell is None else f"{cell['rate']:.1%} ({cell['passes']}/{cell['n']})"
-
-    for name, row in classes.items():
-        gain = row.get("gain")
-        table.add_row(name, str(row["failures"]), rate(row.get("retry")), rate(row.get("control")),
-                      "" if gain is None else f"{100 * gain['difference']:+.1f}",
-                      "" if gain is None else f"{gain['p_holm']:.3g}")
-    table.caption = f"paired test per class ({by_class.get('correction')})"
-    return table

@@ -13,4 +13,5 @@ classes_section.py     the "Failure classes" section and its model-card summary
 diagnostics_section.py the "Reflection diagnostics" section (evals and per training step)
 side_by_side.py        `r3rl compare`: runs on the same trials, with per-class gains
 model_card.py          the model card (README.md) of final/ and the optional push to the Hub
+console_tables.py      the terminal tables of one evaluation (`r3rl eval`, the demo)
 """

@@ -11,7 +11,6 @@ failed trials carry their reflection text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,7 @@ def class_records(ev: EvalResults) -> list[dict[str, Any]] | None:
     return records
 
 
-def _section(path: Path, data: dict[str, Any], key: str, required: str) -> dict[str, Any] | None:
-    value = data.get(key)
+def _section(path: Path, value: Any, key: str, required: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict) or required not in value:
@@ -72,11 +70,10 @@ def _section(path: Path, data: dict[str, Any], key: str, required: str) -> dict[
 
 def load_eval_classes(eval_dir: Path, ev: EvalResults) -> EvalClasses:
     """The classes, transitions and diagnostics of the evaluation in eval_dir (already read as `ev`)."""
-    path = eval_dir / "results.json"
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    by_class = _section(path, data, "by_class", "classes")
-    transitions = _section(path, data, "transitions", "retry")
-    diagnostics = _section(path, data, "reflection_diagnostics", "n")
+    path, result = eval_dir / "results.json", ev.result
+    by_class = _section(path, result.by_class, "by_class", "classes")
+    transitions = _section(path, result.transitions, "transitions", "retry")
+    diagnostics = _section(path, result.reflection_diagnostics, "reflection_diagnostics", "n")
     records = class_records(ev)
     source = "results.json" if by_class is not None else ""
     if by_class is None and records is not None:

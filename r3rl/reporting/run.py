@@ -24,6 +24,7 @@ import yaml
 
 from r3rl.errors import InputError
 from r3rl.evaluation.records import TrialRecord, read_trials
+from r3rl.evaluation.result import EvalResult
 from r3rl.io import iter_jsonl
 
 ACC_KEYS: tuple[tuple[str, str], ...] = (
@@ -123,6 +124,7 @@ class EvalResults:
     episodes: list[TrialRecord]  # the schema evaluation writes (r3rl/evaluation/records.py)
     intervals: str | None = None  # how results.json's intervals were made, when it says
     weights: str | None = None  # provenance fingerprint of the evaluated weights (None: an earlier r3rl's file)
+    result: EvalResult = field(default_factory=EvalResult)  # results.json as read, unchecked (by_class, transitions, ...)
 
 
 def load_eval(eval_dir: Path) -> EvalResults | None:
@@ -130,13 +132,14 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
     results_path = eval_dir / "results.json"
     if not results_path.is_file():
         return None
-    data = _read_json(results_path)
+    result = EvalResult.from_json(_read_json(results_path))
     acc: dict[str, Accuracy | None] = {}
     for key, _ in ACC_KEYS:
-        value, ci = data.get(key), data.get(f"{key}_ci")
-        if value is None:
+        got = result.acc.get(key)
+        if got is None:
             acc[key] = None
             continue
+        value, ci = got.value, got.ci
         if not is_number(value):
             raise ReportError(f"{results_path}: {key!r} must be a number, got {value!r}")
         if ci is not None and not (
@@ -146,17 +149,18 @@ def load_eval(eval_dir: Path) -> EvalResults | None:
         acc[key] = Accuracy(float(value), (float(ci[0]), float(ci[1])) if ci is not None else None)
     episodes_path = eval_dir / "episodes.jsonl"
     episodes = _read_trials(episodes_path) if episodes_path.is_file() else []
-    n, samples, intervals, weights = data.get("n"), data.get("samples"), data.get("intervals"), data.get("weights")
+    n, samples, intervals, weights = result.n, result.samples, result.intervals, result.weights
     return EvalResults(
         name=eval_dir.name,
-        task=data.get("task"),
-        model=data.get("model"),
+        task=result.task,
+        model=result.model,
         n=n if isinstance(n, int) else None,
         samples=samples if isinstance(samples, int) else None,
         acc=acc,
         episodes=episodes,
         intervals=intervals if isinstance(intervals, str) else None,
         weights=weights if isinstance(weights, str) and weights else None,
+        result=result,
     )
 
 
@@ -274,7 +278,7 @@ def stale_warnings(run_dir: str | os.PathLike[str]) -> list[str]:
     evals = {}
     for name in EVAL_DIRS:
         if (root / name / "results.json").is_file():
-            w = _read_json(root / name / "results.json").get("weights")
+            w = EvalResult.from_json(_read_json(root / name / "results.json")).weights
             evals[name] = w if isinstance(w, str) and w else None
     metrics = load_metrics(root / "metrics.jsonl")[0] if (root / "metrics.jsonl").is_file() else []
     stale = {**check_weights(root, config, evals)[0], **check_final(root, metrics[-1]["step"] if metrics else None)[0]}

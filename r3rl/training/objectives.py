@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from r3rl.config import Objective  # the variants, defined once with train.objective
+from r3rl.environment.trajectory import Trajectory, TrainedTurns, Turn
 from r3rl.training import grpo
 from r3rl.types import Episode
 
@@ -75,6 +76,20 @@ class TrainingObjective:
     def row(self, i: int, e: Episode) -> Row | None:
         raise NotImplementedError
 
+    def turn_row(self, i: int, e: Episode, role: str, context: list[int] | None = None) -> Row | None:
+        """The row that trains episode i's generated turn `role` ("reflection", "retry", "attempt"), read from
+        the rollout's turns (`Episode.turns`): the turn's sampled ids and log-probs after what the model saw
+        before it, or after `context` when given; None when the episode has no such turn. An episode built
+        from its fields alone (no turns) is read from the same-named flat fields."""
+        if e.turns is None:
+            ctx_field, ids_field = _FLAT[role]
+            return Row(i, getattr(e, ctx_field) if context is None else context, getattr(e, ids_field),
+                       getattr(e, f"{role}_logprobs"))
+        turn = e.turns.turn(role)
+        if turn is None:
+            return None
+        return Row(i, e.turns.context(turn) if context is None else context, turn.token_ids, turn.logprobs)
+
     def rows(self, episodes: list[Episode]) -> list[Row]:
         """The rows that may enter the loss, in episode order (a GRPO objective: one per episode)."""
         return [r for i, e in enumerate(episodes) if (r := self.row(i, e)) is not None]
@@ -96,8 +111,8 @@ class ReflectionObjective(TrainingObjective):
     objective = Objective.REFLECTION
     stage = "reflection"
 
-    def row(self, i: int, e: Episode) -> Row:
-        return Row(i, e.context_ids, e.reflection_ids, e.reflection_logprobs)
+    def row(self, i: int, e: Episode) -> Row | None:
+        return self.turn_row(i, e, "reflection")
 
 
 class FirstAttemptObjective(TrainingObjective):
@@ -110,19 +125,21 @@ class FirstAttemptObjective(TrainingObjective):
         out = []
         for i, (f, attempts) in enumerate(zip(failures, rows)):
             ex_id = f.example_id or rollout.task.example_id(f.example)
-            for a in attempts:
+            for j, a in enumerate(attempts):
+                turn = Turn("attempt", a.token_ids, a.logprobs, [1] * len(a.token_ids), verdict=a.verdict, text=a.text)
+                line = Trajectory((i, j), f.example, None, [Turn.context(a.prompt_ids, []), turn])
                 out.append(Episode(
                     example_id=ex_id, group_id=f"{ex_id}:{seed}:{i}:a", context_ids=[], attempt_text=a.text,
                     attempt_ok=a.verdict.ok, reflection_ids=[], reflection_text="", reflection_logprobs=[],
                     retry_text="", retry_ok=False, reward=float(a.verdict.ok), attempt_reason=a.verdict.reason,
                     retry_reason="no retry (objective first_attempt)", attempt_prompt_ids=a.prompt_ids,
                     attempt_ids=a.token_ids, attempt_logprobs=a.logprobs,
-                    extra={"failure_index": i, "attempt_class": a.verdict.failure_class},
+                    failure_index=i, attempt_class=a.verdict.failure_class, turns=TrainedTurns(line, {"attempt": turn}),
                 ))
         return out
 
-    def row(self, i: int, e: Episode) -> Row:
-        return Row(i, e.attempt_prompt_ids, e.attempt_ids, e.attempt_logprobs)
+    def row(self, i: int, e: Episode) -> Row | None:
+        return self.turn_row(i, e, "attempt")
 
 
 class RetryObjective(TrainingObjective):
@@ -133,7 +150,7 @@ class RetryObjective(TrainingObjective):
         return float(e.retry_ok)  # the verdict of the retry whose tokens are trained
 
     def row(self, i: int, e: Episode) -> Row | None:
-        return Row(i, e.retry_prompt_ids, e.retry_ids, e.retry_logprobs) if e.retry_ids else None
+        return _nonempty(self.turn_row(i, e, "retry"))  # an episode without a retry trains nothing
 
 
 class DistillRetryObjective(TrainingObjective):
@@ -144,12 +161,21 @@ class DistillRetryObjective(TrainingObjective):
         return float(e.retry_ok)
 
     def row(self, i: int, e: Episode) -> Row | None:
-        return Row(i, e.attempt_prompt_ids, e.retry_ids, e.retry_logprobs) if e.retry_ok and e.retry_ids else None
+        # the first-attempt prompt in place of the retry's: the failed attempt and the reflection are taken out
+        return _nonempty(self.turn_row(i, e, "retry", context=e.attempt_prompt_ids)) if e.retry_ok else None
 
     def advantages(self, rewards: Tensor, group_ids: Tensor, mode: str) -> tuple[Tensor, Tensor]:
         """Advantage 1 for every row (each one a successful retry): no group normalisation."""
         return torch.ones_like(rewards), torch.zeros(rewards.shape, dtype=torch.bool)
 
+
+def _nonempty(row: Row | None) -> Row | None:
+    return row if row is not None and row.completion else None
+
+
+# role -> (context field, ids field) of an Episode's flat view; the log-probs are "<role>_logprobs"
+_FLAT = {"reflection": ("context_ids", "reflection_ids"), "retry": ("retry_prompt_ids", "retry_ids"),
+         "attempt": ("attempt_prompt_ids", "attempt_ids")}
 
 OBJECTIVES: dict[Objective, type[TrainingObjective]] = {
     cls.objective: cls for cls in (ReflectionObjective, FirstAttemptObjective, RetryObjective, DistillRetryObjective)

@@ -464,7 +464,7 @@ class Trainer:
         # every rank evaluates its share of the chunks and receives the same results
         res = evaluate_model(self.rollout, self.cfg.eval, self.cfg.seed, num_examples=self.cfg.train.eval_examples,
                              show_progress=False, seed_tag=("periodic", step), accelerator=self.acc)
-        return {k: res[k] for k in ("acc@1", "acc@2") if k in res}
+        return {k: v for k in ("acc@1", "acc@2") if (v := res.value(k)) is not None}
 
     def _print_step(self, bar: Any, row: MetricsRow) -> None:
         """The step's line every train.log_every steps (and the last), and any periodic evaluation, above the bar."""
