@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from r3rl.config import Config
+    from r3rl.evaluation.result import EvalResult
 
 __all__ = ["train", "evaluate", "mine", "report", "as_config"]
 
@@ -103,8 +104,9 @@ def mine(config: ConfigLike = None, overrides: list[str] | None = None) -> dict[
 
 
 def evaluate(config: ConfigLike = None, overrides: list[str] | None = None, *, model: str | os.PathLike | None = None,
-             output_dir: str | os.PathLike | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate acc@1, acc@2 and the no-reflection control (what `r3rl eval` does); returns results.json's content.
+             output_dir: str | os.PathLike | None = None, overwrite: bool = False) -> "EvalResult":
+    """Evaluate acc@1, acc@2 and the no-reflection control (what `r3rl eval` does); returns the typed
+    results.json (r3rl.evaluation.result.EvalResult: `.value("acc@2")`, `.acc["acc@2"].ci`, `.to_json()`).
 
     model: a hub id, model folder or LoRA adapter folder (default `model.name_or_path`).
     output_dir: where results.json and episodes.jsonl go (default `eval.output_dir`); the same call
