@@ -207,6 +207,8 @@ class TrainConfig:
     """Recompute activations in backward to save memory."""
     logit_chunk_size: int = 256
     """Reflection positions per LM-head chunk (bounds the logits' memory)."""
+    shared_prefix: str = "auto"
+    """auto | on | off: each group's common context is computed once in training forwards and backwards (training/prefix_group.py); auto = on where tested."""
     eval_every: int = 0
     """Evaluate acc@1 / acc@2 on held-out examples every N steps (0 = off)."""
     eval_examples: int = 100
@@ -279,6 +281,7 @@ _CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "generation.shared_prefix_attention": ("auto", "on", "off"),
+    "train.shared_prefix": ("auto", "on", "off"),
     "generation.half_matmul": ("auto", "native", "float32"),
     "generation.backend": ("hf", "vllm"),
     "train.sampling_correction": ("none", "tis"),

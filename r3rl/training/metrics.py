@@ -88,6 +88,14 @@ class MetricsRow:
     weight_sync_s: float | None = None
     """Seconds spent pushing the policy's weights into the generation engine after the step (vLLM; None when
     the engine generates with the policy object itself, or no sync was due)."""
+    time_generation_s: float | None = None
+    """Seconds of the step's rollouts (generation and verification), on this process."""
+    time_policy_s: float | None = None
+    """Seconds of the step's policy forwards and backwards (old log-probs included), on this process."""
+    time_reference_s: float | None = None
+    """Seconds of the step's reference-model forwards (0 when train.beta = 0), on this process."""
+    time_optimizer_s: float | None = None
+    """Seconds of the step's gradient clipping and optimizer updates, on this process."""
     eval: dict[str, float] = field(default_factory=dict)
     """Periodic evaluation of the step ("acc@1", "acc@2"), written as "eval/acc@1", ...; empty when none ran."""
     extra: dict[str, Any] = field(default_factory=dict)
