@@ -178,3 +178,21 @@ def test_auto_falls_back_with_a_reason_and_on_refuses():
     assert not use and "gpt2" in reason
     with pytest.raises(InputError, match="train.shared_prefix=on"):
         prefix_group.resolve("on", other, torch.device("cpu"))
+
+
+def test_plan_counts_each_context_once_per_group_with_sharing_on():
+    from r3rl import plan
+    from r3rl.config import Config
+
+    cfg = Config()
+    cfg.train.micro_batch_size, cfg.rollout.group_size = 2, 8
+    g = cfg.generation
+    context = 1000 + g.max_attempt_tokens + plan.INSTRUCTION_TOKENS
+    cfg.train.shared_prefix = "off"
+    assert plan.training_tokens(cfg, 1000) == 2 * 8 * (context + g.max_reflection_tokens)
+    cfg.train.shared_prefix = "on"
+    assert plan.training_tokens(cfg, 1000) == 2 * (context + 8 * g.max_reflection_tokens)
+    cfg.train.shared_prefix = "auto"  # a GPU run shares only with the covered CUDA kernel
+    assert not plan.training_shares_prefix(cfg)
+    cfg.model.attn_implementation = "flex_attention"
+    assert plan.training_shares_prefix(cfg)
