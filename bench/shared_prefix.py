@@ -6,10 +6,12 @@ completion positions), a GRPO-shaped loss, backward and one AdamW step; no gener
 14 heads, 2 KV heads, intermediate 4864, vocabulary 151,936; --layers of them), float32 on CPU.
 One micro-batch holds one group: G rows of [prefix + suffix].
 
-Reported per (shape, layout): the median step time over --repeats after one warm-up step; the
-activation memory autograd keeps for backward (bytes of the distinct tensors saved during the
-forward, by saved_tensors_hooks); and the peak RSS rise of a step over the process after the model
-and AdamW's state exist (Linux ru_maxrss; gradients included, which are the same in both layouts).
+Reported per (shape, layout): the median step time over --repeats, the two layouts' steps
+alternating in one process after a warm-up step of each (so a shared machine's load drifts over both
+alike); and, each layout in a fresh subprocess of one step, the activation memory autograd keeps for
+backward (bytes of the distinct tensors saved during the forward, by saved_tensors_hooks) and the peak
+RSS rise of the step over the process once the model and AdamW's state exist (Linux ru_maxrss;
+gradients included, which are the same in both layouts).
 
     PYTHONPATH=. python bench/shared_prefix.py --layers 1 --threads 2
 """
@@ -55,7 +57,7 @@ def worker(args: argparse.Namespace) -> dict:
     ctx = torch.randint(0, 151936, (prefix,), generator=gen).tolist()
     comps = [torch.randint(0, 151936, (suffix,), generator=gen).tolist() for _ in range(g)]
     batch = grpo.build_completion_batch([ctx] * g, comps, 0)
-    groups = torch.zeros(g, dtype=torch.long) if args.layout == "grouped" else None
+    layouts = {"per_row": None, "grouped": torch.zeros(g, dtype=torch.long)}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     for p in model.parameters():  # AdamW's state exists before the measured steps
         p.grad = torch.zeros_like(p)
@@ -63,7 +65,7 @@ def worker(args: argparse.Namespace) -> dict:
     opt.zero_grad(set_to_none=True)
     adv = torch.linspace(-1, 1, g)
 
-    def step(saved: list | None = None) -> float:
+    def step(groups, saved: list | None = None) -> float:
         t0 = time.perf_counter()
         if saved is not None:
             seen: dict[int, int] = {}
@@ -86,14 +88,21 @@ def worker(args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
+    if args.layout == "both":  # timing: warm-up of each, then the layouts alternate
+        for groups in layouts.values():
+            step(groups)
+        times: dict[str, list[float]] = {k: [] for k in layouts}
+        for _ in range(args.repeats):
+            for name, groups in layouts.items():
+                times[name].append(step(groups))
+        return {"shape": args.shape, "times": times, **{f"{k}_step_s": statistics.median(v) for k, v in times.items()}}
     base = _rss()
     saved: list[int] = []
-    step(saved)  # warm-up, and the saved-activation count
+    step(layouts[args.layout], saved)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    times = [step() for _ in range(args.repeats)]
-    return {"shape": args.shape, "layout": args.layout, "step_s": statistics.median(times), "times": times,
-            "activations_mib": saved[0] / 2**20, "peak_rss_rise_mib": peak / 2**20,
-            "body_tokens": int(batch[1].sum()) if groups is None else prefix + g * suffix}
+    return {"shape": args.shape, "layout": args.layout, "activations_mib": saved[0] / 2**20,
+            "peak_rss_rise_mib": peak / 2**20,
+            "body_tokens": int(batch[1].sum()) if args.layout == "per_row" else prefix + g * suffix}
 
 
 def main() -> None:
@@ -111,7 +120,7 @@ def main() -> None:
     rows = []
     for shape in args.shapes.split(","):
         res = {}
-        for layout in ("per_row", "grouped"):
+        for layout in ("per_row", "grouped", "both"):
             cmd = [sys.executable, __file__, "--shape", shape, "--layout", layout, "--layers", str(args.layers),
                    "--threads", str(args.threads), "--repeats", str(args.repeats)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True,
@@ -119,6 +128,7 @@ def main() -> None:
             res[layout] = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps(res[layout]), flush=True)
         a, b = res["per_row"], res["grouped"]
+        a["step_s"], b["step_s"] = res["both"]["per_row_step_s"], res["both"]["grouped_step_s"]
         rows.append((shape, a, b))
     print(f"\nQwen2 0.5B width, {args.layers} layer(s), float32, CPU, {args.threads} thread(s); median of {args.repeats} steps")
     print("| shape | body tokens per-row / grouped | step s per-row | step s grouped | speed-up | activations MiB per-row / grouped | ratio | peak RSS rise MiB per-row / grouped |")
