@@ -348,6 +348,8 @@ class TrainConfig:
     """Recompute activations in backward to save memory."""
     logit_chunk_size: int = 256
     """Reflection positions per LM-head chunk (bounds the logits' memory)."""
+    shared_prefix: Switch = Switch.AUTO
+    """auto | on | off: each group's common context is computed once in training forwards and backwards (training/prefix_group.py); auto = on where tested."""
     eval_every: int = 0
     """Evaluate acc@1 / acc@2 on held-out examples every N steps (0 = off)."""
     eval_examples: int = 100

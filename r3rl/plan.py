@@ -136,8 +136,9 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
     seq = prompt_tokens + lim["attempt"] + INSTRUCTION_TOKENS + lim["reflection"]
     per_token_layer = shape.activation_bytes_per_token_layer()
     logits = t.logit_chunk_size * shape.vocab * (2 * FP32 + HALF)  # one chunk: float32 logits + grad buffer + bf16 head out
-    full = rows * seq * (shape.layers * per_token_layer) + logits
-    ckpt = rows * seq * (shape.layers * shape.hidden * HALF + per_token_layer) + logits
+    tokens = training_tokens(cfg, prompt_tokens)  # token positions of a micro-batch's training forward
+    full = tokens * (shape.layers * per_token_layer) + logits
+    ckpt = tokens * (shape.layers * shape.hidden * HALF + per_token_layer) + logits
     out["activations without gradient checkpointing"] = full
     out["activations with gradient checkpointing"] = ckpt
     gen_len = (prompt_tokens + lim["attempt"] + lim["reflection"] + lim["retry"]
@@ -151,7 +152,7 @@ def memory_per_device(cfg: Config, shape: ModelShape, processes: int, prompt_tok
         kv_tokens = groups * context + g.max_batch_size * (gen_len - context)
         out["_shared"] = 1
     out["KV cache at generation.max_batch_size"] = 2 * shape.layers * shape.kv_dim * HALF * kv_tokens
-    out["_rows"], out["_seq"], out["_gen_len"] = rows, seq, gen_len
+    out["_rows"], out["_seq"], out["_gen_len"], out["_train_tokens"] = rows, seq, gen_len, tokens
     return out
 
 
@@ -206,6 +207,24 @@ def sharded_lines(cfg: Config, shape: ModelShape, processes: int, gpu_memory_gb:
         fits = "fits" if peak <= gpu_memory_gb * 1e9 else "does NOT fit"
         lines.append(f"    peak (these + {what}): {peak / GIB:.2f} GiB -> {kind} {fits} in {gpu_memory_gb:g} GB")
     return lines
+
+
+def training_shares_prefix(cfg: Config) -> bool:
+    """Whether the training forwards compute each failure context once per group (train.shared_prefix;
+    training/prefix_group.py). `auto` is on for a GPU run only with model.attn_implementation=flex_attention,
+    the CUDA kernel the exactness tests cover."""
+    setting = cfg.train.shared_prefix
+    return setting == "on" or (setting == "auto" and cfg.model.attn_implementation == "flex_attention")
+
+
+def training_tokens(cfg: Config, prompt_tokens: int) -> int:
+    """Token positions of one micro-batch's training forward (upper bound): micro_batch_size x G rows of
+    context + reflection, or with the shared prefix each group's context once plus its G reflections."""
+    t, g, group = cfg.train, cfg.generation, cfg.rollout.group_size
+    context = prompt_tokens + g.max_attempt_tokens + INSTRUCTION_TOKENS
+    if training_shares_prefix(cfg):
+        return t.micro_batch_size * (context + group * g.max_reflection_tokens)
+    return t.micro_batch_size * group * (context + g.max_reflection_tokens)
 
 
 def generated_tokens(cfg: Config) -> dict[str, int]:
@@ -295,6 +314,7 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
                            f"(r3rl's engine has not been timed on a GPU); measure with bench/rollout.py and pass --tokens-per-s")
     mem = memory_per_device(cfg, shape, processes, prompt_tokens)
     rows, seq, gen_len = int(mem.pop("_rows")), int(mem.pop("_seq")), int(mem.pop("_gen_len"))
+    train_tokens = int(mem.pop("_train_tokens"))
     shared = bool(mem.pop("_shared", 0))
     t = cfg.train
     lines = [f"r3rl plan: {cfg.model.name_or_path} ({source})",
@@ -322,6 +342,10 @@ def format_plan(cfg: Config, shape: ModelShape, source: str, processes: int = 1,
                  f"generation: {cfg.generation.max_batch_size} rows of up to {gen_len} tokens"
                  + (", each failure context stored once for its group (shared-prefix attention))"
                     if shared else ")"))
+    lines.append(f"  (training token positions per micro-batch: {train_tokens:,}"
+                 + (f", each failure context once per group (train.shared_prefix; {rows * seq:,} per row))"
+                    if training_shares_prefix(cfg) else f"; train.shared_prefix={t.shared_prefix}: per row"
+                    + (", as a GPU shares only with model.attn_implementation=flex_attention)" if t.shared_prefix == "auto" else ")")))
     lines += ["", f"generated tokens (upper bounds) and wall time at {tokens_per_s:,.0f} tokens/s per device{speed_note} x {processes}"]
     total_tokens = 0
     for name, n in generated_tokens(cfg).items():

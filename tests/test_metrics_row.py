@@ -45,7 +45,9 @@ def test_from_totals_means_and_json_line():
     assert line == {"step": 3, "loss": 0.2, "reward_mean": 0.25, "retry_success": 0.375, "zero_adv_frac": 0.5,
                     "kl": 0.05, "clip_frac": 0.1, "reflection_len": 5.0, "episodes": 16, "lr": 1e-5, "grad_norm": None,
                     "tokens_per_s": 100.0, "step_time": 3.0, "verifier_errors": 1, "logprob_diff_mean": 0.005,
-                    "logprob_diff_max": 0.05, **dict.fromkeys(DIAGNOSTICS), "weight_sync_s": None, "eval/acc@1": 0.5}
+                    "logprob_diff_max": 0.05, **dict.fromkeys(DIAGNOSTICS), "weight_sync_s": None,
+                    **dict.fromkeys(("time_generation_s", "time_policy_s", "time_reference_s", "time_optimizer_s")),
+                    "eval/acc@1": 0.5}
     assert MetricsRow.from_json(json.loads(json.dumps(line))) == row
     assert "grad_norm" not in row.numbers() and row.numbers()["eval/acc@1"] == 0.5
     # not comparable (reflection temperature != 1): the mismatch is not measured, so it is None, not 0

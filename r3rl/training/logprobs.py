@@ -112,6 +112,7 @@ def completion_logprobs(
     chunk_size: int = 1024,
     checkpoint_chunks: bool = True,
     temperature: float = 1.0,
+    group_ids: Tensor | None = None,
 ) -> Tensor:
     """log p(token_t | tokens_<t) at completion positions, computing the LM head there only.
 
@@ -134,6 +135,9 @@ def completion_logprobs(
         completion_mask: [B, T] 1 on completion tokens; column 0 must be 0.
         temperature: log-probs of softmax(logits / temperature), the distribution the engine samples
             from at that temperature before top-k / top-p (as TRL's GRPO); 0 (greedy) counts as 1.
+        group_ids: [B] integer group of each row, or None. Given, the rows of a group run the body
+            once over their common context (prefix_group.py: the shared-prefix layout); the result
+            is the same up to floating-point reassociation.
     Returns:
         [B, T] float32 log-probs, 0.0 where completion_mask is 0.
     """
@@ -144,13 +148,16 @@ def completion_logprobs(
     scale, softcap = _logit_transform(config)
     temperature = float(temperature) if temperature > 0 else 1.0
     bsz, seq_len = input_ids.shape
-
-    hidden = body(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), use_cache=False
-    ).last_hidden_state  # [B, T, H]
     rows, cols = completion_mask[:, 1:].bool().nonzero(as_tuple=True)  # [N], [N]: cols = predicting position
-    hidden_sel = hidden[rows, cols]  # [N, H]
     targets = input_ids[rows, cols + 1]  # [N]
+
+    if group_ids is None:
+        hidden = body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), use_cache=False
+        ).last_hidden_state  # [B, T, H]
+        hidden_sel = hidden[rows, cols]  # [N, H]
+    else:
+        hidden_sel = _grouped_hidden(body, config, input_ids, attention_mask, completion_mask, group_ids, rows, cols)  # [N, H]
 
     use_ckpt = checkpoint_chunks and torch.is_grad_enabled() and hidden_sel.requires_grad
     pieces = []
@@ -164,6 +171,20 @@ def completion_logprobs(
     logp = torch.cat(pieces) if pieces else hidden_sel.new_zeros(0, dtype=torch.float32)  # [N]
     out = logp.new_zeros(bsz, seq_len)  # [B, T]
     return out.index_put((rows, cols + 1), logp)  # [B, T]
+
+
+def _grouped_hidden(body: torch.nn.Module, config: Any, input_ids: Tensor, attention_mask: Tensor,
+                    completion_mask: Tensor, group_ids: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """[N, H] the body's hidden states at the predicting positions (rows, cols), from the shared-prefix layout."""
+    from r3rl.training import prefix_group
+
+    packed = prefix_group.pack_groups(input_ids, attention_mask, completion_mask, group_ids)
+    mask = prefix_group.attention_mask_for(packed, getattr(config, "_attn_implementation", None),
+                                           body.get_input_embeddings().weight.dtype)
+    hidden = body(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
+                  use_cache=False).last_hidden_state  # [Bg, Tg, H]
+    at = packed.where[rows, cols]  # [N, 2] (packed row, packed column) of each predicting position
+    return hidden[at[:, 0], at[:, 1]]  # [N, H]
 
 
 def full_logits_logprobs(

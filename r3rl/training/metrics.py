@@ -96,6 +96,14 @@ class MetricsRow:
     weight_sync_s: float | None = None
     """Seconds the main process spent pushing the policy's weights into its generation engine after the step (each
     rank pushes into its own; vLLM; None when the engine generates with the policy object itself, or no sync was due)."""
+    time_generation_s: float | None = None
+    """Seconds of the step's rollouts (generation and verification), on the main process (each rank times its own work; the row is the main process's)."""
+    time_policy_s: float | None = None
+    """Seconds of the step's policy forwards and backwards (old log-probs included), on the main process (each rank times its own work; the row is the main process's)."""
+    time_reference_s: float | None = None
+    """Seconds of the step's reference-model forwards (0 when train.beta = 0), on the main process (each rank times its own work; the row is the main process's)."""
+    time_optimizer_s: float | None = None
+    """Seconds of the step's gradient clipping and optimizer updates, on the main process (each rank times its own work; the row is the main process's)."""
     eval: dict[str, float] = field(default_factory=dict)
     """Periodic evaluation of the step ("acc@1", "acc@2"), written as "eval/acc@1", ...; empty when none ran.
     Every rank evaluates its share of the fixed, seeded chunks and all receive the same results."""

@@ -35,9 +35,9 @@ class LogprobModel(nn.Module):
         self.chunk_size = chunk_size
         self.temperature = temperature  # the reflections' sampling temperature: log-probs of softmax(logits / T)
 
-    def forward(self, input_ids, attention_mask, completion_mask):  # [B, T] each -> [B, T]
+    def forward(self, input_ids, attention_mask, completion_mask, group_ids=None):  # [B, T] each (+ [B]) -> [B, T]
         return completion_logprobs(self.model, input_ids, attention_mask, completion_mask, chunk_size=self.chunk_size,
-                                   temperature=self.temperature)
+                                   temperature=self.temperature, group_ids=group_ids)
 
 
 def training_dtype(mcfg: ModelConfig, tcfg: TrainConfig, mixed_precision: str, device: torch.device) -> str:
@@ -116,13 +116,15 @@ def is_peft(model: nn.Module) -> bool:
 
 
 def reference_logprobs(model: nn.Module, ref: nn.Module | None, chunk_size: int, *batch: torch.Tensor,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, group_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Reference log-probs [B, T] at the sampling temperature: the frozen copy, or the LoRA model with
-    adapters disabled. Call under the same autocast as the policy's forward."""
+    adapters disabled (group_ids: the shared-prefix layout, as the policy's). Call under the same
+    autocast as the policy's forward."""
     target = ref if ref is not None else model
     ctx = model.disable_adapter() if ref is None and is_peft(model) else nullcontext()
     with torch.no_grad(), ctx:
-        return completion_logprobs(target, *batch, chunk_size=chunk_size, temperature=temperature)
+        return completion_logprobs(target, *batch, chunk_size=chunk_size, temperature=temperature,
+                                   group_ids=group_ids)
 
 
 def save_final(model: nn.Module, tokenizer: Any, folder: Path, merge: bool = False,

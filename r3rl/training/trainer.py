@@ -137,6 +137,7 @@ class _Micro:
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # input_ids, attention_mask, completion_mask [B, T]
     advantages: torch.Tensor | None  # [B] of the rows in `batch`
     sampling_logp: torch.Tensor | None = None  # [B, T] the engine's log-probs of the rows' reflection tokens
+    groups: torch.Tensor | None = None  # [B] group of each row: the shared-prefix layout (train.shared_prefix), else None
 
 
 class StepTotals:
@@ -232,8 +233,26 @@ class Trainer:
         self.gen_model = (generation_copy(self.model) if self._sharded() and cfg.generation.backend == "hf"
                           else self.model)
         self.policy, self.opt = self.acc.prepare(LogprobModel(self.model, tcfg.logit_chunk_size, self.temperature), opt)
+        self._setup_shared_prefix()
         if is_peft(self.model):
             adapter_only_state_hooks(self.acc, lambda m: m is self.policy)
+
+    def _setup_shared_prefix(self) -> None:
+        """train.shared_prefix: each group's common context computed once (training/prefix_group.py)."""
+        from r3rl.training import prefix_group
+
+        self.shared_prefix, reason = prefix_group.resolve(self.cfg.train.shared_prefix, self.model, self.acc.device,
+                                                          deepspeed=self.acc.state.deepspeed_plugin is not None,
+                                                          sharded=self._sharded())
+        if reason:
+            self.log(f"train.shared_prefix=auto: per-row training forwards ({reason})")
+        self._phase = dict.fromkeys(("policy", "reference", "optimizer"), 0.0)  # seconds of this step, by phase
+
+    def _timed(self, phase: str, t0: float) -> None:
+        """Add the seconds since t0 to `phase` (after the device's queued work has run)."""
+        if self.acc.device.type == "cuda":
+            torch.cuda.synchronize(self.acc.device)
+        self._phase[phase] += time.perf_counter() - t0
 
     def _configure_deepspeed(self) -> None:
         """Fill what DeepSpeed needs and r3rl knows (nothing to copy into the accelerate yaml by hand):
@@ -326,7 +345,8 @@ class Trainer:
         batch = grpo.build_completion_batch([r.context for r in kept], [r.completion for r in kept],
                                             self.tok.pad_token_id)
         batch = tuple(t.to(self.acc.device) for t in batch)  # [B, T] each
-        return _Micro(episodes, stats, batch, adv[rows], self._sampling_logprobs(kept, batch[2]))
+        groups = group_ids[rows].to(self.acc.device) if self.shared_prefix else None  # [B]
+        return _Micro(episodes, stats, batch, adv[rows], self._sampling_logprobs(kept, batch[2]), groups)
 
     def _sampling_logprobs(self, rows: list[Row], completion_mask: torch.Tensor) -> torch.Tensor | None:
         """[B, T] the engine's log-probs of the trained tokens, when they are comparable with the training
@@ -340,11 +360,15 @@ class Trainer:
 
     def _old_logprobs(self, micro: _Micro) -> torch.Tensor | None:
         """The PPO "old" policy for several updates per batch: the training forward, no grad, before any update."""
+        t0 = time.perf_counter()
         with torch.no_grad():
             if micro.batch is None:  # the same forward as the ranks with rows (a wrapped forward may hold collectives)
                 self.policy(*self._pad_batch())
-                return None
-            return self.policy(*micro.batch)  # [B, T]
+                old = None
+            else:
+                old = self.policy(*micro.batch, micro.groups)  # [B, T]
+        self._timed("policy", t0)
+        return old
 
     def _backward(self, micro: _Micro, old: torch.Tensor | None) -> dict[str, float]:
         """Loss and backward of one micro-batch (inside accelerator.accumulate); returns its stats.
@@ -355,9 +379,11 @@ class Trainer:
         forward and backward (DDP under no_sync reduces only at the step's last micro-batch, but
         DeepSpeed ZeRO-2 reduces gradients inside every micro-step's backward)."""
         loss, stats = self.agree.run("loss", lambda: self._loss(micro, old))
+        t0 = time.perf_counter()
         # accelerator.backward divides by the accumulation count (DeepSpeed's engine does the same inside
         # its backward); the loss is already normalised by the global constant, so undo that division.
         self.acc.backward(loss * self.acc.gradient_accumulation_steps)
+        self._timed("policy", t0)
         return stats
 
     def _loss(self, micro: _Micro, old: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -366,7 +392,8 @@ class Trainer:
         stats = dict(micro.stats)
         if micro.batch is None:
             return self.policy(*self._pad_batch()).sum() * 0.0, stats
-        logp = self.policy(*micro.batch)  # [B, T]
+        t0 = time.perf_counter()
+        logp = self.policy(*micro.batch, micro.groups)  # [B, T]
         old = logp.detach() if old is None else old  # [B, T]
         mask = micro.batch[2]  # [B, T]
         weights = None
@@ -376,9 +403,13 @@ class Trainer:
                 weights = grpo.truncated_is_weights(old, micro.sampling_logp, mask, tcfg.sampling_correction_cap)  # [B, T]
         ref = None
         if tcfg.beta > 0:
+            self._timed("policy", t0)
+            t0 = time.perf_counter()
             with self.acc.autocast():
                 ref = reference_logprobs(self.model, self.ref, tcfg.logit_chunk_size, *micro.batch,
-                                         temperature=self.temperature)  # [B, T]
+                                         temperature=self.temperature, group_ids=micro.groups)  # [B, T]
+            self._timed("reference", t0)
+            t0 = time.perf_counter()
         total = tcfg.batch_size * cfg.rollout.group_size  # the global number of samples (reflections) in this step
         agg = grpo.LossAggregation(tcfg.loss_aggregation)
         norm = total / self.world if agg is grpo.LossAggregation.SEQUENCE_MEAN else total * self.objective.max_tokens(cfg.generation) / self.world
@@ -387,6 +418,7 @@ class Trainer:
             clip_eps_high=tcfg.clip_eps_high or None, beta=tcfg.beta, logp_ref=ref, aggregation=agg, norm_constant=norm,
             is_weights=weights,
         )
+        self._timed("policy", t0)  # the forward; _backward times the backward
         stats.update(loss=float(loss.detach()), kl_tokens=s["kl"] * s["num_tokens"],
                      tokens=s["num_tokens"], clip_tokens=s["clip_frac"] * s["num_tokens"])
         return loss, stats
@@ -414,10 +446,12 @@ class Trainer:
                     if update == 0:
                         totals.add(s)
                     if self.acc.sync_gradients:
+                        t0 = time.perf_counter()
                         if tcfg.max_grad_norm > 0:
                             grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), tcfg.max_grad_norm)
                         self.opt.step()
                         self.opt.zero_grad(set_to_none=True)
+                        self._timed("optimizer", t0)
         return totals, (float(grad_norm) if grad_norm is not None else None)
 
     def _metrics_row(self, done: int, totals: dict[str, float], grad_norm: float | None, gen_time: float,
@@ -491,6 +525,7 @@ class Trainer:
             batches = self.agree.run("rollout", lambda: self._rollouts(step), step=done)
             gen_time = time.perf_counter() - t0
             micros = self.agree.run("loss rows", lambda: [self._micro(eps) for eps in batches])
+            self._phase = dict.fromkeys(self._phase, 0.0)
             totals, grad_norm = self._updates(step, micros)
             self.scheduler.step()
             eval_due = bool(tcfg.eval_every) and (done % tcfg.eval_every == 0 or done == tcfg.steps)
@@ -499,6 +534,8 @@ class Trainer:
             t = totals.reduced(self.acc)
             row = self._metrics_row(done, t, grad_norm, gen_time, t0)
             row.weight_sync_s = synced
+            row.time_generation_s, row.time_policy_s = gen_time, self._phase["policy"]
+            row.time_reference_s, row.time_optimizer_s = self._phase["reference"], self._phase["optimizer"]
             row.add_diagnostics(self._reflection_diagnostics(batches))
             self._watch_signal(t)
             if eval_due:
