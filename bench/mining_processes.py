@@ -35,8 +35,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     from r3rl.api import _rollout
     from r3rl.config import load_config
-    from r3rl.distributed import launched_state, processes
-    from r3rl.mining import mine
+    from r3rl.mining.failure_set import mine
+    from r3rl.runtime.distributed import launched_state, processes
 
     cfg = load_config(ROOT / "r3rl" / "demo" / "demo.yaml", [
         f"failures.num_examples={args.examples}", f"failures.chunk_size={args.chunk}", f"failures.path={args.output}",

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from r3rl.config import Config  # noqa: E402
-from r3rl.io import iter_jsonl  # noqa: E402
+from r3rl.runtime.io import iter_jsonl  # noqa: E402
 
 LIMIT = 64  # tokens, reflections and retries alike (TRL has one max_completion_length)
 
@@ -61,8 +61,8 @@ def base_config(work: Path, failures: int, group: int, steps: int) -> Config:
 
 
 def mine_failures(cfg: Config) -> Path:
-    from r3rl.mining import mine
-    from r3rl.stack import build_rollout
+    from r3rl.environment.stack import build_rollout
+    from r3rl.mining.failure_set import mine
     from r3rl.tasks import load_task
 
     roll = build_rollout(cfg, task=load_task("addition"))

@@ -47,15 +47,15 @@ def as_config(config: ConfigLike = None, overrides: list[str] | None = None) -> 
 
 def _rollout(cfg, device=None):
     """The model behind an engine, and the rollout over the configured task."""
-    from r3rl.stack import build_rollout
+    from r3rl.environment.stack import build_rollout
 
     return build_rollout(cfg, device=device)
 
 
 def _launched_rollout(cfg):
     """Under `accelerate launch` every process loads the model on its own device and takes its share
-    of the chunks (r3rl/distributed.py); a plain run is one process."""
-    from r3rl.distributed import launched_state
+    of the chunks (r3rl/runtime/distributed.py); a plain run is one process."""
+    from r3rl.runtime.distributed import launched_state
 
     state = launched_state(cfg.train.collective_timeout_s)
     return _rollout(cfg, device=state.device if state is not None else None)
@@ -63,7 +63,7 @@ def _launched_rollout(cfg):
 
 def _say(msg: str, file=None) -> None:
     """Print once, from the main process of a launched run."""
-    from r3rl.distributed import launch_rank
+    from r3rl.runtime.distributed import launch_rank
 
     if launch_rank() == 0:
         print(msg, file=file or sys.stdout, flush=True)
@@ -91,8 +91,8 @@ def _announce(line: str) -> None:
 
 def mine(config: ConfigLike = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Mine a failure set into `failures.path` (resumable); returns its summary (what `r3rl mine` prints)."""
-    from r3rl.file_checks import check_output
-    from r3rl.mining import mine as mine_failures
+    from r3rl.mining.failure_set import mine as mine_failures
+    from r3rl.runtime.file_checks import check_output
 
     cfg = as_config(config, overrides)
     check_output(cfg.failures.path, "failures.path", is_file=True)
@@ -113,9 +113,9 @@ def evaluate(config: ConfigLike = None, overrides: list[str] | None = None, *, m
         into the same folder resumes after its last finished chunk, when it holds an evaluation of
         the same weights (any other is refused, unless `overwrite` starts over).
     """
+    from r3rl.engine.provenance import model_identity
     from r3rl.evaluation.accuracy import check_same_weights, evaluate_model
-    from r3rl.file_checks import check_output
-    from r3rl.provenance import model_identity
+    from r3rl.runtime.file_checks import check_output
 
     cfg = as_config(config, overrides)
     if model:
@@ -142,9 +142,9 @@ def train(config: ConfigLike = None, overrides: list[str] | None = None, *, resu
     `train.output_dir` that holds an older run. The model card is written into the final folder
     (and pushed when `train.push_to_hub`).
     """
-    from r3rl.distributed import launch_rank
-    from r3rl.file_checks import check_output
     from r3rl.reporting.model_card import publish_final
+    from r3rl.runtime.distributed import launch_rank
+    from r3rl.runtime.file_checks import check_output
     from r3rl.training.trainer import train as run_training
 
     from r3rl.errors import InputError

@@ -81,7 +81,7 @@ def _interrupted(args: argparse.Namespace, saved: str, extra: str = "") -> int:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from r3rl.api import mine
-    from r3rl.mining import passed_path
+    from r3rl.mining.failure_set import passed_path
 
     cfg = _config(args)
     path = cfg.failures.path
@@ -106,8 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from r3rl.api import evaluate
     from r3rl.evaluation.accuracy import chunks_done
-    from r3rl.progress import print_table
     from r3rl.reporting.console_tables import class_table, group_table, results_table
+    from r3rl.runtime.progress import print_table
 
     cfg = _config(args)
     if args.model:
@@ -119,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         chunks = chunks_done(out)
         return _interrupted(args, f"{chunks} finished chunk(s) of episodes are saved in {out / 'episodes.jsonl'} "
                                   f"(the same command into the same folder goes on from there)")
-    from r3rl.distributed import launch_rank
+    from r3rl.runtime.distributed import launch_rank
 
     if launch_rank() == 0:
         print_table(results_table(res))
@@ -133,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from r3rl.api import train
-    from r3rl.distributed import launch_rank
+    from r3rl.runtime.distributed import launch_rank
     from r3rl.training.agreement import RankFailed, RankLost
     from r3rl.training.checkpoint import latest_checkpoint
 
@@ -163,10 +163,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from r3rl.plan import format_plan, load_model_shape
+    from r3rl.training.plan import format_plan, load_model_shape
 
     cfg = _config(args)
-    from r3rl.plan import parse_memory, this_device_memory
+    from r3rl.training.plan import parse_memory, this_device_memory
 
     shape, source = load_model_shape(cfg, args.model_config, preset=args.config)
     device = None
@@ -184,9 +184,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from r3rl.api import report
-    from r3rl.progress import print_table
     from r3rl.reporting.report import summary_table
     from r3rl.reporting.run import stale_warnings
+    from r3rl.runtime.progress import print_table
 
     html = report(args.run_dir)
     print_table(summary_table(args.run_dir))
@@ -197,10 +197,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from r3rl.file_checks import check_output
-    from r3rl.progress import print_table
     from r3rl.reporting.run import stale_warnings
     from r3rl.reporting.side_by_side import compare_runs, rich_table, write_comparison
+    from r3rl.runtime.file_checks import check_output
+    from r3rl.runtime.progress import print_table
 
     check_output(args.output, "--output")  # before the comparison is computed
     data = compare_runs(args.run_dirs)
@@ -214,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from r3rl.demo.run import run_demo
-    from r3rl.file_checks import check_output
+    from r3rl.runtime.file_checks import check_output
 
     check_output(args.output, "--output")
     return run_demo(output_dir=args.output, quick=args.quick, overrides=args.overrides, compare=args.compare)
@@ -222,13 +222,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_forgetting(args: argparse.Namespace) -> int:
     from r3rl.evaluation.forgetting import PAPER_TASKS, forgetting, forgetting_table
-    from r3rl.io import write_json
-    from r3rl.progress import print_table
+    from r3rl.runtime.io import write_json
+    from r3rl.runtime.progress import print_table
 
     if len(args.model) != 2:
         raise InputError(f"give --model twice (before, then after), got {len(args.model)}")
     if args.output:
-        from r3rl.file_checks import check_output
+        from r3rl.runtime.file_checks import check_output
 
         check_output(args.output, "--output", is_file=True)  # before both models are evaluated
     tasks = [t for item in (args.tasks or PAPER_TASKS) for t in item.split(",") if t]
@@ -254,7 +254,7 @@ def cmd_check_task(args: argparse.Namespace) -> int:
     from r3rl.checks.verifier_check import check_tasks, parse_options, report_table, to_json
 
     if args.json:
-        from r3rl.file_checks import check_output
+        from r3rl.runtime.file_checks import check_output
 
         check_output(args.json, "--json", is_file=True)
     reports = check_tasks(args.tasks or None, options=parse_options(args.option), cases=args.cases, seed=args.seed,
@@ -267,7 +267,7 @@ def cmd_check_task(args: argparse.Namespace) -> int:
         for f in r.findings:
             print(f"{r.task}: case {f['case']} ({f['family']}) {f['kind']}: {f['detail']}  {f['completion']}")
     if args.json:
-        from r3rl.io import atomic_write_text
+        from r3rl.runtime.io import atomic_write_text
 
         atomic_write_text(args.json, to_json(reports) + "\n")
     if named_but_skipped:

@@ -260,13 +260,13 @@ class RolloutConfig:
     include_reason: bool = False
     """Show the verifier's reason in the reflect prompt (the paper tells the model only that it failed)."""
     reflect_instruction: str = ""
-    """Reflect prompt; empty = r3rl.prompts.DEFAULT_REFLECT. '{reason}' is replaced by the verifier's reason."""
+    """Reflect prompt; empty = r3rl.environment.prompts.DEFAULT_REFLECT. '{reason}' is replaced by the verifier's reason."""
     retry_instruction: str = ""
-    """Retry prompt after a reflection; empty = r3rl.prompts.DEFAULT_RETRY."""
+    """Retry prompt after a reflection; empty = r3rl.environment.prompts.DEFAULT_RETRY."""
     max_verifier_errors: int = 10
     """Verifier exceptions tolerated (each scored as a failure, counted and logged) before the run stops."""
     retry_no_reflection_instruction: str = ""
-    """Retry prompt of the no-reflection control; empty = r3rl.prompts.DEFAULT_RETRY_NO_REFLECTION."""
+    """Retry prompt of the no-reflection control; empty = r3rl.environment.prompts.DEFAULT_RETRY_NO_REFLECTION."""
 
 
 @dataclass
@@ -735,7 +735,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path:
         path = Path(path)
         if not path.exists():
-            from r3rl.file_checks import relative_note
+            from r3rl.runtime.file_checks import relative_note
 
             raise ConfigError(f"config file not found: {path}{relative_note(path)}")
         try:

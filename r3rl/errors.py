@@ -12,9 +12,9 @@ RuntimeError), so code that catches those keeps working.
       InputError(ValueError)        a value or file the user gave is wrong (options, rows, arguments)
         ConfigError                 r3rl.config: a config field, file or override
         DataError                   r3rl.tasks.data: a dataset file or hub dataset
-        DamagedFileError            r3rl.file_checks: a truncated or garbled JSON / weights / state file
+        DamagedFileError            r3rl.runtime.file_checks: a truncated or garbled JSON / weights / state file
         ReportError                 r3rl.reporting.run: a run folder that cannot be reported on
-      VerifierError(RuntimeError)   r3rl.environment.scoring (also r3rl.rollout): a task's verifier raised too often
+      VerifierError(RuntimeError)   r3rl.environment.scoring (also r3rl.environment.rollout): a task's verifier raised too often
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class Episode:
     """One reflection and its retry, for one failed first attempt (one member of a GRPO group).
 
     The flat view of one round of a `Trajectory` (r3rl/environment/trajectory.py: the turns as
-    token ids, built by `r3rl.rollout.episodes_of`) that training, mining, episodes.jsonl and
+    token ids, built by `r3rl.environment.rollout.episodes_of`) that training, mining, episodes.jsonl and
     reporting read.
 
     With train.objective=first_attempt an episode is one fresh first attempt instead: its

@@ -349,9 +349,9 @@ def test_evaluate_reports_bfcl_categories(tmp_path, task):
     from r3rl.config import Config
     from r3rl.demo.tiny import build_tokenizer
     from r3rl.engine.scripted import ScriptedEngine
+    from r3rl.environment.rollout import Rollout
     from r3rl.evaluation.accuracy import evaluate_model
     from r3rl.reporting.console_tables import group_table
-    from r3rl.rollout import Rollout
 
     right = {"Find the area of a triangle": py("calculate_triangle_area(base=10, height=5)"),
              "Calculate the factorial of 5": py("math.factorial(number=5)"),

@@ -131,7 +131,7 @@ def test_contradictory_resume_flags_are_refused(model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = tiny_config(model_dir, run, steps=2, save_every=0)
     assert main(["train", *cli_overrides(cfg)]) == 0
-    from r3rl.provenance import folder_weights  # the run records which weights final/ holds, and their step
+    from r3rl.engine.provenance import folder_weights  # the run records which weights final/ holds, and their step
 
     assert json.loads((run / "weights.json").read_text())["final"] == {"step": 2, "weights": folder_weights(run / "final")}
     final = (run / "final" / "model.safetensors").stat().st_mtime_ns

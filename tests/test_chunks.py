@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
-from r3rl.distributed import Processes, chunk_ranges
+from r3rl.runtime.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
+from r3rl.runtime.distributed import Processes, chunk_ranges
 
 
 def _work(c: range) -> ChunkOutput:

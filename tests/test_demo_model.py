@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import r3rl
-from r3rl import prompts
+from r3rl.environment import prompts
 from r3rl.demo.traces import (
     DRILL_PROMPT,
     GENERIC_REFLECTIONS,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from r3rl.engine.hf import HFEngine
-from r3rl.rollout import VerifierError
+from r3rl.environment.rollout import VerifierError
 
 from tests.trainer_fixtures import cli_overrides, tiny_config
 
@@ -49,7 +49,7 @@ def test_the_trainer_closes_its_engine_when_setup_fails_after_opening_it(model_d
 
 
 @pytest.mark.parametrize("command,target", [("eval", "r3rl.evaluation.accuracy.evaluate_model"),
-                                            ("mine", "r3rl.mining.mine")])
+                                            ("mine", "r3rl.mining.failure_set.mine")])
 @pytest.mark.parametrize("error,code", [(KeyboardInterrupt, 130), (OSError("disk full"), 2)])
 def test_cli_commands_close_their_engine(model_dir, tmp_path, closes, monkeypatch, command, target, error, code):
     from r3rl.cli import main

@@ -27,8 +27,8 @@ import torch
 from r3rl.config import Config
 from r3rl.demo import tiny
 from r3rl.engine import Continuation, HFEngine
+from r3rl.environment.rollout import Rollout
 from r3rl.evaluation.accuracy import evaluate_model
-from r3rl.rollout import Rollout
 from r3rl.tasks.base import Task
 from r3rl.types import Generation, SamplingParams, Verdict
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from r3rl import prompts
 from r3rl.config import Config
-from r3rl.engine.scripted import ScriptedEngine
-from r3rl.evaluation.accuracy import evaluate_model
 from r3rl.demo.tiny import build_tokenizer, save_tiny_model
-from r3rl.progress import GenerationProgress
-from r3rl.rollout import Rollout
+from r3rl.engine.scripted import ScriptedEngine
+from r3rl.environment import prompts
+from r3rl.environment.rollout import Rollout
+from r3rl.evaluation.accuracy import evaluate_model
+from r3rl.runtime.progress import GenerationProgress
 
 from tests.test_rollout import EchoTask
 from tests.trainer_fixtures import CoinTask

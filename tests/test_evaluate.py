@@ -5,17 +5,17 @@ import re
 
 import pytest
 
-from r3rl import prompts
+from r3rl.environment import prompts
 
 from r3rl.config import Config
+from r3rl.demo.tiny import build_tokenizer
 from r3rl.engine.scripted import ScriptedEngine
+from r3rl.environment.rollout import Rollout
 from r3rl.evaluation import stats
 from r3rl.evaluation.accuracy import evaluate_model, trial_statistics
 from r3rl.evaluation.result import EvalResult
-from r3rl.reporting.console_tables import results_table
-from r3rl.rollout import Rollout
 from r3rl.evaluation.stats import wilson_interval
-from r3rl.demo.tiny import build_tokenizer
+from r3rl.reporting.console_tables import results_table
 
 from tests.test_rollout import EchoTask, script
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from r3rl.rollout import Attempt, Failure, derive_seed
+from r3rl.environment.rollout import Attempt, Failure, derive_seed
 from r3rl.training.failures import MinedFailures, OnlineFailures
 from r3rl.types import Verdict
 

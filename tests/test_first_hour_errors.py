@@ -166,7 +166,7 @@ def test_an_output_in_a_folder_that_takes_no_files_names_the_field(capsys):
 
 
 def test_writable_outputs_pass_and_leave_nothing_behind(tmp_path):
-    from r3rl.file_checks import check_output
+    from r3rl.runtime.file_checks import check_output
 
     check_output(tmp_path / "new" / "deeper", "train.output_dir")
     check_output(tmp_path / "f.jsonl", "failures.path", is_file=True)

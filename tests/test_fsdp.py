@@ -91,8 +91,8 @@ def _config(model_dir: Path, root: Path, name: str, **train):
 def ddp_run(model_dir, tmp_path_factory) -> Path:
     """The reference: 2 steps of `r3rl train` on 2 DDP processes (its folder's parent holds the failure set)."""
     from r3rl.engine import load_engine
-    from r3rl.mining import mine
-    from r3rl.rollout import Rollout
+    from r3rl.environment.rollout import Rollout
+    from r3rl.mining.failure_set import mine
     from r3rl.tasks import load_task
 
     root = tmp_path_factory.mktemp("runs")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from r3rl import prompts
 from r3rl.demo import tiny
+from r3rl.environment import prompts
 from r3rl.tasks import load_task
 from r3rl.tasks.data import DataError
 from r3rl.tasks.fc_parse import MAX_JSON_DEPTH, ToolCall, parse_tool_calls, values_equal

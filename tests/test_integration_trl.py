@@ -10,14 +10,14 @@ pytest.importorskip("trl")
 
 import torch  # noqa: E402
 
-from r3rl import prompts  # noqa: E402
-from r3rl.engine.hf import HFEngine  # noqa: E402
-from r3rl.integrations.trl import ReflectionRollout, decode_generated, reflection_dataset, retry_reward  # noqa: E402
-from r3rl.io import JsonlWriter  # noqa: E402
-from r3rl.rollout import Failure, Rollout  # noqa: E402
 from r3rl.config import GenerationConfig, RolloutConfig  # noqa: E402
-from r3rl.tasks import load_task  # noqa: E402
 from r3rl.demo import model_path as demo_model_path  # noqa: E402
+from r3rl.engine.hf import HFEngine  # noqa: E402
+from r3rl.environment import prompts  # noqa: E402
+from r3rl.environment.rollout import Failure, Rollout  # noqa: E402
+from r3rl.integrations.trl import ReflectionRollout, decode_generated, reflection_dataset, retry_reward  # noqa: E402
+from r3rl.runtime.io import JsonlWriter  # noqa: E402
+from r3rl.tasks import load_task  # noqa: E402
 
 G = 4  # reflections per failure
 

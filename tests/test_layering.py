@@ -6,22 +6,26 @@ reporting; the imports follow it, except that evaluation sits below training (se
 modules together.
 
 Placement of the modules docs/design.md does not name:
-    errors, file_checks    core: the error types and the damaged-file checks, used from config and io up
+    errors                 core: the error types, used from config up
+    runtime                core: what every stage runs on: io, file_checks (the damaged-file checks),
+                           distributed, seeds, progress, and chunks (the sharded, resumable chunk
+                           runner of mining and evaluation); it imports errors and itself only
     checks                 right above tasks: `r3rl check-task` drives a task's verifier and needs nothing else
     engine/factory.py      inside engine (it only picks an engine class)
-    stack                  between rollout and mining: it assembles model, engine and Rollout from the
-                           config, for mining, training, evaluation, the CLI and the demo
-    chunks                 core: the sharded, resumable chunk runner of mining and evaluation (io and
-                           distributed only)
-    provenance             right above engine: what made a failure set (model files or weights, task,
-                           settings), read through the engine's loading
+    environment            above engine: the rollout (environment/rollout.py), its prompts
+                           (environment/prompts.py) and its assembly from the config
+                           (environment/stack.py: model, engine and Rollout, for mining, training,
+                           evaluation, the CLI and the demo)
+    engine/provenance.py   inside engine: what made a failure set or a checkpoint (model files or
+                           weights), read through the engine's loading
     evaluation < training  evaluation needs only the rollout; the trainer evaluates periodically and
                            logs the reflection diagnostics of evaluation/diagnostics.py each step, so
                            evaluation sits below training (docs/design.md's data flow runs the other way,
                            its imports this way)
     api                    right below the commands: what `r3rl mine/eval/train/report` do, as functions
                            (the commands call them)
-    plan, cli, demo, __main__   the top: commands and the demo may use everything
+    training/plan.py       inside training: `r3rl plan` sizes a training run (config and engine only)
+    cli, demo, __main__    the top: commands and the demo may use everything
     r3rl (the package's __init__)  core: the version; the API's names are looked up by string on first use
 
 To place a new module or package, add its name to a layer of LAYERS (a new layer is a new row).
@@ -39,21 +43,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "r3rl"
 
 # Lowest layer first. A unit is a top-level module or package of r3rl (r3rl/engine/hf.py -> "engine").
 LAYERS: list[tuple[str, ...]] = [
-    ("r3rl", "config", "io", "types", "progress", "distributed", "errors", "file_checks", "chunks", "seeds"),
+    ("r3rl", "config", "types", "errors", "runtime"),
     ("tasks",),
     ("checks",),
-    ("prompts",),
     ("engine",),
-    ("provenance",),
-    ("rollout", "environment"),
-    ("stack",),
+    ("environment",),
     ("mining",),
     ("evaluation",),
     ("training",),
     ("reporting",),
     ("integrations",),
     ("api",),
-    ("plan", "cli", "demo", "__main__"),
+    ("cli", "demo", "__main__"),
 ]
 
 # (importer unit, imported unit): why it is still there. Remove the entry when the arrow goes.
@@ -85,7 +86,7 @@ def imports_in(source: str, module: str, is_package: bool) -> set[str]:
             else:
                 name = node.module or ""
             found.add(name)
-            # `from r3rl import prompts` imports the module r3rl.prompts, not only the package
+            # `from r3rl import tasks` imports the module r3rl.tasks, not only the package
             found.update(f"{name}.{a.name}" for a in node.names if _is_module(f"{name}.{a.name}"))
     return {m for m in found if m == "r3rl" or m.startswith("r3rl.")}
 
@@ -191,12 +192,12 @@ def test_no_import_circles_between_modules():
 def test_the_checker_sees_every_kind_of_import_and_a_circle():
     """The machinery above on made-up input, so a parser that misses imports cannot pass silently."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    source = ("import r3rl.rollout\nfrom r3rl import prompts, __version__\nfrom . import base\n"
+    source = ("import r3rl.environment.rollout\nfrom r3rl import tasks, __version__\nfrom . import base\n"
               "def g():\n    from r3rl.engine.hf import HFEngine\n    from ..mining import mine\n")
     got = imports_in(source, "r3rl.engine.x", is_package=False)
-    assert {"r3rl.rollout", "r3rl.prompts", "r3rl.engine", "r3rl.engine.hf", "r3rl.mining"} <= got
+    assert {"r3rl.environment.rollout", "r3rl.tasks", "r3rl.engine", "r3rl.engine.hf", "r3rl.mining"} <= got
     assert "r3rl.__version__" not in got
-    assert {unit(m) for m in got} >= {"rollout", "prompts", "engine", "mining"}
+    assert {unit(m) for m in got} >= {"environment", "tasks", "engine", "mining"}
 
 
 def test_every_cited_document_is_in_the_repository():

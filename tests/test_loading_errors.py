@@ -111,7 +111,7 @@ def test_json_lines_saved_as_json_load_and_a_bad_line_names_line_and_column(tmp_
 
 
 def test_a_record_cut_short_is_reported_at_its_line_not_the_next(tmp_path):
-    from r3rl.io import iter_jsonl
+    from r3rl.runtime.io import iter_jsonl
 
     f = tmp_path / "cut.jsonl"
     f.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')

@@ -6,9 +6,9 @@ import pytest
 
 from r3rl.config import Config
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.io import iter_jsonl
-from r3rl.mining import load_failures, mine, passed_path
-from r3rl.rollout import Rollout
+from r3rl.environment.rollout import Rollout
+from r3rl.mining.failure_set import load_failures, mine, passed_path
+from r3rl.runtime.io import iter_jsonl
 from r3rl.tasks.base import Task
 from r3rl.types import Verdict
 
@@ -190,7 +190,7 @@ def test_a_failure_set_is_reused_only_by_what_mined_it(tmp_path, capsys, other_m
 
 
 def state_of(path):
-    from r3rl.chunks import state_path
+    from r3rl.runtime.chunks import state_path
 
     return state_path(path).read_text()
 
@@ -201,7 +201,7 @@ def test_a_failure_set_of_the_old_format_reads_but_is_not_resumed_by_accident(to
     mine(roll, cfg.failures, cfg.seed, show_progress=False, chunk_size=8)
     (tmp_path / "failures.jsonl.state.json").unlink()  # what an older r3rl left: records, no state
     assert len(load_failures(cfg.failures.path)) == 8
-    from r3rl.mining import FailureSetMismatch
+    from r3rl.mining.failure_set import FailureSetMismatch
 
     with pytest.raises(FailureSetMismatch, match=r"failures.jsonl does not say what mined it \(it was written by an "
                                                  r"r3rl older than failures.jsonl.state.json, or by hand\)"):

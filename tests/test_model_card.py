@@ -219,7 +219,7 @@ def test_a_base_readme_without_front_matter_reads_no_license_and_logs_nothing(tm
 
 def _weights(folder: Path) -> str:
     from r3rl.config import ModelConfig
-    from r3rl.provenance import model_identity
+    from r3rl.engine.provenance import model_identity
 
     return model_identity(ModelConfig(name_or_path=str(folder)))["weights"]
 

@@ -14,11 +14,11 @@ import re
 import pytest
 import torch
 
-from r3rl import prompts
 from r3rl.config import OBJECTIVE_STAGES, GenerationConfig, RolloutConfig, load_config
 from r3rl.demo.tiny import build_tokenizer, save_tiny_model
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.rollout import Failure, Rollout
+from r3rl.environment import prompts
+from r3rl.environment.rollout import Failure, Rollout
 from r3rl.training import grpo
 from r3rl.training.objectives import OBJECTIVES, Objective, build_objective
 from r3rl.training.trainer import Trainer

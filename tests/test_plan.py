@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from r3rl.config import load_config
-from r3rl.plan import GIB, ModelShape, format_plan, generated_tokens, load_model_shape, memory_per_device
+from r3rl.training.plan import GIB, ModelShape, format_plan, generated_tokens, load_model_shape, memory_per_device
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "qwen2.5-1.5b-config"
@@ -172,7 +172,7 @@ def test_a_small_model_prints_in_millions_and_short_times_in_minutes(capsys):
 
 
 def test_count_and_duration_formatting():
-    from r3rl.plan import _count, _duration
+    from r3rl.training.plan import _count, _duration
 
     assert _count(1_543_714_304) == "1.54B"
     assert _count(494_032_768) == "494.0M"
@@ -186,13 +186,13 @@ def test_count_and_duration_formatting():
 @pytest.mark.parametrize("text, gb", [("80GB", 80.0), ("80 GB", 80.0), ("24gb", 24.0), ("16GiB", 16 * 2 ** 30 / 1e9),
                                       ("512MB", 0.512), ("1.5TB", 1500.0), ("40", 40.0)])
 def test_device_memory_parses_units(text, gb):
-    from r3rl.plan import parse_memory
+    from r3rl.training.plan import parse_memory
 
     assert parse_memory(text) == pytest.approx(gb)
 
 
 def test_a_bad_device_memory_is_one_sentence():
-    from r3rl.plan import parse_memory
+    from r3rl.training.plan import parse_memory
 
     with pytest.raises(ValueError, match="--device-memory"):
         parse_memory("lots")
@@ -203,7 +203,7 @@ def test_without_a_size_the_plan_sizes_this_machine(monkeypatch, capsys):
     import torch
 
     from r3rl.cli import main
-    from r3rl.plan import this_device_memory
+    from r3rl.training.plan import this_device_memory
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     gb, where = this_device_memory()
@@ -219,7 +219,7 @@ def test_without_a_size_the_plan_sizes_this_machine(monkeypatch, capsys):
 def test_a_cuda_device_is_sized_from_its_memory(monkeypatch):
     import torch
 
-    from r3rl.plan import this_device_memory
+    from r3rl.training.plan import this_device_memory
 
     class Props:
         total_memory = 80 * 10 ** 9
@@ -239,7 +239,7 @@ def test_the_old_gpu_memory_flag_still_works(capsys):
 
 
 def test_small_memory_reads_in_mib():
-    from r3rl.plan import _bytes
+    from r3rl.training.plan import _bytes
 
     assert _bytes(5.75 * GIB) == "5.75 GiB" and _bytes(3.5 * 2 ** 20) == "3.5 MiB"
 
@@ -248,7 +248,7 @@ def test_fsdp2_preset_for_7b_full_fine_tuning_fits_8_devices_of_80_gb(capsys):
     """Qwen2.5-7B full fine-tuning: 112 GB of float32 weights, gradients and AdamW state do not fit one 80 GB
     device under DDP; sharded over 8 with FSDP2 (the preset, generation in vLLM) the plan says it fits."""
     from r3rl.cli import main
-    from r3rl.plan import sharded_memory
+    from r3rl.training.plan import sharded_memory
 
     preset = ROOT / "configs" / "qwen2.5-7b-countdown-fsdp2.yaml"
     cfg = load_config(preset)

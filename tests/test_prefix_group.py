@@ -181,8 +181,8 @@ def test_auto_falls_back_with_a_reason_and_on_refuses():
 
 
 def test_plan_counts_each_context_once_per_group_with_sharing_on():
-    from r3rl import plan
     from r3rl.config import Config
+    from r3rl.training import plan
 
     cfg = Config()
     cfg.train.micro_batch_size, cfg.rollout.group_size = 2, 8

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-import r3rl.progress
+import r3rl.runtime.progress
 from r3rl.config import Config
 from r3rl.demo.tiny import build_tokenizer
 from r3rl.engine.scripted import ScriptedEngine
+from r3rl.environment.rollout import Rollout
 from r3rl.evaluation.accuracy import evaluate_model
-from r3rl.mining import mine
-from r3rl.rollout import Rollout
+from r3rl.mining.failure_set import mine
 
 from tests.test_evaluate import per_trial_script
 from tests.test_mining import ParityTask
@@ -28,7 +28,7 @@ def bar_positions(monkeypatch):
     """(bar position, generations made so far) at every bar update of a GenerationProgress."""
     seen: list[tuple[float, int]] = []
     engines: list = []
-    make = r3rl.progress.progress_bar
+    make = r3rl.runtime.progress.progress_bar
 
     def recording_bar(*args, **kw):
         bar = make(*args, **kw)
@@ -42,7 +42,7 @@ def bar_positions(monkeypatch):
         bar.update = update_and_record
         return bar
 
-    monkeypatch.setattr(r3rl.progress, "progress_bar", recording_bar)
+    monkeypatch.setattr(r3rl.runtime.progress, "progress_bar", recording_bar)
     return seen, engines
 
 
@@ -92,7 +92,7 @@ def test_tokens_move_the_bar_while_a_batch_decodes_together():
     """Rows of one batch finish together: the tokens against the stage's limit move the bar before that."""
     from types import SimpleNamespace
 
-    from r3rl.progress import GenerationProgress
+    from r3rl.runtime.progress import GenerationProgress
 
     engine = SimpleNamespace(on_tokens=None, on_generated=None)
     with GenerationProgress(engine, total=12, desc="t") as progress:

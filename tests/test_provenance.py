@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from r3rl.config import ModelConfig
 from r3rl.demo.tiny import save_tiny_model
 from r3rl.engine.loading import register_model_alias
-from r3rl.provenance import model_identity, parameter_fingerprint, same_model
+from r3rl.engine.provenance import model_identity, parameter_fingerprint, same_model
 
 
 def test_weights_fingerprint_tells_fine_tunes_apart(tmp_path):

@@ -90,8 +90,8 @@ def launch(args: list[str], tmp: Path, deadline_s: float, env: dict[str, str] | 
 def _mine(cfg) -> None:
     """The failure set, mined once in this process with CoinTask (rank 0's behaviour of every test task)."""
     from r3rl.engine import load_engine
-    from r3rl.mining import mine
-    from r3rl.rollout import Rollout
+    from r3rl.environment.rollout import Rollout
+    from r3rl.mining.failure_set import mine
     from r3rl.tasks import load_task
 
     mine(Rollout(load_engine(cfg.model.name_or_path), load_task("tests.trainer_fixtures:CoinTask"), cfg.generation,

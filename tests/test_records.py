@@ -11,10 +11,10 @@ import pytest
 from r3rl.config import Config
 from r3rl.demo.tiny import build_tokenizer
 from r3rl.engine.scripted import ScriptedEngine
+from r3rl.environment.rollout import Rollout
 from r3rl.evaluation.accuracy import evaluate_model
 from r3rl.evaluation.records import RoundRecord, TrialRecord, read_trials
 from r3rl.reporting.run import ReportError, load_eval
-from r3rl.rollout import Rollout
 from r3rl.types import Verdict
 
 from tests.test_rollout import EchoTask

@@ -1,7 +1,7 @@
 """Only reflection tokens reach the loss.
 
 A real reflection training sample is built with the tiny tokenizer's chat template
-through r3rl.prompts, the way the rollout builds it:
+through r3rl.environment.prompts, the way the rollout builds it:
 
     context    = task (user) + failed attempt (assistant) + reflect instruction (user) + assistant header
     completion = the reflection, its <|im_end|> included                 <- the only training targets
@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r3rl import prompts
 from r3rl.demo import tiny
+from r3rl.environment import prompts
 from r3rl.training import grpo, logprobs
 
 TASK = "Use the numbers [3, 5, 7] to create an equation that equals 22."

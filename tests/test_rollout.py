@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from r3rl import prompts
 from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.rollout import Failure, Rollout
+from r3rl.environment import prompts
+from r3rl.environment.rollout import Failure, Rollout
 from r3rl.tasks.base import Task
 from r3rl.types import Episode, Verdict
 
@@ -179,7 +179,7 @@ def test_a_raising_verifier_is_a_counted_logged_failure(tok, capsys):
 
 
 def test_too_many_verifier_errors_stop_the_run_with_a_clear_message(tok):
-    from r3rl.rollout import VerifierError
+    from r3rl.environment.rollout import VerifierError
 
     roll = Rollout(ScriptedEngine(tok, lambda p, j: "x"), FlakyVerifierTask(), GenerationConfig(),
                    RolloutConfig(max_verifier_errors=2))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from r3rl.distributed import Processes, chunk_ranges
+from r3rl.runtime.distributed import Processes, chunk_ranges
 
 from tests.trainer_fixtures import cli_overrides, tiny_config
 

@@ -103,7 +103,7 @@ def test_cli_compare_warns_when_a_runs_numbers_describe_other_weights(tmp_path, 
     """eval_after/results.json measured other weights than the run's final/ holds now: one warning line."""
     from r3rl.cli import main
     from r3rl.demo.tiny import save_tiny_model
-    from r3rl.provenance import folder_weights
+    from r3rl.engine.provenance import folder_weights
 
     a = _run(tmp_path, "a", BASE, BASE)
     b = _run(tmp_path, "b", BASE, [(True, False)] * 12)

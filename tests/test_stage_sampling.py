@@ -32,7 +32,7 @@ def test_eval_overrides_and_objectives_read_the_same_mapping():
 
 
 def test_plan_budgets_evaluation_with_its_own_token_limits():
-    from r3rl.plan import generated_tokens
+    from r3rl.training.plan import generated_tokens
 
     cfg = Config()
     base = generated_tokens(cfg)["evaluation (r3rl eval, once)"]

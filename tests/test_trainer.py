@@ -140,8 +140,8 @@ def test_two_processes_match_one(model_dir, tmp_path):
         cfg.failures.path = str(tmp_path / "failures.jsonl")
         if procs == 1:  # mine once, share the failure set so both runs train on the same batch
             from r3rl.engine import load_engine
-            from r3rl.mining import mine
-            from r3rl.rollout import Rollout
+            from r3rl.environment.rollout import Rollout
+            from r3rl.mining.failure_set import mine
             from r3rl.tasks import load_task
 
             mine(Rollout(load_engine(str(model_dir)), load_task(cfg.task.name), cfg.generation, cfg.rollout), cfg.failures,

@@ -100,7 +100,7 @@ def _flag_retries_of(task_cls) -> None:
     """The explicit hook: wrap Rollout.reflect_and_retry, the stage that verifies reflections' retries,
     so that `task_cls.retrying` says whether a verify call judges a retry. Installed once per process;
     outside a BrokenRetryCoinTask run it only toggles that flag."""
-    from r3rl.rollout import Rollout
+    from r3rl.environment.rollout import Rollout
 
     original = Rollout.reflect_and_retry
     if getattr(original, "flags_retries_of", None) is task_cls:

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from examples.tool_retry.calculator import CalculatorAddition, CalculatorRetryEnvironment, calculator
-from r3rl import prompts
 from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.demo import tiny
 from r3rl.engine.scripted import ScriptedEngine
-from r3rl.rollout import Failure, Rollout
+from r3rl.environment import prompts
+from r3rl.environment.rollout import Failure, Rollout
 
 
 @pytest.mark.parametrize(("text", "out"), [

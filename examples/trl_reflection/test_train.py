@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("trl")
 
 from examples.trl_reflection.train import main  # noqa: E402
-from r3rl.io import JsonlWriter  # noqa: E402
+from r3rl.runtime.io import JsonlWriter  # noqa: E402
 from r3rl.tasks import load_task  # noqa: E402
 
 

@@ -6,7 +6,7 @@
 
 Needs only r3rl.tasks and r3rl.types. The reliability suite's own harness (kill -9 and disk-fault
 injection, the figures of RELIABILITY.md) lives in tests/reliability/; the file checks used when
-loading models and checkpoints are r3rl.file_checks.
+loading models and checkpoints are r3rl.runtime.file_checks.
 """
 
 from r3rl.checks.hostile import SENTINEL, hostile_case

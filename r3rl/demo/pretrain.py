@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from r3rl.evaluation.stats import wilson_interval
-from r3rl import prompts
-from r3rl.demo.traces import TraceConfig, render_trace, sample_trace, trace_corpus
 from r3rl.demo.addition import AdditionTask
+from r3rl.demo.traces import TraceConfig, render_trace, sample_trace, trace_corpus
+from r3rl.environment import prompts
+from r3rl.evaluation.stats import wilson_interval
 
 # The opening words of a working-style reflection (no generic reflection starts with "Let me").
 FORCED_PREFIX = "Let me add"
@@ -289,7 +289,7 @@ def write_model_card(out: Path, cfg: PretrainConfig, traces: TraceConfig, stats:
         "```",
         "",
         f"Task: `addition` with `digits={cfg.digits}`, prompts from `AdditionTask.prompt`, reflect/retry",
-        "instructions exactly `r3rl.prompts.DEFAULT_REFLECT`, `DEFAULT_RETRY`, `DEFAULT_RETRY_NO_REFLECTION`,",
+        "instructions exactly `r3rl.environment.prompts.DEFAULT_REFLECT`, `DEFAULT_RETRY`, `DEFAULT_RETRY_NO_REFLECTION`,",
         "no system prompt. Loss on assistant tokens only (content + `<|im_end|>`). Trained on the task's",
         "train split only; the numbers below are on its disjoint test split.",
         "",

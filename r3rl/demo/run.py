@@ -48,14 +48,14 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
              compare: bool = False) -> int:
     import torch
 
+    from r3rl.engine.provenance import model_identity
+    from r3rl.environment.stack import build_rollout
     from r3rl.evaluation.accuracy import evaluate_model
-    from r3rl.mining import mine
-    from r3rl.progress import print_table
-    from r3rl.provenance import model_identity
+    from r3rl.mining.failure_set import mine
     from r3rl.reporting.console_tables import results_table
     from r3rl.reporting.model_card import publish_final, push_folder, write_model_cards
     from r3rl.reporting.report import build_report, summary_table
-    from r3rl.stack import build_rollout
+    from r3rl.runtime.progress import print_table
     from r3rl.tasks import load_task
     from r3rl.training.trainer import train
 
@@ -119,12 +119,12 @@ def run_demo(output_dir: str = "runs/demo", quick: bool = False, overrides: list
 
 def _compare_with_baseline(out: Path, task, quick: bool, overrides: list[str] | None, stage) -> Path:
     """Steps 6-8: the first_attempt baseline with the demo's budget, evaluated alike, compared with the demo run."""
+    from r3rl.engine.provenance import model_identity
+    from r3rl.environment.stack import build_rollout
     from r3rl.evaluation.accuracy import evaluate_model
-    from r3rl.progress import print_table
-    from r3rl.provenance import model_identity
     from r3rl.reporting.console_tables import results_table
     from r3rl.reporting.side_by_side import collect, compare_runs, comparisons, rich_table, write_comparison
-    from r3rl.stack import build_rollout
+    from r3rl.runtime.progress import print_table
     from r3rl.training.trainer import train
 
     t = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r3rl import prompts
+from r3rl.environment import prompts
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 

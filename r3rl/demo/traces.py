@@ -2,7 +2,7 @@
 
 This is a controlled miniature of the paper's mechanism, not a claim about
 natural models. A tiny model is pre-trained on whole chat conversations that
-follow r3rl's own reflect/retry protocol (r3rl.prompts' default instructions,
+follow r3rl's own reflect/retry protocol (r3rl.environment.prompts' default instructions,
 the task's prompt, no system prompt), so that:
 
 * its first attempt is sloppy: right with probability `p_correct`, otherwise a
@@ -36,7 +36,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3rl import prompts
+from r3rl.environment import prompts
 from r3rl.tasks.base import Example, Task
 
 Message = dict[str, Any]

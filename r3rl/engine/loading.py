@@ -179,7 +179,7 @@ def load_model(
                 f"nor adapter_config.json (a peft LoRA adapter)"
             )
     elif _looks_like_path(name_or_path):
-        from r3rl.file_checks import relative_note
+        from r3rl.runtime.file_checks import relative_note
 
         raise FileNotFoundError(f"no such model folder: {name_or_path}{relative_note(name_or_path)}")
     elif base is not None:
@@ -189,7 +189,7 @@ def load_model(
     if _is_local(base_name) and not (Path(base_name).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"base model folder {base_name} holds no config.json")
 
-    from r3rl.file_checks import check_model_folder
+    from r3rl.runtime.file_checks import check_model_folder
 
     for folder in {Path(p).expanduser() for p in (base_name, adapter_dir) if p is not None and _is_local(str(p))}:
         check_model_folder(folder)  # a damaged file is named here, not deep inside transformers

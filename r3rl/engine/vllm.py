@@ -254,7 +254,7 @@ class VLLMEngine(Engine):
             request_id = f"r3rl-{self._calls}-{row.prompt_index}-{row.sample_index}-{row.depth}"
             seed = None
             if self._per_request_seeds and params.seed is not None:
-                from r3rl.seeds import derive_seed
+                from r3rl.runtime.seeds import derive_seed
 
                 seed = derive_seed(params.seed, row.prompt_index, row.sample_index, row.depth)
             engine.add_request(request_id, {"prompt_token_ids": row.prompt_ids},

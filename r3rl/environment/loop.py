@@ -21,8 +21,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3rl import prompts
 from r3rl.engine.base import Continuation, Engine
+from r3rl.environment import prompts
 from r3rl.environment.scoring import Scorer
 from r3rl.environment.trajectory import Trajectory, Turn
 from r3rl.types import Generation, SamplingParams

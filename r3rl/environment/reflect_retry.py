@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from r3rl import prompts
+from r3rl.environment import prompts
 from r3rl.environment.loop import Environment, Step
 from r3rl.environment.scoring import Scorer
 from r3rl.environment.trajectory import Trajectory, Turn

@@ -11,7 +11,7 @@ several (`trial_statistics`); acc@2 vs the control is a paired test (exact McNem
 Sampling: eval.temperature / top_p / max_*_tokens replace the generation section's settings
 during evaluation (unset = the generation section's); they are passed into each rollout call
 (`eval_generation`), so the rollout, which a trainer shares, is never changed. Work runs through
-the chunk runner (r3rl/chunks.py) and is written as it is made, so an interrupted evaluation
+the chunk runner (r3rl/runtime/chunks.py) and is written as it is made, so an interrupted evaluation
 resumes (see evaluate_model). Each trial is one TrialRecord (r3rl/evaluation/records.py).
 """
 
@@ -23,20 +23,20 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
 from r3rl.config import STAGES, EvalConfig, GenerationConfig, to_dict
-from r3rl.distributed import chunk_ranges, processes
+from r3rl.engine.provenance import model_identity, same_model
+from r3rl.environment.rollout import Rollout, derive_seed, failed_attempts
 from r3rl.errors import InputError
-from r3rl.io import write_json
-from r3rl.progress import GenerationProgress
-from r3rl.provenance import model_identity, same_model
-from r3rl.rollout import Rollout, derive_seed, failed_attempts
 from r3rl.evaluation import stats
 from r3rl.evaluation.classes import per_class_table, transition_table
 from r3rl.evaluation.diagnostics import record_diagnostics
 from r3rl.evaluation.records import RoundRecord, TrialRecord, passed_predicates, read_trials
 from r3rl.evaluation.result import Accuracy, EvalResult
 from r3rl.evaluation.stats import wilson_interval
+from r3rl.runtime.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
+from r3rl.runtime.distributed import chunk_ranges, processes
+from r3rl.runtime.io import write_json
+from r3rl.runtime.progress import GenerationProgress
 
 EPISODES = "episodes"  # the chunk runner's one output: <output_dir>/episodes.jsonl
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from r3rl.io import iter_jsonl
+from r3rl.runtime.io import iter_jsonl
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ The three pieces and why they look like this:
 
 - `reflection_dataset` turns r3rl failures into TRL's conversational prompt dataset. A prompt is
   `task messages + assistant(failed attempt) + user(reflect instruction)`, the conversation r3rl's
-  own `Rollout` builds, and it is templated with `r3rl.prompts.encode`, so TRL trains on exactly the
+  own `Rollout` builds, and it is templated with `r3rl.environment.prompts.encode`, so TRL trains on exactly the
   context ids r3rl would. Columns besides `prompt` (`example`, `example_id`, `tools`) reach the reward.
 - `ReflectionRollout` is TRL's `rollout_func(prompts, trainer)`. It samples one reflection per row
   (TRL's sampler already repeats each prompt `num_generations` times) and then the retry after each
@@ -40,10 +40,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from r3rl import prompts
+from r3rl.environment import prompts
+from r3rl.environment.rollout import Failure
 from r3rl.errors import InputError
-from r3rl.mining import load_failures
-from r3rl.rollout import Failure
+from r3rl.mining.failure_set import load_failures
 from r3rl.tasks.base import Task
 from r3rl.types import Verdict
 
@@ -54,7 +54,7 @@ Messages = list[dict[str, Any]]
 
 
 def reflection_conversation(task: Task, failure: Failure, instructions: prompts.Instructions) -> Messages:
-    """The messages before a reflection: the same conversation `r3rl.rollout.Rollout` builds."""
+    """The messages before a reflection: the same conversation `r3rl.environment.rollout.Rollout` builds."""
     return task.messages(failure.example) + [
         {"role": "assistant", "content": failure.attempt_text},
         {"role": "user", "content": instructions.reflect_text(failure.attempt_reason)},

@@ -337,7 +337,7 @@ def report_blocks(run: RunData) -> list[Block]:
     blocks += _zero_advantage_notes(run, warning=True)
     blocks += [Para(n, style="note") for n in run.notes]
     blocks += [Para(w, style="warning") for w in run.stale.values()]  # numbers of other weights than named
-    if run.weights:  # which weights the report's numbers describe (r3rl/provenance.py fingerprints)
+    if run.weights:  # which weights the report's numbers describe (r3rl/engine/provenance.py fingerprints)
         blocks.append(Para("Weights fingerprints: " + "; ".join(f"{k} {v}" for k, v in run.weights.items()) + ".",
                            style="note"))
     blocks += _config_blocks(run)

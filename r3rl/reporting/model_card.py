@@ -23,15 +23,15 @@ from typing import Any, Callable
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from r3rl.errors import InputError
-from r3rl.io import atomic_write_text
 from r3rl.engine.loading import resolve_model_name
-from r3rl.provenance import folder_weights
+from r3rl.engine.provenance import folder_weights
+from r3rl.errors import InputError
 from r3rl.reporting.classes_section import failure_class_card
 from r3rl.reporting.compare import before_after
 from r3rl.reporting.document import CONFIG_SUMMARY
 from r3rl.reporting.run import ACC_KEYS, EvalResults, RunData, load_run, lookup
 from r3rl.reporting.wording import fmt_change, fmt_ci, fmt_pct, significance_sentence
+from r3rl.runtime.io import atomic_write_text
 
 __all__ = ["build_model_card", "write_model_card", "write_model_cards", "push_folder", "publish_final", "hub_repo_id"]
 
@@ -240,7 +240,7 @@ def build_model_card(run_dir: str | os.PathLike[str], folder: str | os.PathLike[
         _usage(name, adapter),
         "",
         "The model expects the chat format it was trained with: the task as the user's turn; after a failed "
-        "answer, r3rl's reflect instruction, then its retry instruction (`r3rl.prompts`).",
+        "answer, r3rl's reflect instruction, then its retry instruction (`r3rl.environment.prompts`).",
         "",
         "## Citation",
         "",

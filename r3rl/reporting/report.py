@@ -13,12 +13,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from r3rl.io import atomic_write_bytes
 from r3rl.reporting.compare import before_after
 from r3rl.reporting.document import Heading, Image, report_blocks
 from r3rl.reporting.render import render_html, render_markdown
 from r3rl.reporting.run import ACC_KEYS, ReportError, load_evals, load_run
 from r3rl.reporting.wording import fmt_change, fmt_ci, fmt_pct, significance_sentence
+from r3rl.runtime.io import atomic_write_bytes
 
 __all__ = ["ReportError", "build_report", "summary_table"]
 

@@ -25,7 +25,7 @@ import yaml
 from r3rl.errors import InputError
 from r3rl.evaluation.records import TrialRecord, read_trials
 from r3rl.evaluation.result import EvalResult
-from r3rl.io import iter_jsonl
+from r3rl.runtime.io import iter_jsonl
 
 ACC_KEYS: tuple[tuple[str, str], ...] = (
     ("acc@1", "acc@1 (first try)"),
@@ -40,7 +40,7 @@ class ReportError(InputError):
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file of objects (blank lines skipped) with r3rl.io's parser.
+    """Read a JSONL file of objects (blank lines skipped) with r3rl.runtime.io's parser.
 
     Its errors name the file and the line; they are re-raised as ReportError so a
     caller can tell a broken run folder from a bug in the report code.
@@ -222,7 +222,7 @@ def check_weights(root: Path, config: dict[str, Any],
     "weights" (None when it records none). Returns (stale: name -> warning, notes, weights shown:
     label -> fingerprint). Fingerprints are provenance's: a few hundred KiB read per folder."""
     from r3rl.config import ModelConfig
-    from r3rl.provenance import folder_weights, model_identity
+    from r3rl.engine.provenance import folder_weights, model_identity
 
     shown: dict[str, str] = {}
     finals = {f"{f.name}/": w for f in (root / "final", root / "final-merged") if (w := folder_weights(f))}
@@ -254,7 +254,7 @@ def check_final(root: Path, last_step: int | None) -> tuple[dict[str, str], int 
     """The trainer's weights.json against final/ and metrics.jsonl: (stale: key -> warning, the step final/
     holds when its weights are still the recorded ones). A run without weights.json (still training, or
     an earlier r3rl) has nothing to check."""
-    from r3rl.provenance import folder_weights
+    from r3rl.engine.provenance import folder_weights
 
     path = root / "weights.json"
     record = _read_json(path).get("final") if path.is_file() else None

@@ -257,8 +257,8 @@ def rich_table(data: dict[str, Any]):
 
 def write_comparison(data: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """compare.json, compare.md and compare.png in out_dir; returns the Markdown file."""
-    from r3rl.io import atomic_write_bytes, atomic_write_text, write_json
     from r3rl.reporting import plots
+    from r3rl.runtime.io import atomic_write_bytes, atomic_write_text, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from abc import abstractmethod
 from typing import Any, Callable, Hashable, TypeVar
 
 from r3rl.errors import InputError
-from r3rl.io import json_error_place
+from r3rl.runtime.io import json_error_place
 from r3rl.tasks.base import Example, Task
 
 __all__ = ["DataError", "FileTask", "load_records", "row_error", "holdout_split", "split_examples", "sample"]
@@ -116,7 +116,7 @@ def load_records(path_or_id: str | os.PathLike[str], split: str = "train") -> li
             raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
         rows = loaders[suffix](path)
     elif suffix in LOCAL_SUFFIXES:
-        from r3rl.file_checks import relative_note
+        from r3rl.runtime.file_checks import relative_note
 
         raise FileNotFoundError(f"no such data file: {path}{relative_note(path)}")
     else:

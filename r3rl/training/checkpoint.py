@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from r3rl.errors import InputError
-from r3rl.io import atomic_write_text
+from r3rl.runtime.io import atomic_write_text
 
 # What marks a folder as holding a run: a later --resume would read these.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "episodes.jsonl", "replicas.json", "final", "final-merged", "weights.json")
@@ -134,7 +134,7 @@ def _discard(folder: Path) -> None:
 
 def check_files(path: Path) -> dict[str, Any]:
     """Read trainer_state.json and check every state file is whole, naming the first that is not."""
-    from r3rl.file_checks import check_safetensors, check_torch_zip
+    from r3rl.runtime.file_checks import check_safetensors, check_torch_zip
 
     state_file = path / "trainer_state.json"
     if not state_file.exists():
@@ -275,7 +275,7 @@ def record_final_weights(run_dir: str | Path, step: int, folders: list[Path]) ->
     """weights.json: {folder name: {"step", "weights"}} of the model folders just saved, so a report or card
     can tell whether metrics.jsonl's last step is the one final/ holds (a resumed run stopped early)
     and whether final/ was replaced since (provenance fingerprints: a few hundred KiB read per folder)."""
-    from r3rl.provenance import folder_weights
+    from r3rl.engine.provenance import folder_weights
 
     record = {Path(f).name: {"step": step, "weights": folder_weights(f)} for f in folders}
     atomic_write_text(Path(run_dir) / WEIGHTS_RECORD, json.dumps(record, indent=2) + "\n")

@@ -10,7 +10,7 @@ processes train on the same failures.
   items of it.
 * `OnlineFailures`: the examples are streamed the same way, the current policy makes
   `failures.attempts_per_example` first attempts at each, and the first failed one (by
-  `r3rl.rollout.failed_attempts`, the one rule for "first attempts -> failures") is kept;
+  `r3rl.environment.rollout.failed_attempts`, the one rule for "first attempts -> failures") is kept;
   an example whose attempts all pass gives nothing this time.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from r3rl.config import Config
-from r3rl.mining import load_failures, mine
-from r3rl.rollout import Failure, Rollout, derive_seed, failed_attempts
+from r3rl.environment.rollout import Failure, Rollout, derive_seed, failed_attempts
+from r3rl.mining.failure_set import load_failures, mine
 
 
 class FailureSource(Protocol):

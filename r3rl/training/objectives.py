@@ -47,7 +47,7 @@ from r3rl.types import Episode
 
 if TYPE_CHECKING:
     from r3rl.config import GenerationConfig
-    from r3rl.rollout import Failure, Rollout
+    from r3rl.environment.rollout import Failure, Rollout
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def save_final(model: nn.Module, tokenizer: Any, folder: Path, merge: bool = Fal
     trainer gets it from `accelerator.get_state_dict` on every rank. Keys as in model.state_dict(), a tied
     weight once.
     """
-    from r3rl.io import replace_dir
+    from r3rl.runtime.io import replace_dir
 
     written = []
     try:

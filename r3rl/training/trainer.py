@@ -60,14 +60,14 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import parse_flag_from_env, set_seed
 from transformers import get_scheduler
 
-from r3rl.errors import InputError
 from r3rl.config import Config, dump_config, to_dict, validate_training
+from r3rl.environment.rollout import derive_seed
+from r3rl.environment.stack import build_rollout
+from r3rl.errors import InputError
 from r3rl.evaluation.accuracy import evaluate_model
 from r3rl.evaluation.diagnostics import reflection_diagnostics
-from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
-from r3rl.progress import progress_bar
-from r3rl.rollout import derive_seed
-from r3rl.stack import build_rollout
+from r3rl.runtime.io import JsonlWriter, atomic_write_text, iter_jsonl, truncate_partial_tail, write_json
+from r3rl.runtime.progress import progress_bar
 from r3rl.tasks import load_task
 from r3rl.training import grpo
 from r3rl.training.agreement import Agreement, lost_ranks, process_group_timeout

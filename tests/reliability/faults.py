@@ -23,7 +23,7 @@ where that makes sense:
     reflect     Rollout.reflect_and_retry (training and evaluation rollouts): kill on entry
     delay       a timer: kill after that many seconds (a float), wherever the process is
 
-R3RL_FAULT=enospc:N instead makes the N-th write through r3rl.io / JsonlWriter / torch.save fail
+R3RL_FAULT=enospc:N instead makes the N-th write through r3rl.runtime.io / JsonlWriter / torch.save fail
 with "No space left on device", to check that errors are clear and nothing half-written is trusted.
 With R3RL_FAULT_COUNTS, the number of calls of each point (and the number of examples given to
 Rollout.attempts, `attempts_examples`) is written there when the command ends normally.
@@ -84,8 +84,8 @@ def install() -> None:
     import safetensors.torch
     import torch
 
-    import r3rl.io as rio
-    from r3rl.rollout import Rollout
+    import r3rl.runtime.io as rio
+    from r3rl.environment.rollout import Rollout
 
     orig_write = rio.JsonlWriter.write
 

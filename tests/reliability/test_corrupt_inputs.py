@@ -90,7 +90,7 @@ def test_damaged_failure_set(trained, tmp_path, capsys, damage, expect):
 
 def _copy_state(trained: Path, failures: Path) -> None:
     """The failure set's state file (what mined it, which lines are final) goes with a copied set."""
-    from r3rl.chunks import state_path
+    from r3rl.runtime.chunks import state_path
 
     shutil.copy(state_path(trained / "failures.jsonl"), state_path(failures))
     shutil.copy(trained / "failures.jsonl.passed", str(failures) + ".passed")

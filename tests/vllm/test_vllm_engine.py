@@ -12,13 +12,13 @@ needs_vllm()
 
 import torch  # noqa: E402
 
-from r3rl import prompts  # noqa: E402
 from r3rl.config import GenerationConfig, ModelConfig  # noqa: E402
 from r3rl.demo import model_path  # noqa: E402
 from r3rl.engine.base import Continuation  # noqa: E402
 from r3rl.engine.hf import HFEngine  # noqa: E402
 from r3rl.engine.loading import load_model  # noqa: E402
 from r3rl.engine.vllm import VLLMEngine  # noqa: E402
+from r3rl.environment import prompts  # noqa: E402
 from r3rl.types import SamplingParams  # noqa: E402
 
 BLOCK = 32  # vllm_settings' KV block size

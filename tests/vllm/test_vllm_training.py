@@ -13,14 +13,14 @@ needs_vllm()
 
 import torch  # noqa: E402
 
-from r3rl import prompts  # noqa: E402
 from r3rl.config import GenerationConfig, ModelConfig, RolloutConfig  # noqa: E402
 from r3rl.demo import model_path  # noqa: E402
 from r3rl.demo.addition import AdditionTask  # noqa: E402
 from r3rl.engine.hf import HFEngine  # noqa: E402
 from r3rl.engine.loading import load_model  # noqa: E402
 from r3rl.engine.vllm import VLLMEngine  # noqa: E402
-from r3rl.rollout import Rollout, failed_attempts  # noqa: E402
+from r3rl.environment import prompts  # noqa: E402
+from r3rl.environment.rollout import Rollout, failed_attempts  # noqa: E402
 from r3rl.types import SamplingParams  # noqa: E402
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)

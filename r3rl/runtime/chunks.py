@@ -1,7 +1,7 @@
 """The chunk runner: the one sharded, resumable loop behind mining and evaluation.
 
 The work is a list of fixed chunks (consecutive ranges of the example list, see
-r3rl/distributed.py). Of the chunks still to do, the k-th goes to rank k % world; the caller
+r3rl/runtime/distributed.py). Of the chunks still to do, the k-th goes to rank k % world; the caller
 seeds each chunk from the chunk itself, so 1 and N processes, and a resumed run, give the
 same records. After each round of `world` chunks the records are gathered in chunk order and
 the main process appends them to the output JSONL files, then rewrites the state file that
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from r3rl.distributed import Processes
 from r3rl.errors import DamagedFileError
-from r3rl.io import JsonlWriter, atomic_write_text, iter_jsonl, write_json
+from r3rl.runtime.distributed import Processes
+from r3rl.runtime.io import JsonlWriter, atomic_write_text, iter_jsonl, write_json
 
 STATE_FORMAT = 1
 

@@ -1,14 +1,14 @@
 """Failure-set construction by rejection sampling (the paper: up to 64 first attempts per query).
 
 For each example, sample k first attempts; an example with at least one failure is kept with
-its failed attempt(s) (`r3rl.rollout.failed_attempts`) and its pass rate; examples that never
+its failed attempt(s) (`r3rl.environment.rollout.failed_attempts`) and its pass rate; examples that never
 failed are listed in a sidecar `<output>.passed` file. The work runs in fixed chunks through the
-chunk runner (r3rl/chunks.py): each chunk is seeded by its first example id and shared over all
+chunk runner (r3rl/runtime/chunks.py): each chunk is seeded by its first example id and shared over all
 processes, and `<output>.state.json` says which chunks are final, so 1 or N processes, or a run
 resumed after a kill, write the same records, none lost or duplicated.
 
 A failure set is a model's own failures: the state also records what mined it (the model's
-name, revision and weights fingerprint, see r3rl/provenance.py; the task and its options; the
+name, revision and weights fingerprint, see r3rl/engine/provenance.py; the task and its options; the
 mining and attempt-sampling settings; the seed; the examples). It is resumed, or trained on,
 only by the same setup; otherwise mining stops with a sentence that says how to re-mine, or to
 set `failures.reuse=any` to use the set as it is on purpose.
@@ -27,14 +27,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from r3rl.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
 from r3rl.config import FailuresConfig
-from r3rl.distributed import chunk_ranges, processes
+from r3rl.engine.provenance import model_identity, same_model
+from r3rl.environment.rollout import Failure, Rollout, derive_seed, failed_attempts
 from r3rl.errors import InputError
-from r3rl.io import iter_jsonl
-from r3rl.progress import GenerationProgress
-from r3rl.provenance import model_identity, same_model
-from r3rl.rollout import Failure, Rollout, derive_seed, failed_attempts
+from r3rl.runtime.chunks import ChunkLog, ChunkOutput, ChunkStateError, run_chunks, state_path
+from r3rl.runtime.distributed import chunk_ranges, processes
+from r3rl.runtime.io import iter_jsonl
+from r3rl.runtime.progress import GenerationProgress
 
 if TYPE_CHECKING:
     from r3rl.tasks.base import Task
@@ -153,7 +153,7 @@ def mine(
     """Mine failures of `fcfg.split` into `output` (default `fcfg.path`, JSONL); returns a summary.
 
     Every process calls it (under `accelerate launch`: pass the Accelerator, or let
-    torch.distributed tell the rank); see r3rl/chunks.py for how chunks are shared, written and
+    torch.distributed tell the rank); see r3rl/runtime/chunks.py for how chunks are shared, written and
     resumed. `model` is the model config section the rollout's model was loaded from, and
     `task_options` the task's options: both are recorded as what mined the set (by default the
     model is read from `roll.engine`, and the options are not compared). An existing set mined by

@@ -2,7 +2,7 @@
 
 Mining and evaluation split their examples into fixed chunks, each seeded by the chunk
 itself; chunk k of the work list goes to rank k % world, the results are gathered, and
-the main process writes the files (the loop itself: r3rl/chunks.py). So 1 and N processes (and a resumed run) produce the
+the main process writes the files (the loop itself: r3rl/runtime/chunks.py). So 1 and N processes (and a resumed run) produce the
 same records. This is a thin layer over torch.distributed, which `accelerate launch`
 sets up (through an Accelerator in the trainer, `launched_state()` in the CLI); a single
 process needs no process group and every collective below is a no-op.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from r3rl.engine.factory import build_engine
-from r3rl.rollout import Rollout
+from r3rl.environment.rollout import Rollout
 from r3rl.tasks import load_task
 
 if TYPE_CHECKING:

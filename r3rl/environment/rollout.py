@@ -17,14 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from r3rl import prompts
 from r3rl.config import GenerationConfig, RolloutConfig
 from r3rl.engine.base import Engine
+from r3rl.environment import prompts
 from r3rl.environment import ReflectRetryEnvironment, Scorer, Trajectory, run_environment
 from r3rl.environment.scoring import VERIFIER_ERROR, VerifierError  # noqa: F401  (re-exported: evaluation, tests)
 from r3rl.environment.trajectory import TrainedTurns
 from r3rl.errors import InputError
-from r3rl.seeds import derive_seed  # noqa: F401  (re-exported: mining, training and tests import it from here)
+from r3rl.runtime.seeds import derive_seed  # noqa: F401  (re-exported: mining, training and tests import it from here)
 from r3rl.tasks.base import Example, Task
 from r3rl.types import Episode, Generation, SamplingParams, Verdict
 

@@ -1,7 +1,7 @@
 """What made a file: the identity of a model (name, revision, a fingerprint of its weights).
 
 A failure set is a model's *own* failed attempts, so it records the model that mined it
-(r3rl/mining.py) and is reused only by the same model. The weights fingerprint tells two
+(r3rl/mining/failure_set.py) and is reused only by the same model. The weights fingerprint tells two
 fine-tunes of one base apart without reading gigabytes: it hashes each weight file's size
 and a strided sample of its bytes (the first 64 KiB, which hold a safetensors header with
 every tensor's name, dtype and shape, then 64 blocks of 4 KiB spread evenly over the file).
