@@ -14,7 +14,9 @@ from typing import Any
 from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING_KEYS = ("tokens_per_s", "step_time")  # wall-clock figures differ between any two runs
+# wall-clock figures differ between any two runs: the rate, the step's time and its time by phase
+TIMING_KEYS = ("tokens_per_s", "step_time", "weight_sync_s", "time_generation_s", "time_policy_s",
+               "time_reference_s", "time_optimizer_s")
 
 # The demo model on the addition task, small enough that a whole `r3rl train` takes seconds.
 TINY = [
