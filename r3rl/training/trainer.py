@@ -563,6 +563,9 @@ class Trainer:
             self.log("saved " + ", ".join(map(str, written)))
             record_final_weights(self.out, self.cfg.train.steps, written)
         self.acc.wait_for_everyone()
+        # the engine first: vLLM's shutdown tears down its own process groups, which end_training's
+        # destruction of the default group would leave invalid ("Invalid process group specified")
+        self.close()
         self.acc.end_training()
         return final
 
