@@ -17,7 +17,7 @@ import pytest
 
 from r3rl.runtime.distributed import Processes, chunk_ranges
 
-from tests.trainer_fixtures import cli_overrides, tiny_config
+from tests.trainer_fixtures import cli_overrides, free_port, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def _run(args: list[str], procs: int) -> subprocess.CompletedProcess:
         # accelerate's torchrun path with ACCELERATE_USE_CPU=1 gives N CPU ranks over gloo
         env["ACCELERATE_USE_CPU"] = "1"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", *args]
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from r3rl.training.checkpoint import latest_checkpoint
 from r3rl.training.trainer import Trainer, train
 
-from tests.trainer_fixtures import cli_overrides, tiny_config
+from tests.trainer_fixtures import cli_overrides, free_port, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def _launch(args: list[str], cwd: Path, procs: int | None = None) -> subprocess.
         # with ACCELERATE_USE_CPU=1 gives N CPU ranks over gloo (DistributedType.MULTI_CPU).
         env["ACCELERATE_USE_CPU"] = "1"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", *args]
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", *args]
     else:
         cmd = [sys.executable, "-m", "r3rl", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

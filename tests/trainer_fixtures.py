@@ -115,3 +115,13 @@ def _flag_retries_of(task_cls) -> None:
 
     reflect_and_retry.flags_retries_of = task_cls
     Rollout.reflect_and_retry = reflect_and_retry
+
+
+def free_port() -> int:
+    """A free local TCP port for a launched run's rendezvous: torchrun's default 29500 is shared by every
+    2-process test, and the suite runs tests side by side (pytest-xdist), so two launches could collide."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
