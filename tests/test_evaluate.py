@@ -169,7 +169,8 @@ def test_metrics_sort_by_their_number_not_its_first_digit():
     for key in ("acc@10", "acc@2", "acc@1", "acc@3", "acc@2_no_reflection", "acc@11"):
         res.update({key: 0.5, f"{key}_ci": [0.1, 0.9]})
     table = results_table(EvalResult.from_json(res))
-    assert list(table.columns[0].cells) == ["acc@1", "acc@2", "acc@2_no_reflection", "acc@3", "acc@10", "acc@11"]
+    assert list(table.columns[0].cells) == ["acc@1 (first try)", "acc@2 (retry after reflection)",
+                                            "acc@2 without reflection (control)", "acc@3", "acc@10", "acc@11"]
 
 
 def test_evaluation_never_changes_the_shared_rollout():

@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from r3rl.evaluation.result import EvalResult
+from r3rl.reporting.run import ACC_KEYS
 
 
 def results_table(results: EvalResult, title: str = "evaluation") -> Table:
@@ -21,13 +22,16 @@ def results_table(results: EvalResult, title: str = "evaluation") -> Table:
     for key in sorted(results.acc, key=_metric_order):
         acc = results.acc[key]
         lo, hi = acc.ci
-        table.add_row(key, f"{acc.value:.1%}", f"[{lo:.1%}, {hi:.1%}]")
+        table.add_row(_LABELS.get(key, key), f"{acc.value:.1%}", f"[{lo:.1%}, {hi:.1%}]")
     cmp = (results.comparisons or {}).get("acc@2_vs_no_reflection")
     if cmp:
         lo, hi = cmp["difference_ci"]
         table.caption = (f"acc@2 - control: {100 * cmp['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
                          f"p = {cmp['p_value']:.3g} ({cmp['test']})")
     return table
+
+
+_LABELS = dict(ACC_KEYS)  # the report's names: "acc@2 without reflection (control)", not the results.json key
 
 
 def _metric_order(key: str) -> tuple[int, str]:
