@@ -23,7 +23,7 @@ install: $(BIN)/python  ## virtual environment with r3rl (editable) and the dev 
 	$(BIN)/pip install -q "$(TORCH_SPEC)" $(CONSTRAINTS)
 	$(BIN)/pip install -q -e ".[dev]" $(CONSTRAINTS)
 
-demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about 2 minutes on 2 CPU cores)
+demo: install  ## the offline demo: evaluate, mine, train, evaluate, report (about a minute on 2 CPU cores)
 	$(BIN)/r3rl demo --output runs/demo
 
 test: test-main test-vllm  ## everything: the whole suite (2 test processes), then the tests against the real vLLM (.venv-vllm)
