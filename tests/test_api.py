@@ -27,7 +27,7 @@ def _readme_api_example() -> str:
 def test_import_r3rl_loads_nothing_heavy():
     code = ("import sys, r3rl; heavy = [m for m in ('torch', 'transformers', 'yaml', 'r3rl.api', 'r3rl.config') "
             "if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT).stdout.strip()
     assert out == "[]"
 

@@ -183,7 +183,7 @@ def test_then_runs_outside_the_engines_forward_scope(model, tok, prompts, path, 
 def test_slot_attention_is_registered_by_the_first_engine_not_by_import(model, tok):
     code = ("import r3rl.engine.hf, r3rl.engine.slots as s; from transformers import AttentionInterface as A; "
             "print(s.ATTN_NAME in A._global_mapping)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.split() == ["False"]
     HFEngine(model, tok)
     from transformers import AttentionInterface

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -39,6 +40,22 @@ def _files(out: Path) -> tuple[str, str]:
     return (out / "results.json").read_text(), (out / "episodes.jsonl").read_text()
 
 
+def _interrupt_second_attempts(monkeypatch) -> Callable:
+    """Patch Rollout.attempts to raise KeyboardInterrupt on its second call (chunk 1 is written; Ctrl-C in
+    the middle of chunk 2); returns the original, to put back."""
+    original = Rollout.attempts
+    calls = {"n": 0}
+
+    def interrupted(self, examples, n, seed, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, examples, n, seed, **kw)
+
+    monkeypatch.setattr(Rollout, "attempts", interrupted)
+    return original
+
+
 def test_interrupted_evaluation_resumes_to_the_same_files(engine, tmp_path, monkeypatch):
     cfg = _cfg()
     roll = Rollout(engine, CoinTask(), cfg.generation, cfg.rollout)
@@ -48,17 +65,8 @@ def test_interrupted_evaluation_resumes_to_the_same_files(engine, tmp_path, monk
     # the tiny model samples: different seeds would give other texts, so equal files mean equal seeds
     assert len({json.loads(x)["attempt_text"] for x in straight[1].splitlines()}) > 1
 
-    calls = {"n": 0}
-    original = Rollout.attempts
-
-    def dying(self, examples, n, seed, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:  # chunk 1 is written; stop in the middle of chunk 2
-            raise KeyboardInterrupt
-        return original(self, examples, n, seed, **kw)
-
+    original = _interrupt_second_attempts(monkeypatch)
     out = tmp_path / "killed"
-    monkeypatch.setattr(Rollout, "attempts", dying)
     with pytest.raises(KeyboardInterrupt):
         evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, show_progress=False)
     monkeypatch.setattr(Rollout, "attempts", original)
@@ -88,16 +96,7 @@ def test_other_settings_start_over(engine, tmp_path, monkeypatch):
     cfg = _cfg()
     roll = Rollout(engine, CoinTask(), cfg.generation, cfg.rollout)
     out = tmp_path / "e"
-    original = Rollout.attempts
-    calls = {"n": 0}
-
-    def dying(self, examples, n, seed, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, examples, n, seed, **kw)
-
-    monkeypatch.setattr(Rollout, "attempts", dying)
+    original = _interrupt_second_attempts(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_model(roll, cfg.eval, cfg.seed, output_dir=out, show_progress=False)
     monkeypatch.setattr(Rollout, "attempts", original)
@@ -172,16 +171,7 @@ def test_ctrl_c_prints_what_was_saved_and_the_resume_command(command, tmp_path, 
     from r3rl import api, cli
 
     monkeypatch.setattr(api, "_launched_rollout", _scripted_rollout)  # what the commands call
-    original = Rollout.attempts
-    calls = {"n": 0}
-
-    def interrupted(self, examples, n, seed, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, examples, n, seed, **kw)
-
-    monkeypatch.setattr(Rollout, "attempts", interrupted)
+    original = _interrupt_second_attempts(monkeypatch)
     args = [command, f"failures.path={tmp_path}/f.jsonl", "failures.chunk_size=1", "eval.chunk_size=1",
             f"eval.output_dir={tmp_path}/eval", "failures.num_examples=3", "eval.num_examples=3"]
     assert cli.main(args) == 130
@@ -263,17 +253,8 @@ def test_resumed_eval_of_other_weights_under_the_same_path_stops(tmp_path, monke
     from r3rl import cli
 
     model, other, out = _tiny(tmp_path / "model", 0), _tiny(tmp_path / "other", 1), tmp_path / "eval"
-    original = Rollout.attempts
-    calls = {"n": 0}
-
-    def interrupted(self, examples, n, seed, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, examples, n, seed, **kw)
-
     args = ["eval", "--model", str(model), "-o", str(out), *EVAL_SMALL]
-    monkeypatch.setattr(Rollout, "attempts", interrupted)
+    original = _interrupt_second_attempts(monkeypatch)
     assert cli.main(args) == 130
     monkeypatch.setattr(Rollout, "attempts", original)
     state = json.loads((out / "episodes.jsonl.state.json").read_text())

@@ -21,7 +21,7 @@ from r3rl.training.sharding import check_supported
 from tests.test_trainer import weights
 from r3rl.types import Verdict
 
-from tests.trainer_fixtures import CoinTask, _flag_retries_of, cli_overrides, tiny_config
+from tests.trainer_fixtures import CoinTask, _flag_retries_of, cli_overrides, free_port, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def _launch(args: list[str], accelerate_config: str | None, timeout: int = 300) 
            "ACCELERATE_USE_CPU": "1"}
     how = ["--config_file", str(ROOT / accelerate_config)] if accelerate_config else ["--multi_gpu"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", str(_free_port()),  # not torchrun's 29500, which another test run may hold
+           "--main_process_port", str(free_port()),  # not torchrun's 29500, which another test run may hold
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "r3rl", "train", *args]
     # its own session, so a hung run's ranks (children of torchrun) are killed with it, not left behind
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -62,14 +62,6 @@ def _launch(args: list[str], accelerate_config: str | None, timeout: int = 300) 
         pytest.fail(f"r3rl train did not finish in {timeout} s (ranks out of step?): {out[-1500:]}{err[-1500:]}")
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unsupported_sharding_is_refused_in_one_sentence():

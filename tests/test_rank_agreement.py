@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer_fixtures import cli_overrides, tiny_config
+from tests.trainer_fixtures import cli_overrides, free_port, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each test starts 2 (or 3) Python processes: ~20-40 s on 2 CPU cores
@@ -37,11 +36,6 @@ class Rank:
     ended: float  # seconds from launch to exit
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _stopped(pid: int) -> bool:
     try:
@@ -54,7 +48,7 @@ def launch(args: list[str], tmp: Path, deadline_s: float, env: dict[str, str] | 
            world: int = 2) -> tuple[list[Rank], float | None]:
     """`r3rl ARGS` on `world` CPU ranks over gloo; returns each rank's result and when (seconds from launch)
     rank 1 died or stopped (None if it did not)."""
-    port = str(_free_port())
+    port = str(free_port())
     procs, files = [], []
     t0 = time.perf_counter()
     for r in range(world):
